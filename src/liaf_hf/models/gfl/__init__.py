@@ -1,0 +1,11 @@
+from .configuration_gfl import GFLConfig
+from .image_processing_gfl import GFLImageProcessor
+from .modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLPreTrainedModel
+
+__all__ = [
+    "GFLConfig",
+    "GFLForObjectDetection",
+    "GFLImageProcessor",
+    "GFLObjectDetectionOutput",
+    "GFLPreTrainedModel",
+]

@@ -1,0 +1,757 @@
+"""GFL detector: timm backbone, FPN, GFL head, ATSS assignment and the GFL losses.
+
+Everything the forward pass and the training loss need lives in this one file, as in transformers' own
+models, so a saved model can be loaded with `trust_remote_code=True` by someone without `liaf_hf`.
+It imports only torch, torchvision, timm and transformers.
+
+Box conventions at the boundaries:
+- `labels[i]["boxes"]`, `labels[i]["ignore_boxes"]` and `GFLObjectDetectionOutput.pred_boxes` are
+  normalised (cx, cy, w, h), relative to the image's valid (unpadded) region given by `pixel_mask`.
+- Inside, boxes are absolute (x1, y1, x2, y2) in pixels of the padded input.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.utils import ModelOutput
+
+from .configuration_gfl import GFLConfig
+
+# --------------------------------------------------------------------------------------------------
+# Box helpers
+# --------------------------------------------------------------------------------------------------
+
+
+def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) centre-size boxes to (..., 4) corner boxes, same units."""
+    cx, cy, w, h = boxes.unbind(-1)
+    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+
+
+def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
+    """(..., 4) corner boxes to (..., 4) centre-size boxes, same units."""
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    return torch.stack([(x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1], dim=-1)
+
+
+def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """IoU of each box in `boxes1` (N, 4) xyxy with the box at the same index in `boxes2` (N, 4): (N,)."""
+    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
+    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
+    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=1)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
+    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
+    return overlap / (area1 + area2 - overlap).clamp(min=eps)
+
+
+def box_intersection_over_first(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """Intersection of every pair divided by the area of the box from `boxes1`: (N, 4), (M, 4) -> (N, M)."""
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=1e-6).prod(dim=1)
+    return overlap / area1[:, None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Losses (plain functions, per-element results; the caller weights and normalises)
+# --------------------------------------------------------------------------------------------------
+
+
+def quality_focal_loss(
+    logits: torch.Tensor, target_labels: torch.Tensor, target_quality: torch.Tensor, beta: float = 2.0
+) -> torch.Tensor:
+    """Quality Focal Loss (Li et al. 2020, eq. 5), summed over classes.
+
+    Args:
+        logits: (N, C) classification logits.
+        target_labels: (N,) class index per sample; C (or any value outside 0..C-1) means background.
+        target_quality: (N,) IoU of the predicted box with its ground truth, the soft target of the
+            positive class; ignored for background samples.
+        beta: focusing exponent.
+
+    Returns:
+        (N,) loss per sample.
+    """
+    logits = logits.float()
+    probs = logits.sigmoid()
+    # Every class starts as a negative: target 0, modulated by the predicted probability.
+    loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * probs.pow(beta)
+    num_classes = logits.shape[1]
+    positive = (target_labels >= 0) & (target_labels < num_classes)
+    if positive.any():
+        rows = positive.nonzero(as_tuple=True)[0]
+        cols = target_labels[rows]
+        quality = target_quality[rows].float()
+        positive_logits = logits[rows, cols]
+        scale = (quality - probs[rows, cols]).abs().pow(beta)
+        loss = loss.index_put(
+            (rows, cols),
+            F.binary_cross_entropy_with_logits(positive_logits, quality, reduction="none") * scale,
+        )
+    return loss.sum(dim=1)
+
+
+def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Distribution Focal Loss (Li et al. 2020, eq. 6).
+
+    Args:
+        logits: (M, R + 1) logits of the distribution over the integer distances 0..R.
+        target: (M,) real-valued target distance in [0, R).
+
+    Returns:
+        (M,) loss per sample: cross-entropy towards the two integers around the target, weighted by
+        closeness.
+    """
+    logits = logits.float()
+    left = target.long()
+    right = left + 1
+    weight_left = right.float() - target
+    weight_right = target - left.float()
+    return (
+        F.cross_entropy(logits, left, reduction="none") * weight_left
+        + F.cross_entropy(logits, right, reduction="none") * weight_right
+    )
+
+
+def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Tensor:
+    """1 - GIoU for aligned pairs of (N, 4) xyxy boxes: (N,)."""
+    return torchvision.ops.generalized_box_iou_loss(pred_boxes.float(), target_boxes.float(), reduction="none")
+
+
+def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
+    """Average a scalar over training processes, so every process normalises its loss by the same count."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+        value = value / torch.distributed.get_world_size()
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Assignment
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class AnchorAssignment:
+    """Result of assigning one image's anchors.
+
+    Attributes:
+        gt_index: (A,) index of the ground-truth box each anchor is positive for, -1 for negatives.
+        ignored: (A,) anchors that are neither positive nor negative (inside an ignore region or in the
+            padding), so the classification loss skips them.
+    """
+
+    gt_index: torch.Tensor
+    ignored: torch.Tensor
+
+
+class ATSSAssigner:
+    """Adaptive Training Sample Selection (Zhang et al., CVPR 2020).
+
+    For each ground-truth box, the `topk` anchors per level whose centres are closest to the box centre
+    are candidates; those whose IoU with the box reaches the candidates' mean + standard deviation and
+    whose centre lies inside the box become positives. An anchor claimed by several boxes goes to the one
+    it overlaps most.
+    """
+
+    def __init__(self, *, topk: int = 9, ignore_iof_threshold: float = 0.5) -> None:
+        self.topk = topk
+        self.ignore_iof_threshold = ignore_iof_threshold
+
+    def assign(
+        self,
+        *,
+        anchors: torch.Tensor,
+        num_anchors_per_level: list[int],
+        gt_boxes: torch.Tensor,
+        ignore_boxes: torch.Tensor | None = None,
+        anchor_valid: torch.Tensor | None = None,
+    ) -> AnchorAssignment:
+        """Assign anchors to ground-truth boxes.
+
+        Args:
+            anchors: (A, 4) anchor boxes, xyxy in pixels, levels concatenated in order.
+            num_anchors_per_level: number of anchors of each level, summing to A.
+            gt_boxes: (G, 4) ground-truth boxes, xyxy in pixels.
+            ignore_boxes: (I, 4) regions to ignore, xyxy in pixels.
+            anchor_valid: (A,) False for anchors whose centre lies in the padding.
+        """
+        num_anchors = anchors.shape[0]
+        device = anchors.device
+        gt_index = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
+        ignored = torch.zeros(num_anchors, dtype=torch.bool, device=device)
+        if anchor_valid is not None:
+            ignored |= ~anchor_valid
+        if ignore_boxes is not None and ignore_boxes.numel() > 0:
+            iof = box_intersection_over_first(anchors, ignore_boxes)
+            ignored |= iof.max(dim=1).values > self.ignore_iof_threshold
+        num_gt = gt_boxes.shape[0]
+        if num_gt == 0:
+            return AnchorAssignment(gt_index=gt_index, ignored=ignored)
+
+        overlaps = torchvision.ops.box_iou(anchors, gt_boxes)
+        anchor_centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
+        gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) * 0.5
+        distances = torch.cdist(anchor_centres, gt_centres)
+        if anchor_valid is not None:
+            distances = distances.masked_fill(~anchor_valid[:, None], float("inf"))
+
+        candidates = []
+        start = 0
+        for level_count in num_anchors_per_level:
+            k = min(self.topk, level_count)
+            _, level_candidates = distances[start : start + level_count].topk(k, dim=0, largest=False)
+            candidates.append(level_candidates + start)
+            start += level_count
+        candidates = torch.cat(candidates, dim=0)  # (K, G)
+        gt_columns = torch.arange(num_gt, device=device).expand_as(candidates)
+        candidate_overlaps = overlaps[candidates, gt_columns]
+        # A single candidate has no spread (its unbiased std would be NaN and reject everything).
+        spread = candidate_overlaps.std(dim=0) if candidates.shape[0] > 1 else torch.zeros_like(candidate_overlaps[0])
+        threshold = candidate_overlaps.mean(dim=0) + spread
+        is_positive = candidate_overlaps >= threshold[None, :]
+
+        candidate_centres = anchor_centres[candidates]  # (K, G, 2)
+        edge_distances = torch.cat(
+            [candidate_centres - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - candidate_centres], dim=2
+        )
+        is_positive &= edge_distances.min(dim=2).values > 0.01
+
+        claimed = torch.full_like(overlaps, -math.inf)
+        claimed[candidates[is_positive], gt_columns[is_positive]] = overlaps[
+            candidates[is_positive], gt_columns[is_positive]
+        ]
+        best_overlap, best_gt = claimed.max(dim=1)
+        positive = best_overlap > -math.inf
+        gt_index[positive] = best_gt[positive]
+        ignored &= ~positive
+        return AnchorAssignment(gt_index=gt_index, ignored=ignored)
+
+
+# --------------------------------------------------------------------------------------------------
+# Network parts
+# --------------------------------------------------------------------------------------------------
+
+
+class TimmFeatureBackbone(nn.Module):
+    """A timm model in `features_only` mode, returning the feature maps chosen by `out_indices`."""
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        out_indices: tuple[int, ...],
+        pretrained: bool = False,
+        timm_kwargs: dict | None = None,
+    ) -> None:
+        super().__init__()
+        try:
+            self.body = timm.create_model(
+                model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **(timm_kwargs or {})
+            )
+        except RuntimeError as error:
+            raise ValueError(
+                f"timm model '{model_name}' cannot serve as a GFL backbone (it must support features_only=True "
+                f"with out_indices={out_indices}): {error}"
+            ) from error
+        self.channels: list[int] = list(self.body.feature_info.channels())
+        self.strides: list[int] = list(self.body.feature_info.reduction())
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> list of (B, channels[i], H / strides[i], W / strides[i])."""
+        return list(self.body(pixel_values))
+
+
+class FeaturePyramidNetwork(nn.Module):
+    """FPN (Lin et al. 2017) with extra levels made by stride-2 convs on the last output."""
+
+    def __init__(self, *, in_channels: list[int], out_channels: int, num_levels: int) -> None:
+        super().__init__()
+        self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
+        self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
+        self.extra_convs = nn.ModuleList(
+            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
+            for _ in range(num_levels - len(in_channels))
+        )
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                conv._init_scheme = "xavier"
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Backbone maps, finest first -> `num_levels` maps of `out_channels`, finest first."""
+        laterals = [conv(feature) for conv, feature in zip(self.lateral_convs, features)]
+        for level in range(len(laterals) - 1, 0, -1):
+            laterals[level - 1] = laterals[level - 1] + F.interpolate(
+                laterals[level], size=laterals[level - 1].shape[-2:], mode="nearest"
+            )
+        outputs = [conv(lateral) for conv, lateral in zip(self.output_convs, laterals)]
+        for conv in self.extra_convs:
+            outputs.append(conv(outputs[-1]))
+        return outputs
+
+
+class LearnableScale(nn.Module):
+    """A learnable scalar per FPN level, so each level's box regression finds its own range."""
+
+    def __init__(self, value: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+def _conv_norm_act_stack(*, in_channels: int, channels: int, depth: int, norm_groups: int) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for index in range(depth):
+        layers += [
+            nn.Conv2d(in_channels if index == 0 else channels, channels, 3, padding=1, bias=False),
+            nn.GroupNorm(norm_groups, channels),
+            nn.ReLU(inplace=True),
+        ]
+    return nn.Sequential(*layers)
+
+
+class GFLHead(nn.Module):
+    """The GFL head, shared across levels: a classification branch giving per-class quality scores and a
+    box branch giving, for each of the four box edges, a distribution over distances 0..reg_max."""
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        stacked_convs: int,
+        norm_groups: int,
+        reg_max: int,
+        num_levels: int,
+    ) -> None:
+        super().__init__()
+        self.cls_convs = _conv_norm_act_stack(
+            in_channels=in_channels, channels=channels, depth=stacked_convs, norm_groups=norm_groups
+        )
+        self.reg_convs = _conv_norm_act_stack(
+            in_channels=in_channels, channels=channels, depth=stacked_convs, norm_groups=norm_groups
+        )
+        last_channels = channels if stacked_convs > 0 else in_channels
+        self.class_logits = nn.Conv2d(last_channels, num_classes, 3, padding=1)
+        self.box_distribution = nn.Conv2d(last_channels, 4 * (reg_max + 1), 3, padding=1)
+        self.scales = nn.ModuleList(LearnableScale(1.0) for _ in range(num_levels))
+        for conv in self.modules():
+            if isinstance(conv, nn.Conv2d):
+                conv._init_scheme = "normal"
+        self.class_logits._init_scheme = "class_prior"
+
+    def forward(self, features: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """FPN maps (B, F, H_l, W_l) -> class logits (B, C, H_l, W_l) and box-edge distribution logits
+        (B, 4 * (reg_max + 1), H_l, W_l) per level."""
+        class_logits, box_distributions = [], []
+        for feature, scale in zip(features, self.scales):
+            class_logits.append(self.class_logits(self.cls_convs(feature)))
+            box_distributions.append(scale(self.box_distribution(self.reg_convs(feature))).float())
+        return class_logits, box_distributions
+
+
+# --------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class GFLObjectDetectionOutput(ModelOutput):
+    """Output of [`GFLForObjectDetection`]. A = number of anchor points over all levels, C = classes,
+    R = `config.reg_max`, F = `config.fpn_channels`.
+
+    Args:
+        loss (`torch.FloatTensor` of shape `()`, *optional*):
+            Weighted sum of the GFL losses, when `labels` are given.
+        loss_dict (`dict[str, torch.FloatTensor]`, *optional*):
+            The weighted components `loss_qfl`, `loss_dfl`, `loss_giou`.
+        logits (`torch.FloatTensor` of shape `(B, A, C)`):
+            Classification logits; their sigmoid is the predicted localisation quality (IoU) per class.
+        pred_boxes (`torch.FloatTensor` of shape `(B, A, 4)`):
+            Predicted boxes, normalised (cx, cy, w, h) relative to each image's unpadded region.
+        fpn_features (`tuple[torch.FloatTensor]`):
+            One `(B, F, H_l, W_l)` map per FPN level, finest first (what feature distillation compares).
+        class_logits (`tuple[torch.FloatTensor]`):
+            One `(B, C, H_l, W_l)` map of raw classification logits per level.
+        box_distributions (`tuple[torch.FloatTensor]`):
+            One `(B, 4 * (R + 1), H_l, W_l)` map of box-edge distribution logits per level (edges in the
+            order left, top, right, bottom; distances in units of the level's stride).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    logits: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+    fpn_features: tuple[torch.FloatTensor, ...] | None = None
+    class_logits: tuple[torch.FloatTensor, ...] | None = None
+    box_distributions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class GFLPreTrainedModel(PreTrainedModel):
+    config_class = GFLConfig
+    config: GFLConfig
+    base_model_prefix = "gfl"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module) -> None:
+        if getattr(module, "_keeps_timm_init", False):
+            # timm initialised (or loaded) the backbone; only buffers timm does not save need rebuilding
+            # when the model was created on the meta device by from_pretrained.
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
+            return
+        # transformers 5 initialises leaf modules one by one (a parent without parameters of its own is
+        # skipped), so each conv carries the scheme its parent chose for it.
+        scheme = getattr(module, "_init_scheme", None)
+        if scheme == "xavier":
+            init.xavier_uniform_(module.weight)
+            init.zeros_(module.bias)
+        elif scheme in ("normal", "class_prior"):
+            init.normal_(module.weight, mean=0.0, std=0.01)
+            if module.bias is not None:
+                prior_prob = self.config.prior_prob
+                bias = -math.log((1 - prior_prob) / prior_prob) if scheme == "class_prior" else 0.0
+                init.constant_(module.bias, bias)
+        elif isinstance(module, nn.GroupNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, LearnableScale):
+            init.ones_(module.scale)
+
+
+class GFLForObjectDetection(GFLPreTrainedModel):
+    """GFL detector with a timm backbone.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from liaf_hf import GFLConfig, GFLForObjectDetection
+    >>> model = GFLForObjectDetection(GFLConfig(backbone="resnet18", id2label={0: "a", 1: "b"}))
+    >>> labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}]
+    >>> out = model(pixel_values=torch.randn(1, 3, 128, 128), labels=labels)
+    >>> sorted(out.loss_dict)
+    ['loss_dfl', 'loss_giou', 'loss_qfl']
+    ```
+    """
+
+    def __init__(self, config: GFLConfig) -> None:
+        super().__init__(config)
+        self.backbone = TimmFeatureBackbone(
+            model_name=config.backbone,
+            out_indices=tuple(config.backbone_out_indices),
+            timm_kwargs=config.backbone_kwargs,
+        )
+        for module in self.backbone.modules():
+            module._keeps_timm_init = True
+        self.neck = FeaturePyramidNetwork(
+            in_channels=self.backbone.channels, out_channels=config.fpn_channels, num_levels=config.num_fpn_levels
+        )
+        self.head = GFLHead(
+            in_channels=config.fpn_channels,
+            channels=config.head_channels,
+            num_classes=config.num_labels,
+            stacked_convs=config.head_stacked_convs,
+            norm_groups=config.head_norm_groups,
+            reg_max=config.reg_max,
+            num_levels=config.num_fpn_levels,
+        )
+        extra_levels = config.num_fpn_levels - len(self.backbone.strides)
+        self.strides: list[int] = self.backbone.strides + [
+            self.backbone.strides[-1] * 2 ** (i + 1) for i in range(extra_levels)
+        ]
+        self.register_buffer(
+            "distance_bins", torch.arange(config.reg_max + 1, dtype=torch.float32), persistent=False
+        )
+        self.assigner = ATSSAssigner(topk=config.atss_topk, ignore_iof_threshold=config.ignore_iof_threshold)
+        self.post_init()
+        if config.backbone_pretrained and self.distance_bins.device.type != "meta":
+            self.load_pretrained_backbone()
+
+    def load_pretrained_backbone(self) -> None:
+        """Load timm's pretrained weights into the backbone (after `post_init`, so they are kept)."""
+        pretrained = timm.create_model(
+            self.config.backbone,
+            pretrained=True,
+            features_only=True,
+            out_indices=tuple(self.config.backbone_out_indices),
+            **(self.config.backbone_kwargs or {}),
+        )
+        self.backbone.body.load_state_dict(pretrained.state_dict(), strict=True)
+
+    # ---------------------------------------------------------------------------------------- forward
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        pixel_mask: torch.LongTensor | None = None,
+        labels: list[dict] | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> GFLObjectDetectionOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
+                Normalised images, padded at the bottom and right.
+            pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
+                1 for real pixels, 0 for padding. Without it every pixel is real.
+            labels (`list[dict]`, *optional*):
+                One dict per image: `class_labels` (LongTensor `(n,)`), `boxes` (FloatTensor `(n, 4)`,
+                normalised cxcywh relative to the unpadded image) and optionally `ignore_boxes`
+                (FloatTensor `(k, 4)`, same units): regions (crowds, DontCare) that are neither positives
+                nor negatives.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        fpn_features = self.neck(self.backbone(pixel_values))
+        class_logits, box_distributions = self.head(fpn_features)
+        valid_sizes = self._valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
+        anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
+
+        flat_logits = torch.cat([logit.flatten(2).transpose(1, 2) for logit in class_logits], dim=1)
+        flat_distributions = torch.cat(
+            [dist.flatten(2).transpose(1, 2) for dist in box_distributions], dim=1
+        )  # (B, A, 4 * (R + 1))
+        boxes_xyxy = self._decode_boxes(flat_distributions, anchor_points, anchor_strides)  # (B, A, 4)
+
+        scale = valid_sizes.flip(-1).repeat(1, 2)[:, None, :].to(boxes_xyxy.dtype)  # (B, 1, 4) as (w, h, w, h)
+        pred_boxes = box_xyxy_to_cxcywh((boxes_xyxy / scale).clamp(0.0, 1.0))
+
+        loss, loss_dict = None, None
+        if labels is not None:
+            loss_dict = self.loss(
+                flat_logits=flat_logits,
+                flat_distributions=flat_distributions,
+                boxes_xyxy=boxes_xyxy,
+                anchor_points=anchor_points,
+                anchor_strides=anchor_strides,
+                num_anchors_per_level=[f.shape[-2] * f.shape[-1] for f in fpn_features],
+                valid_sizes=valid_sizes,
+                labels=labels,
+            )
+            loss = sum(loss_dict.values())
+
+        output = GFLObjectDetectionOutput(
+            loss=loss,
+            loss_dict=loss_dict,
+            logits=flat_logits,
+            pred_boxes=pred_boxes,
+            fpn_features=tuple(fpn_features),
+            class_logits=tuple(class_logits),
+            box_distributions=tuple(box_distributions),
+        )
+        if not return_dict:
+            return output.to_tuple()
+        return output
+
+    @staticmethod
+    def _valid_sizes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, 2) height and width of each image's unpadded region (images sit at the top left)."""
+        batch_size, _, height, width = pixel_values.shape
+        if pixel_mask is None:
+            return torch.tensor([[height, width]], device=pixel_values.device).expand(batch_size, 2).float()
+        mask = pixel_mask.bool()
+        return torch.stack([mask[:, :, 0].sum(dim=1), mask[:, 0, :].sum(dim=1)], dim=1).float()
+
+    def _anchor_points(
+        self, fpn_features: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
+        """Centres of every level's grid cells in input pixels: (A, 2) as (x, y), their strides (A,), and
+        each level's (H_l, W_l)."""
+        points, strides, shapes = [], [], []
+        for feature, stride in zip(fpn_features, self.strides):
+            height, width = feature.shape[-2:]
+            ys = (torch.arange(height, device=feature.device, dtype=torch.float32) + 0.5) * stride
+            xs = (torch.arange(width, device=feature.device, dtype=torch.float32) + 0.5) * stride
+            grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
+            points.append(torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1))
+            strides.append(torch.full((height * width,), float(stride), device=feature.device))
+            shapes.append((height, width))
+        return torch.cat(points), torch.cat(strides), shapes
+
+    def _expected_distances(self, distributions: torch.Tensor) -> torch.Tensor:
+        """(..., 4 * (R + 1)) distribution logits -> (..., 4) expected distances in bins (stride units)."""
+        probs = distributions.float().reshape(*distributions.shape[:-1], 4, self.config.reg_max + 1).softmax(-1)
+        return probs @ self.distance_bins
+
+    def _decode_boxes(
+        self, distributions: torch.Tensor, anchor_points: torch.Tensor, anchor_strides: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, A, 4 * (R + 1)) logits -> (B, A, 4) boxes, xyxy in input pixels."""
+        distances = self._expected_distances(distributions) * anchor_strides[None, :, None]
+        return torch.cat([anchor_points[None] - distances[..., :2], anchor_points[None] + distances[..., 2:]], dim=-1)
+
+    # ------------------------------------------------------------------------------------------- loss
+
+    def _labels_to_pixels(
+        self, labels: list[dict], valid_sizes: torch.Tensor
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Check each image's labels and convert their boxes to xyxy input pixels."""
+        converted = []
+        num_classes = self.config.num_labels
+        if len(labels) != valid_sizes.shape[0]:
+            raise ValueError(f"Got {len(labels)} label dicts for a batch of {valid_sizes.shape[0]} images.")
+        for index, target in enumerate(labels):
+            if "class_labels" not in target or "boxes" not in target:
+                raise ValueError(
+                    f"labels[{index}] needs 'class_labels' and 'boxes' (normalised cxcywh); got keys {sorted(target)}."
+                )
+            class_labels = torch.as_tensor(target["class_labels"], device=valid_sizes.device).long().reshape(-1)
+            boxes = torch.as_tensor(target["boxes"], device=valid_sizes.device).float().reshape(-1, 4)
+            if class_labels.shape[0] != boxes.shape[0]:
+                raise ValueError(
+                    f"labels[{index}] has {class_labels.shape[0]} class_labels but {boxes.shape[0]} boxes."
+                )
+            if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= num_classes):
+                bad = class_labels[(class_labels < 0) | (class_labels >= num_classes)].unique().tolist()
+                raise ValueError(
+                    f"labels[{index}] has class label(s) {bad}, outside this model's {num_classes} classes "
+                    f"(config.id2label = {self.config.id2label})."
+                )
+            if not torch.isfinite(boxes).all():
+                raise ValueError(f"labels[{index}]['boxes'] contains NaN or infinite values.")
+            scale = valid_sizes[index].flip(0).repeat(2)  # (w, h, w, h)
+            ignore = target.get("ignore_boxes")
+            ignore = (
+                box_cxcywh_to_xyxy(torch.as_tensor(ignore, device=valid_sizes.device).float().reshape(-1, 4)) * scale
+                if ignore is not None
+                else None
+            )
+            converted.append((class_labels, box_cxcywh_to_xyxy(boxes) * scale, ignore))
+        return converted
+
+    def loss(
+        self,
+        *,
+        flat_logits: torch.Tensor,
+        flat_distributions: torch.Tensor,
+        boxes_xyxy: torch.Tensor,
+        anchor_points: torch.Tensor,
+        anchor_strides: torch.Tensor,
+        num_anchors_per_level: list[int],
+        valid_sizes: torch.Tensor,
+        labels: list[dict],
+    ) -> dict[str, torch.Tensor]:
+        """The GFL losses, normalised as in the paper's code.
+
+        Args:
+            flat_logits: (B, A, C) classification logits.
+            flat_distributions: (B, A, 4 * (R + 1)) box-edge distribution logits.
+            boxes_xyxy: (B, A, 4) decoded boxes in input pixels.
+            anchor_points: (A, 2) anchor centres (x, y) in input pixels.
+            anchor_strides: (A,) stride of each anchor's level.
+            num_anchors_per_level: anchors per level, summing to A.
+            valid_sizes: (B, 2) unpadded (height, width) per image.
+            labels: the `labels` argument of `forward`.
+
+        Returns:
+            `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed
+            over positives weighted by the predicted quality / the sum of those weights), each times its
+            weight from the config. Both normalisers are averaged over processes.
+        """
+        reg_max = self.config.reg_max
+        num_classes = self.config.num_labels
+        half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
+        anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
+        targets = self._labels_to_pixels(labels, valid_sizes)
+
+        cls_targets, quality_targets, cls_weights = [], [], []
+        positive_batch, positive_anchor, positive_boxes = [], [], []
+        for image_index, (class_labels, gt_boxes, ignore_boxes) in enumerate(targets):
+            anchor_valid = (anchor_points[:, 0] < valid_sizes[image_index, 1]) & (
+                anchor_points[:, 1] < valid_sizes[image_index, 0]
+            )
+            assignment = self.assigner.assign(
+                anchors=anchors,
+                num_anchors_per_level=num_anchors_per_level,
+                gt_boxes=gt_boxes,
+                ignore_boxes=ignore_boxes,
+                anchor_valid=anchor_valid,
+            )
+            positive = assignment.gt_index >= 0
+            image_cls_targets = torch.full_like(assignment.gt_index, num_classes)
+            image_cls_targets[positive] = class_labels[assignment.gt_index[positive]]
+            cls_targets.append(image_cls_targets)
+            cls_weights.append((~assignment.ignored).float())
+            anchor_ids = positive.nonzero(as_tuple=True)[0]
+            positive_batch.append(torch.full_like(anchor_ids, image_index))
+            positive_anchor.append(anchor_ids)
+            positive_boxes.append(gt_boxes[assignment.gt_index[anchor_ids]])
+            quality_targets.append(torch.zeros(anchors.shape[0], device=anchors.device))
+
+        cls_targets = torch.stack(cls_targets)  # (B, A)
+        cls_weights = torch.stack(cls_weights)
+        quality_targets = torch.stack(quality_targets)
+        positive_batch = torch.cat(positive_batch)
+        positive_anchor = torch.cat(positive_anchor)
+        positive_boxes = torch.cat(positive_boxes)
+        num_positives = positive_anchor.numel()
+
+        positive_pred_boxes = boxes_xyxy[positive_batch, positive_anchor]
+        quality_targets[positive_batch, positive_anchor] = aligned_box_iou(
+            positive_pred_boxes.detach().float(), positive_boxes
+        ).clamp(min=0.0)
+
+        qfl = quality_focal_loss(
+            flat_logits.reshape(-1, num_classes),
+            cls_targets.reshape(-1),
+            quality_targets.reshape(-1),
+            beta=self.config.qfl_beta,
+        )
+        qfl_normaliser = _mean_over_processes(
+            torch.tensor(float(num_positives), device=flat_logits.device)
+        ).clamp(min=1.0)
+        loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
+
+        # Box losses weigh each positive by the detached predicted quality, so confident locations count
+        # more (the paper's code does this; it keeps poorly classified positives from dominating).
+        quality_weights = flat_logits[positive_batch, positive_anchor].detach().float().sigmoid().max(dim=1).values
+        box_normaliser = _mean_over_processes(quality_weights.sum().detach()).clamp(min=1.0)
+        if num_positives > 0:
+            loss_giou = (giou_loss(positive_pred_boxes, positive_boxes) * quality_weights).sum()
+            strides = anchor_strides[positive_anchor][:, None]
+            points = anchor_points[positive_anchor]
+            target_distances = torch.cat(
+                [points - positive_boxes[:, :2], positive_boxes[:, 2:] - points], dim=1
+            ) / strides
+            target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)
+            positive_distributions = flat_distributions[positive_batch, positive_anchor].reshape(-1, reg_max + 1)
+            loss_dfl = (
+                distribution_focal_loss(positive_distributions, target_distances.reshape(-1))
+                * quality_weights[:, None].expand(-1, 4).reshape(-1)
+            ).sum() / 4.0
+        else:
+            # Keep the box branch in the graph, so multi-process training sees a gradient for every
+            # parameter even when a process has no positives.
+            loss_giou = flat_distributions.sum() * 0.0
+            loss_dfl = flat_distributions.sum() * 0.0
+        return {
+            "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
+            "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
+            "loss_giou": self.config.loss_giou_weight * loss_giou / box_normaliser,
+        }
+
+
+__all__ = [
+    "ATSSAssigner",
+    "GFLForObjectDetection",
+    "GFLObjectDetectionOutput",
+    "GFLPreTrainedModel",
+    "distribution_focal_loss",
+    "quality_focal_loss",
+]

@@ -1,0 +1,122 @@
+"""GFL losses and ATSS assignment against values worked out by hand."""
+
+import math
+
+import pytest
+import torch
+
+from liaf_hf.models.gfl.modeling_gfl import (
+    ATSSAssigner,
+    aligned_box_iou,
+    distribution_focal_loss,
+    giou_loss,
+    quality_focal_loss,
+)
+
+
+class TestQualityFocalLoss:
+    def test_positive_with_matching_quality_costs_only_its_negative_class(self):
+        # p = 0.5 for both classes; class 0 is positive with quality 0.5, so its modulating factor
+        # |0.5 - 0.5|^2 is 0; class 1 is a negative: BCE(p=0.5, 0) * 0.5^2 = ln2 / 4.
+        loss = quality_focal_loss(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([0.5]))
+        assert loss.item() == pytest.approx(math.log(2) / 4, rel=1e-6)
+
+    def test_positive_with_quality_one(self):
+        # class 0: BCE(0.5, 1) * |1 - 0.5|^2 = ln2 / 4; class 1: ln2 / 4 as above.
+        loss = quality_focal_loss(torch.zeros(1, 2), torch.tensor([0]), torch.tensor([1.0]))
+        assert loss.item() == pytest.approx(math.log(2) / 2, rel=1e-6)
+
+    def test_background_sample(self):
+        # p = 0.2 on each of 3 classes, label 3 = background: 3 * (-ln 0.8) * 0.2^2.
+        logits = torch.full((1, 3), math.log(0.25))
+        loss = quality_focal_loss(logits, torch.tensor([3]), torch.tensor([0.0]))
+        assert loss.item() == pytest.approx(3 * -math.log(0.8) * 0.04, rel=1e-5)
+
+    def test_gradient_pushes_towards_quality(self):
+        logits = torch.zeros(1, 1, requires_grad=True)
+        quality_focal_loss(logits, torch.tensor([0]), torch.tensor([0.9])).sum().backward()
+        assert logits.grad.item() < 0  # raising the logit lowers the loss
+
+
+class TestDistributionFocalLoss:
+    def test_uniform_distribution_costs_log_bins(self):
+        loss = distribution_focal_loss(torch.zeros(1, 5), torch.tensor([1.3]))
+        assert loss.item() == pytest.approx(math.log(5), rel=1e-6)
+
+    def test_integer_target_is_plain_cross_entropy(self):
+        logits = torch.log(torch.tensor([[0.1, 0.2, 0.4, 0.2, 0.1]]))
+        assert distribution_focal_loss(logits, torch.tensor([2.0])).item() == pytest.approx(-math.log(0.4), rel=1e-5)
+
+    def test_target_between_bins_mixes_both(self):
+        logits = torch.log(torch.tensor([[0.1, 0.2, 0.4, 0.2, 0.1]]))
+        expected = 0.5 * -math.log(0.2) + 0.5 * -math.log(0.4)
+        assert distribution_focal_loss(logits, torch.tensor([1.5])).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_giou_loss_hand_value():
+    # IoU 1/7, enclosing box area 9, union 7: GIoU = 1/7 - 2/9.
+    loss = giou_loss(torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]]))
+    assert loss.item() == pytest.approx(1 - (1 / 7 - 2 / 9), rel=1e-5)
+
+
+def test_aligned_iou():
+    iou = aligned_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0], [0, 0, 1, 1]]), torch.tensor([[1.0, 1.0, 3.0, 3.0], [0, 0, 1, 1]]))
+    assert iou.tolist() == pytest.approx([1 / 7, 1.0])
+
+
+def grid_anchors(size: int = 4, stride: int = 8, anchor: int = 16) -> torch.Tensor:
+    """(size*size, 4) square anchors of side `anchor` centred on a stride-8 grid, row-major."""
+    centres = (torch.arange(size) + 0.5) * stride
+    ys, xs = torch.meshgrid(centres, centres, indexing="ij")
+    points = torch.stack([xs.reshape(-1), ys.reshape(-1)], 1)
+    return torch.cat([points - anchor / 2, points + anchor / 2], 1)
+
+
+class TestATSSAssigner:
+    def test_hand_worked_single_level(self):
+        # Ground truth [5, 2, 21, 18], centre (13, 10). The three closest anchor centres are (12, 12),
+        # (12, 4) and (20, 12), with IoUs 210/302, 150/362 and 126/386; their mean + unbiased std is
+        # 0.6714, so only the anchor at (12, 12) (index 5) is positive, and its centre is inside the box.
+        anchors = grid_anchors()
+        result = ATSSAssigner(topk=3).assign(
+            anchors=anchors, num_anchors_per_level=[16], gt_boxes=torch.tensor([[5.0, 2.0, 21.0, 18.0]])
+        )
+        assert (result.gt_index >= 0).nonzero().flatten().tolist() == [5]
+        assert result.gt_index[5].item() == 0
+        assert not result.ignored.any()
+
+    def test_candidate_needs_centre_inside_box(self):
+        # A thin box beside the anchor centres: high-IoU candidates exist but no centre lies inside.
+        anchors = grid_anchors()
+        result = ATSSAssigner(topk=3).assign(
+            anchors=anchors, num_anchors_per_level=[16], gt_boxes=torch.tensor([[13.0, 0.0, 19.0, 32.0]])
+        )
+        assert (result.gt_index < 0).all()
+
+    def test_anchor_claimed_twice_goes_to_higher_iou(self):
+        anchors = grid_anchors()
+        boxes = torch.tensor([[4.0, 4.0, 20.0, 20.0], [2.0, 2.0, 22.0, 22.0]])
+        result = ATSSAssigner(topk=1).assign(anchors=anchors, num_anchors_per_level=[16], gt_boxes=boxes)
+        # Anchor 5 is [4, 4, 20, 20]: IoU 1 with box 0, 256/400 with box 1.
+        assert result.gt_index[5].item() == 0
+
+    def test_ignore_regions_and_padding_are_neither_positive_nor_negative(self):
+        anchors = grid_anchors()
+        valid = torch.ones(16, dtype=torch.bool)
+        valid[12:] = False  # last row lies in the padding
+        result = ATSSAssigner(topk=3).assign(
+            anchors=anchors,
+            num_anchors_per_level=[16],
+            gt_boxes=torch.tensor([[5.0, 2.0, 21.0, 18.0]]),
+            ignore_boxes=torch.tensor([[16.0, 0.0, 40.0, 40.0]]),
+            anchor_valid=valid,
+        )
+        # Anchors 3, 7, 11, 15 (column x=28, boxes [20, ., 36, .]) lie fully inside the ignore region.
+        assert result.ignored[[3, 7, 11]].all()
+        assert result.ignored[12:].all()
+        assert not result.ignored[[0, 1, 4, 5]].any()
+        assert result.gt_index[5].item() == 0 and not result.ignored[5]
+
+    def test_no_ground_truth_means_all_negative(self):
+        result = ATSSAssigner().assign(anchors=grid_anchors(), num_anchors_per_level=[16], gt_boxes=torch.zeros(0, 4))
+        assert (result.gt_index == -1).all()

@@ -1,0 +1,181 @@
+"""The GFL detector as a transformers model: backbones, outputs, saving, Auto classes, pipeline."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import pytest
+import timm
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
+
+from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+
+ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
+
+
+def small_config(**overrides) -> GFLConfig:
+    settings = dict(
+        backbone="resnet18", fpn_channels=32, head_channels=32, head_stacked_convs=1, head_norm_groups=8, id2label=ID2LABEL
+    )
+    settings.update(overrides)
+    return GFLConfig(**settings)
+
+
+def example_labels():
+    return [
+        {"class_labels": torch.tensor([1, 2]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.2, 0.3, 0.2, 0.2]])},
+        {"class_labels": torch.tensor([], dtype=torch.long), "boxes": torch.zeros(0, 4)},
+    ]
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "mobilenetv3_small_100", "convnext_atto"])
+def test_any_timm_family_trains(backbone):
+    model = GFLForObjectDetection(small_config(backbone=backbone))
+    assert model.strides == [8, 16, 32, 64, 128]
+    out = model(pixel_values=torch.randn(2, 3, 96, 128), labels=example_labels())
+    assert set(out.loss_dict) == {"loss_qfl", "loss_dfl", "loss_giou"}
+    assert torch.isfinite(out.loss)
+    out.loss.backward()
+    # 96x128 input: levels of 12x16, 6x8, 3x4, 2x2 and 1x1 cells.
+    assert out.logits.shape == (2, 12 * 16 + 6 * 8 + 3 * 4 + 2 * 2 + 1, 3)
+    assert out.pred_boxes.shape[:2] == out.logits.shape[:2]
+    assert [f.shape[1] for f in out.fpn_features] == [32] * 5
+    assert out.box_distributions[0].shape == (2, 4 * 17, 12, 16)
+    assert out.class_logits[2].shape == (2, 3, 3, 4)
+    assert all(p.grad is not None for p in model.head.parameters())
+
+
+def test_pred_boxes_are_normalised_to_the_unpadded_image():
+    model = GFLForObjectDetection(small_config()).eval()
+    mask = torch.zeros(1, 64, 128, dtype=torch.long)
+    mask[:, :64, :64] = 1  # the image is the left half; the rest is padding
+    with torch.no_grad():
+        out = model(pixel_values=torch.randn(1, 3, 64, 128), pixel_mask=mask)
+    x1 = out.pred_boxes[..., 0] - out.pred_boxes[..., 2] / 2
+    assert out.pred_boxes.min() >= 0 and out.pred_boxes.max() <= 1
+    # Anchors in the padding decode beyond x = 1 of the unpadded image and are clamped there.
+    assert (x1[0, -1] >= 0).item()
+
+
+def test_unknown_class_label_is_refused_with_its_value():
+    model = GFLForObjectDetection(small_config())
+    labels = [{"class_labels": torch.tensor([7]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match=r"labels\[0\].*\[7\].*3 classes"):
+        model(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
+
+
+def test_mismatched_labels_are_refused():
+    model = GFLForObjectDetection(small_config())
+    labels = [{"class_labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match="2 class_labels but 1 boxes"):
+        model(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
+
+
+def test_ignore_regions_remove_negatives_from_the_loss():
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(small_config())
+    pixels = torch.randn(1, 3, 64, 64)
+    base = [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.3, 0.3, 0.3, 0.3]])}]
+    ignored = [dict(base[0], ignore_boxes=torch.tensor([[0.5, 0.5, 1.0, 1.0]]))]
+    with torch.no_grad():
+        full = model(pixel_values=pixels, labels=base).loss_dict["loss_qfl"]
+        without_negatives = model(pixel_values=pixels, labels=ignored).loss_dict["loss_qfl"]
+    assert without_negatives < full
+
+
+def test_config_round_trip_and_validation(tmp_path):
+    config = small_config(reg_max=8, atss_topk=5)
+    config.save_pretrained(tmp_path)
+    loaded = GFLConfig.from_pretrained(tmp_path)
+    assert loaded.reg_max == 8 and loaded.atss_topk == 5 and loaded.id2label == ID2LABEL
+    assert loaded.backbone_out_indices == (-3, -2, -1)
+    assert (GFLConfig().loss_qfl_weight, GFLConfig().loss_dfl_weight, GFLConfig().loss_giou_weight) == (1.0, 0.25, 2.0)
+    with pytest.raises(ValueError, match="head_norm_groups"):
+        GFLConfig(head_channels=48, head_norm_groups=32)
+
+
+def test_pretrained_backbone_weights_survive_post_init(tmp_path):
+    full = timm.create_model("resnet18")
+    torch.nn.init.constant_(full.conv1.weight, 0.123)
+    weights = tmp_path / "resnet18.safetensors"
+    save_file(full.state_dict(), str(weights))
+    model = GFLForObjectDetection(
+        small_config(backbone_pretrained=True, backbone_kwargs={"pretrained_cfg_overlay": {"file": str(weights)}})
+    )
+    assert torch.all(model.backbone.body.conv1.weight == 0.123)
+
+
+def test_init_weights_follow_gfl():
+    model = GFLForObjectDetection(small_config())
+    assert torch.allclose(model.head.class_logits.bias, torch.full((3,), -math.log(0.99 / 0.01)))
+    assert model.head.cls_convs[0].weight.std().item() == pytest.approx(0.01, rel=0.2)
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("gfl")
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(small_config())
+    processor = GFLImageProcessor.for_model_config(model.config, size={"shortest_edge": 64, "longest_edge": 96})
+    model.save_pretrained(directory)
+    processor.save_pretrained(directory)
+    return directory, model
+
+
+def test_auto_classes_load_the_same_weights(saved_model_dir):
+    directory, model = saved_model_dir
+    loaded = AutoModelForObjectDetection.from_pretrained(directory)
+    assert type(loaded) is GFLForObjectDetection
+    original, reloaded = model.state_dict(), loaded.state_dict()
+    assert original.keys() == reloaded.keys()
+    assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    processor = AutoImageProcessor.from_pretrained(directory)
+    assert isinstance(processor, GFLImageProcessor) and processor.size == {"shortest_edge": 64, "longest_edge": 96}
+
+
+def test_saved_directory_carries_code_and_auto_map(saved_model_dir):
+    directory, _ = saved_model_dir
+    names = set(os.listdir(directory))
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_gfl.py"} <= names
+    auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
+    assert auto_map["AutoModelForObjectDetection"] == "modeling_gfl.GFLForObjectDetection"
+
+
+def test_pipeline_returns_detections(saved_model_dir):
+    directory, _ = saved_model_dir
+    detector = pipeline("object-detection", model=str(directory), trust_remote_code=False)
+    detections = detector(Image.new("RGB", (120, 80), (90, 120, 200)), threshold=0.0)
+    assert detections, "an untrained model still scores every anchor above 0"
+    first = detections[0]
+    assert first["label"] in ID2LABEL.values()
+    assert 0 <= first["box"]["xmin"] <= first["box"]["xmax"] <= 120
+
+
+def test_trust_remote_code_loads_without_liaf_hf(saved_model_dir, tmp_path):
+    directory, model = saved_model_dir
+    script = f"""
+import sys, torch
+from transformers import AutoModelForObjectDetection, AutoImageProcessor
+model = AutoModelForObjectDetection.from_pretrained({str(directory)!r}, trust_remote_code=True)
+processor = AutoImageProcessor.from_pretrained({str(directory)!r}, trust_remote_code=True)
+assert "liaf_hf" not in sys.modules, "liaf_hf must not be imported"
+batch = processor(images=[torch.zeros(3, 64, 64, dtype=torch.uint8)], return_tensors="pt")
+with torch.no_grad():
+    out = model(**batch)
+print(type(model).__module__, round(out.logits.sum().item(), 3))
+"""
+    # liaf_hf is installed in this environment, so the script proves it was never imported.
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    module, logit_sum = result.stdout.split()
+    assert "liaf_hf" not in module
+    processor = GFLImageProcessor.from_pretrained(directory)
+    with torch.no_grad():
+        expected = model.eval()(**processor(images=[torch.zeros(3, 64, 64, dtype=torch.uint8)])).logits.sum().item()
+    assert float(logit_sum) == pytest.approx(expected, abs=2e-3)
