@@ -60,7 +60,9 @@ def test_giou_loss_hand_value():
 
 
 def test_aligned_iou():
-    iou = aligned_box_iou(torch.tensor([[0.0, 0.0, 2.0, 2.0], [0, 0, 1, 1]]), torch.tensor([[1.0, 1.0, 3.0, 3.0], [0, 0, 1, 1]]))
+    iou = aligned_box_iou(
+        torch.tensor([[0.0, 0.0, 2.0, 2.0], [0, 0, 1, 1]]), torch.tensor([[1.0, 1.0, 3.0, 3.0], [0, 0, 1, 1]])
+    )
     assert iou.tolist() == pytest.approx([1 / 7, 1.0])
 
 

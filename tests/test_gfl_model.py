@@ -20,7 +20,12 @@ ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
 
 def small_config(**overrides) -> GFLConfig:
     settings = dict(
-        backbone="resnet18", fpn_channels=32, head_channels=32, head_stacked_convs=1, head_norm_groups=8, id2label=ID2LABEL
+        backbone="resnet18",
+        fpn_channels=32,
+        head_channels=32,
+        head_stacked_convs=1,
+        head_norm_groups=8,
+        id2label=ID2LABEL,
     )
     settings.update(overrides)
     return GFLConfig(**settings)

@@ -281,8 +281,7 @@ class FeaturePyramidNetwork(nn.Module):
         self.lateral_convs = nn.ModuleList(nn.Conv2d(c, out_channels, 1) for c in in_channels)
         self.output_convs = nn.ModuleList(nn.Conv2d(out_channels, out_channels, 3, padding=1) for _ in in_channels)
         self.extra_convs = nn.ModuleList(
-            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1)
-            for _ in range(num_levels - len(in_channels))
+            nn.Conv2d(out_channels, out_channels, 3, stride=2, padding=1) for _ in range(num_levels - len(in_channels))
         )
         for conv in self.modules():
             if isinstance(conv, nn.Conv2d):
@@ -476,9 +475,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self.strides: list[int] = self.backbone.strides + [
             self.backbone.strides[-1] * 2 ** (i + 1) for i in range(extra_levels)
         ]
-        self.register_buffer(
-            "distance_bins", torch.arange(config.reg_max + 1, dtype=torch.float32), persistent=False
-        )
+        self.register_buffer("distance_bins", torch.arange(config.reg_max + 1, dtype=torch.float32), persistent=False)
         self.assigner = ATSSAssigner(topk=config.atss_topk, ignore_iof_threshold=config.ignore_iof_threshold)
         self.post_init()
         if config.backbone_pretrained and self.distance_bins.device.type != "meta":
@@ -713,9 +710,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             quality_targets.reshape(-1),
             beta=self.config.qfl_beta,
         )
-        qfl_normaliser = _mean_over_processes(
-            torch.tensor(float(num_positives), device=flat_logits.device)
-        ).clamp(min=1.0)
+        qfl_normaliser = _mean_over_processes(torch.tensor(float(num_positives), device=flat_logits.device)).clamp(
+            min=1.0
+        )
         loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
 
         # Box losses weigh each positive by the detached predicted quality, so confident locations count
@@ -726,9 +723,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             loss_giou = (giou_loss(positive_pred_boxes, positive_boxes) * quality_weights).sum()
             strides = anchor_strides[positive_anchor][:, None]
             points = anchor_points[positive_anchor]
-            target_distances = torch.cat(
-                [points - positive_boxes[:, :2], positive_boxes[:, 2:] - points], dim=1
-            ) / strides
+            target_distances = (
+                torch.cat([points - positive_boxes[:, :2], positive_boxes[:, 2:] - points], dim=1) / strides
+            )
             target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)
             positive_distributions = flat_distributions[positive_batch, positive_anchor].reshape(-1, reg_max + 1)
             loss_dfl = (

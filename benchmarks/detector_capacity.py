@@ -1,0 +1,113 @@
+"""Does capacity matter on the generated set? Train GFL detectors with different backbones from scratch
+under one schedule and score them with the COCO metrics.
+
+    python benchmarks/detector_capacity.py --backbones resnet18 resnet50 --max_steps 600
+
+Prints a table and writes benchmarks/results/detector_capacity.json. Every run uses examples/train_detector.py
+with the same arguments except the backbone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "resnet50"])
+    parser.add_argument("--data_dir", default=str(ROOT / "data" / "shapes-easy"))
+    parser.add_argument("--difficulty", default="easy")
+    parser.add_argument("--num_train", type=int, default=2000)
+    parser.add_argument("--num_val", type=int, default=500)
+    parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument("--fpn_channels", type=int, default=64)
+    parser.add_argument("--head_stacked_convs", type=int, default=2)
+    parser.add_argument("--max_steps", type=int, default=600)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--learning_rate", type=float, default=2e-3)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--work_dir", default=str(ROOT / "runs" / "detector_capacity"))
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "detector_capacity.json"))
+    return parser.parse_args()
+
+
+def train_command(args: argparse.Namespace, backbone: str) -> list[str]:
+    return [
+        sys.executable, str(ROOT / "examples" / "train_detector.py"),
+        "--data_dir", args.data_dir,
+        "--generate_synthetic", args.difficulty,
+        "--synthetic_num_train", str(args.num_train),
+        "--synthetic_num_val", str(args.num_val),
+        "--backbone", backbone,
+        "--fpn_channels", str(args.fpn_channels),
+        "--head_channels", str(args.fpn_channels),
+        "--head_stacked_convs", str(args.head_stacked_convs),
+        "--shortest_edge", str(args.image_size),
+        "--longest_edge", str(args.image_size),
+        "--output_dir", str(Path(args.work_dir) / backbone),
+        "--do_train", "--do_eval",
+        "--max_steps", str(args.max_steps),
+        "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_eval_batch_size", "32",
+        "--learning_rate", str(args.learning_rate),
+        "--weight_decay", "1e-4",
+        "--warmup_steps", str(min(100, args.max_steps // 10)),
+        "--lr_scheduler_type", "cosine",
+        "--max_grad_norm", "35",
+        "--logging_steps", "50",
+        "--save_strategy", "no",
+        "--report_to", "none",
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    args = parse_args()
+    rows = []
+    for backbone in args.backbones:
+        command = train_command(args, backbone)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, cwd=ROOT)
+        seconds = time.perf_counter() - started
+        summary = json.loads((Path(args.work_dir) / backbone / "summary.json").read_text())
+        rows.append({"backbone": backbone, "train_and_eval_seconds": round(seconds, 1), **summary})
+
+    header = f"| backbone | params (M) | AP | AP50 | AP75 | APs | APm | AR100 | minutes |\n|{'---|' * 9}"
+    lines = [header]
+    for row in rows:
+        lines.append(
+            f"| {row['backbone']} | {row['parameters'] / 1e6:.1f} | {row['eval_AP']:.3f} | {row['eval_AP50']:.3f} | "
+            f"{row['eval_AP75']:.3f} | {row['eval_APs']:.3f} | {row['eval_APm']:.3f} | {row['eval_AR100']:.3f} | "
+            f"{row['train_and_eval_seconds'] / 60:.1f} |"
+        )
+    print("\n".join(lines))
+    result = {
+        "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
+        "date": date.today().isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "settings": vars(args),
+        "results": rows,
+        "table": "\n".join(lines),
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,212 @@
+"""Tests of the generated shapes set: determinism, valid COCO, tight boxes, presets, reuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+
+from liaf_hf.data.coco import category_names, coco_category_ids, load_coco_detection
+from liaf_hf.data.synthetic import (
+    DIFFICULTIES,
+    SceneObject,
+    SyntheticSpec,
+    generate_coco_dataset,
+    generate_scene,
+    main,
+)
+
+# Palette colours stay above this spread between their largest and smallest channel even after
+# jitter, and the near-grey backgrounds stay well below it, whatever their noise and gradient.
+_FOREGROUND_SATURATION = 80
+
+
+def _foreground(image: Image.Image) -> np.ndarray:
+    """(height, width) bool mask of object pixels, for scenes drawn without clutter."""
+    pixels = np.asarray(image, dtype=np.int16)
+    return (pixels.max(axis=2) - pixels.min(axis=2)) > _FOREGROUND_SATURATION
+
+
+def _box_slices(scene_object: SceneObject) -> tuple[slice, slice]:
+    x1, y1, x2, y2 = (int(value) for value in scene_object.box_xyxy)
+    return slice(y1, y2), slice(x1, x2)
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_coco_dataset(tmp_path_factory.mktemp("shapes"), num_train=12, num_val=6)
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) -> None:
+    first = _files(generate_coco_dataset(tmp_path / "a", num_train=5, num_val=3, seed=7))
+    second = _files(generate_coco_dataset(tmp_path / "b", num_train=5, num_val=3, seed=7))
+    other = _files(generate_coco_dataset(tmp_path / "c", num_train=5, num_val=3, seed=8))
+    assert len(first) == 5 + 3 + 3  # images, two annotation files, the manifest
+    assert first == second
+    for name in ("annotations/instances_train.json", "train/000000.png", "val/000000.png"):
+        assert first[name] != other[name]
+
+
+def test_train_and_val_differ(small_set: Path) -> None:
+    train = (small_set / "train" / "000000.png").read_bytes()
+    assert train != (small_set / "val" / "000000.png").read_bytes()
+
+
+def test_written_json_is_valid_coco(small_set: Path) -> None:
+    coco = COCO(str(small_set / "annotations" / "instances_train.json"))
+    assert len(coco.getImgIds()) == 12
+    assert coco.getCatIds() == [1, 2, 3, 4]
+    assert [category["name"] for category in coco.loadCats(coco.getCatIds())] == list(
+        SyntheticSpec().class_names
+    )
+    annotations = coco.loadAnns(coco.getAnnIds())
+    assert annotations
+    assert all(annotation["iscrowd"] == 0 for annotation in annotations)
+
+
+def test_loads_without_warnings(small_set: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="liaf_hf.data"):
+        train = load_coco_detection(small_set, "train")
+        val = load_coco_detection(small_set, "val")
+    assert caplog.records == []
+    assert (train.num_rows, val.num_rows) == (12, 6)
+    assert category_names(train) == list(SyntheticSpec().class_names)
+    annotation_file = small_set / "annotations" / "instances_train.json"
+    assert coco_category_ids(annotation_file) == [1, 2, 3, 4]
+    written = json.loads(annotation_file.read_text())["annotations"]
+    assert sum(len(row["objects"]["id"]) for row in train) == len(written)
+
+
+def test_easy_boxes_are_tight_around_each_object(small_set: Path) -> None:
+    content = json.loads((small_set / "annotations" / "instances_train.json").read_text())
+    spec = SyntheticSpec()
+    for image_record in content["images"]:
+        foreground = _foreground(Image.open(small_set / "train" / image_record["file_name"]))
+        objects = [a for a in content["annotations"] if a["image_id"] == image_record["id"]]
+        covered = np.zeros_like(foreground)
+        for annotation in objects:
+            x, y, w, h = (int(value) for value in annotation["bbox"])
+            assert 0 <= x < x + w <= spec.image_width
+            assert 0 <= y < y + h <= spec.image_height
+            # Easy objects are at least 2 px apart, so a 1-px margin around a box holds only it.
+            top, left = max(y - 1, 0), max(x - 1, 0)
+            rows, columns = np.nonzero(foreground[top : y + h + 1, left : x + w + 1])
+            assert (left + columns.min(), top + rows.min()) == (x, y)
+            assert (left + columns.max() + 1, top + rows.max() + 1) == (x + w, y + h)
+            assert annotation["area"] == foreground[y : y + h, x : x + w].sum()
+            covered[y : y + h, x : x + w] = True
+        assert not (foreground & ~covered).any()
+
+
+@pytest.mark.parametrize("difficulty", ["medium", "hard"])
+def test_occluded_boxes_are_tight_around_visible_pixels(difficulty: str) -> None:
+    # Without clutter the only saturated pixels are those of labelled objects.
+    spec = dataclasses.replace(SyntheticSpec.preset(difficulty), clutter=0)
+    occluded = 0
+    for seed in range(10):
+        image, objects = generate_scene(np.random.default_rng(seed), spec)
+        foreground = _foreground(image)
+        covered = np.zeros_like(foreground)
+        for scene_object in objects:
+            rows, columns = _box_slices(scene_object)
+            inside = foreground[rows, columns]
+            # Tight: every edge of the box touches a visible object pixel.
+            assert inside[0].any() and inside[-1].any()
+            assert inside[:, 0].any() and inside[:, -1].any()
+            assert scene_object.area <= inside.size
+            assert scene_object.visible_fraction >= 1 - spec.max_occlusion
+            occluded += scene_object.visible_fraction < 1
+            covered[rows, columns] = True
+        assert not (foreground & ~covered).any()
+        # Visible pixels of different objects are disjoint and holes show background.
+        assert sum(scene_object.area for scene_object in objects) == foreground.sum()
+    assert occluded > 0  # the seeds above do exercise occlusion
+
+
+@pytest.mark.parametrize(
+    ("difficulty", "size", "num_classes"), [("easy", 128, 4), ("medium", 256, 8), ("hard", 384, 12)]
+)
+def test_presets(difficulty: str, size: int, num_classes: int) -> None:
+    spec = SyntheticSpec.preset(difficulty)
+    assert len(spec.class_names) == num_classes
+    image, objects = generate_scene(np.random.default_rng(0), spec)
+    assert image.size == (size, size)
+    assert image.mode == "RGB"
+    assert 1 <= len(objects) <= spec.max_objects
+    assert all(0 <= scene_object.category < num_classes for scene_object in objects)
+
+
+def test_default_spec_is_easy_and_presets_are_listed() -> None:
+    assert SyntheticSpec() == SyntheticSpec.preset("easy")
+    assert DIFFICULTIES == ("easy", "medium", "hard")
+    with pytest.raises(ValueError, match="unknown difficulty"):
+        SyntheticSpec.preset("extreme")
+
+
+def test_spec_rejects_bad_settings() -> None:
+    with pytest.raises(ValueError, match="unknown shapes"):
+        SyntheticSpec(class_names=("circle", "blob"))
+    with pytest.raises(ValueError, match="max_occlusion"):
+        SyntheticSpec(max_occlusion=1.0)
+    with pytest.raises(ValueError, match="min_size"):
+        SyntheticSpec(min_size=50, max_size=40)
+
+
+def test_same_generator_state_gives_same_scene() -> None:
+    spec = SyntheticSpec.preset("medium")
+    first_image, first_objects = generate_scene(np.random.default_rng(3), spec)
+    second_image, second_objects = generate_scene(np.random.default_rng(3), spec)
+    assert first_objects == second_objects
+    assert first_image.tobytes() == second_image.tobytes()
+
+
+def test_identical_settings_reuse_the_folder(tmp_path: Path) -> None:
+    root = generate_coco_dataset(tmp_path / "set", num_train=3, num_val=2)
+    image = root / "train" / "000000.png"
+    image.write_bytes(b"marker")  # a regenerated set would replace this
+    assert generate_coco_dataset(root, num_train=3, num_val=2) == root
+    assert generate_coco_dataset(root, num_train=3, num_val=2, overwrite=True) == root
+    assert image.read_bytes() == b"marker"
+
+
+def test_different_settings_need_overwrite(tmp_path: Path) -> None:
+    root = generate_coco_dataset(tmp_path / "set", num_train=3, num_val=2)
+    (root / "notes.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="seed"):
+        generate_coco_dataset(root, num_train=3, num_val=2, seed=1)
+    generate_coco_dataset(root, num_train=2, num_val=2, seed=1, overwrite=True)
+    assert sorted(path.name for path in (root / "train").iterdir()) == ["000000.png", "000001.png"]
+    assert json.loads((root / "synthetic_spec.json").read_text())["seed"] == 1
+    assert (root / "notes.txt").read_text() == "keep me"
+
+
+def test_foreign_folder_is_not_overwritten(tmp_path: Path) -> None:
+    (tmp_path / "data.txt").write_text("not a synthetic set")
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        generate_coco_dataset(tmp_path, num_train=1, num_val=1)
+
+
+def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    output = tmp_path / "cli"
+    arguments = ["--output", str(output), "--difficulty", "medium", "--num-train", "2"]
+    assert main([*arguments, "--num-val", "1", "--seed", "4"]) == 0
+    assert capsys.readouterr().out.strip() == str(output)
+    manifest = json.loads((output / "synthetic_spec.json").read_text())
+    assert (manifest["num_train"], manifest["num_val"], manifest["seed"]) == (2, 1, 4)
+    assert manifest["spec"]["image_width"] == 256
+    with Image.open(output / "val" / "000000.png") as image:
+        assert image.size == (256, 256)
