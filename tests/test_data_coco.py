@@ -65,9 +65,7 @@ def _write_set(root: Path, content: dict[str, Any]) -> Path:
     (root / "annotations").mkdir(parents=True)
     (root / "train").mkdir()
     for image in content["images"]:
-        Image.new("RGB", (image["width"], image["height"])).save(
-            root / "train" / image["file_name"]
-        )
+        Image.new("RGB", (image["width"], image["height"])).save(root / "train" / image["file_name"])
     (root / "annotations" / ANNOTATION_NAME).write_text(json.dumps(content), encoding="utf-8")
     return root
 
@@ -142,9 +140,7 @@ def test_explicit_files_and_argument_misuse(tmp_path: Path) -> None:
         load_coco_detection(annotation_file=annotation_file)
 
 
-def test_clipping_and_dropping_are_logged_with_counts(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
-) -> None:
+def test_clipping_and_dropping_are_logged_with_counts(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     def mutate(content: dict[str, Any]) -> None:
         # Image 10 is 40x30.
         content["annotations"] += [
@@ -221,28 +217,16 @@ BAD_RECORDS = [
     pytest.param(_delete_top_level("annotations"), ["'annotations'"], id="no-annotations"),
     pytest.param(_delete_top_level("categories"), ["'categories'"], id="no-categories"),
     pytest.param(_delete_field("images", 1, "id"), ["images[1]", "'id'"], id="image-no-id"),
-    pytest.param(
-        _delete_field("images", 1, "file_name"), ["image id 11", "'file_name'"], id="no-file-name"
-    ),
+    pytest.param(_delete_field("images", 1, "file_name"), ["image id 11", "'file_name'"], id="no-file-name"),
     pytest.param(_delete_field("images", 1, "width"), ["image id 11", "'width'"], id="no-width"),
     pytest.param(_delete_field("images", 1, "height"), ["image id 11", "'height'"], id="no-height"),
-    pytest.param(
-        _set_field("images", 1, "width", 0), ["image id 11", "non-positive"], id="zero-width"
-    ),
-    pytest.param(
-        _set_field("images", 1, "height", -3), ["image id 11", "non-positive"], id="neg-height"
-    ),
+    pytest.param(_set_field("images", 1, "width", 0), ["image id 11", "non-positive"], id="zero-width"),
+    pytest.param(_set_field("images", 1, "height", -3), ["image id 11", "non-positive"], id="neg-height"),
     pytest.param(_append_duplicate("images", 0), ["duplicate image id 10"], id="dup-image"),
     pytest.param(_append_duplicate("categories", 1), ["duplicate category id 3"], id="dup-cat"),
-    pytest.param(
-        _set_field("categories", 0, "name", "car"), ["duplicate category names"], id="dup-name"
-    ),
-    pytest.param(
-        _append_duplicate("annotations", 1), ["duplicate annotation id 101"], id="dup-annotation"
-    ),
-    pytest.param(
-        _delete_field("annotations", 1, "id"), ["annotations[1]", "'id'"], id="annotation-no-id"
-    ),
+    pytest.param(_set_field("categories", 0, "name", "car"), ["duplicate category names"], id="dup-name"),
+    pytest.param(_append_duplicate("annotations", 1), ["duplicate annotation id 101"], id="dup-annotation"),
+    pytest.param(_delete_field("annotations", 1, "id"), ["annotations[1]", "'id'"], id="annotation-no-id"),
     pytest.param(
         _delete_field("annotations", 1, "image_id"),
         ["annotation id 101", "'image_id'"],
@@ -253,9 +237,7 @@ BAD_RECORDS = [
         ["annotation id 101", "'category_id'"],
         id="no-category-id",
     ),
-    pytest.param(
-        _delete_field("annotations", 1, "bbox"), ["annotation id 101", "'bbox'"], id="no-bbox"
-    ),
+    pytest.param(_delete_field("annotations", 1, "bbox"), ["annotation id 101", "'bbox'"], id="no-bbox"),
     pytest.param(
         _set_field("annotations", 1, "bbox", [1, 2, 3]),
         ["annotation id 101", "4 finite numbers"],
@@ -291,19 +273,13 @@ BAD_RECORDS = [
         ["annotation id 101", "entirely outside", "image id 10"],
         id="box-outside",
     ),
-    pytest.param(
-        _set_field("annotations", 1, "iscrowd", 2), ["annotation id 101", "'iscrowd'"], id="crowd"
-    ),
-    pytest.param(
-        _set_field("annotations", 1, "area", -1.0), ["annotation id 101", "'area'"], id="area"
-    ),
+    pytest.param(_set_field("annotations", 1, "iscrowd", 2), ["annotation id 101", "'iscrowd'"], id="crowd"),
+    pytest.param(_set_field("annotations", 1, "area", -1.0), ["annotation id 101", "'area'"], id="area"),
 ]
 
 
 @pytest.mark.parametrize(("mutate", "expected"), BAD_RECORDS)
-def test_bad_records_name_file_and_record(
-    tmp_path: Path, mutate: Callable[[dict], None], expected: list[str]
-) -> None:
+def test_bad_records_name_file_and_record(tmp_path: Path, mutate: Callable[[dict], None], expected: list[str]) -> None:
     root = _write_mutated(tmp_path / "set", mutate)
     with pytest.raises(DataError) as raised:
         load_coco_detection(root)

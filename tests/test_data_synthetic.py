@@ -39,11 +39,7 @@ def _box_slices(scene_object: SceneObject) -> tuple[slice, slice]:
 
 
 def _files(root: Path) -> dict[str, bytes]:
-    return {
-        str(path.relative_to(root)): path.read_bytes()
-        for path in sorted(root.rglob("*"))
-        if path.is_file()
-    }
+    return {str(path.relative_to(root)): path.read_bytes() for path in sorted(root.rglob("*")) if path.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +65,8 @@ def test_train_and_val_differ(small_set: Path) -> None:
 def test_written_json_is_valid_coco(small_set: Path) -> None:
     coco = COCO(str(small_set / "annotations" / "instances_train.json"))
     assert len(coco.getImgIds()) == 12
-    assert coco.getCatIds() == [1, 2, 3, 4]
-    assert [category["name"] for category in coco.loadCats(coco.getCatIds())] == list(
-        SyntheticSpec().class_names
-    )
+    assert coco.getCatIds() == list(range(1, len(SyntheticSpec().class_names) + 1))
+    assert [category["name"] for category in coco.loadCats(coco.getCatIds())] == list(SyntheticSpec().class_names)
     annotations = coco.loadAnns(coco.getAnnIds())
     assert annotations
     assert all(annotation["iscrowd"] == 0 for annotation in annotations)
@@ -86,23 +80,25 @@ def test_loads_without_warnings(small_set: Path, caplog: pytest.LogCaptureFixtur
     assert (train.num_rows, val.num_rows) == (12, 6)
     assert category_names(train) == list(SyntheticSpec().class_names)
     annotation_file = small_set / "annotations" / "instances_train.json"
-    assert coco_category_ids(annotation_file) == [1, 2, 3, 4]
+    assert coco_category_ids(annotation_file) == list(range(1, len(SyntheticSpec().class_names) + 1))
     written = json.loads(annotation_file.read_text())["annotations"]
     assert sum(len(row["objects"]["id"]) for row in train) == len(written)
 
 
-def test_easy_boxes_are_tight_around_each_object(small_set: Path) -> None:
-    content = json.loads((small_set / "annotations" / "instances_train.json").read_text())
-    spec = SyntheticSpec()
+def test_separated_boxes_are_tight_around_each_object(tmp_path: Path) -> None:
+    # Without clutter and occlusion, objects stand apart, so a box's pixels can be checked exactly.
+    spec = dataclasses.replace(SyntheticSpec(), clutter=0, max_occlusion=0.0)
+    root = generate_coco_dataset(tmp_path, spec=spec, num_train=12, num_val=2)
+    content = json.loads((root / "annotations" / "instances_train.json").read_text())
     for image_record in content["images"]:
-        foreground = _foreground(Image.open(small_set / "train" / image_record["file_name"]))
+        foreground = _foreground(Image.open(root / "train" / image_record["file_name"]))
         objects = [a for a in content["annotations"] if a["image_id"] == image_record["id"]]
         covered = np.zeros_like(foreground)
         for annotation in objects:
             x, y, w, h = (int(value) for value in annotation["bbox"])
             assert 0 <= x < x + w <= spec.image_width
             assert 0 <= y < y + h <= spec.image_height
-            # Easy objects are at least 2 px apart, so a 1-px margin around a box holds only it.
+            # Unoccluded objects are at least 2 px apart, so a 1-px margin around a box holds only it.
             top, left = max(y - 1, 0), max(x - 1, 0)
             rows, columns = np.nonzero(foreground[top : y + h + 1, left : x + w + 1])
             assert (left + columns.min(), top + rows.min()) == (x, y)
@@ -112,7 +108,7 @@ def test_easy_boxes_are_tight_around_each_object(small_set: Path) -> None:
         assert not (foreground & ~covered).any()
 
 
-@pytest.mark.parametrize("difficulty", ["medium", "hard"])
+@pytest.mark.parametrize("difficulty", ["easy", "medium", "hard"])
 def test_occluded_boxes_are_tight_around_visible_pixels(difficulty: str) -> None:
     # Without clutter the only saturated pixels are those of labelled objects.
     spec = dataclasses.replace(SyntheticSpec.preset(difficulty), clutter=0)
@@ -138,7 +134,7 @@ def test_occluded_boxes_are_tight_around_visible_pixels(difficulty: str) -> None
 
 
 @pytest.mark.parametrize(
-    ("difficulty", "size", "num_classes"), [("easy", 128, 4), ("medium", 256, 8), ("hard", 384, 12)]
+    ("difficulty", "size", "num_classes"), [("easy", 128, 6), ("medium", 256, 8), ("hard", 384, 12)]
 )
 def test_presets(difficulty: str, size: int, num_classes: int) -> None:
     spec = SyntheticSpec.preset(difficulty)

@@ -132,13 +132,21 @@ def saved_model_dir(tmp_path_factory):
     return directory, model
 
 
-def test_auto_classes_load_the_same_weights(saved_model_dir):
+def test_auto_classes_load_the_same_model(saved_model_dir):
     directory, model = saved_model_dir
     loaded = AutoModelForObjectDetection.from_pretrained(directory)
     assert type(loaded) is GFLForObjectDetection
     original, reloaded = model.state_dict(), loaded.state_dict()
     assert original.keys() == reloaded.keys()
     assert all(torch.equal(original[k], reloaded[k]) for k in original)
+    # Same predictions too: everything not in the checkpoint (buffers, constants) must be rebuilt on load.
+    pixel_values = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, actual = model.eval()(pixel_values=pixel_values), loaded.eval()(pixel_values=pixel_values)
+    assert torch.equal(expected.logits, actual.logits)
+    assert torch.equal(expected.pred_boxes, actual.pred_boxes)
+    assert [name for name, _ in loaded.named_buffers()] == [name for name, _ in model.named_buffers()]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(loaded.named_buffers(), model.named_buffers()))
     processor = AutoImageProcessor.from_pretrained(directory)
     assert isinstance(processor, GFLImageProcessor) and processor.size == {"shortest_edge": 64, "longest_edge": 96}
 

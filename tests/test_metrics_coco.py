@@ -95,9 +95,7 @@ def gt_path(tmp_path: Path) -> Path:
         for index, (image_id, category_id, bbox, area, iscrowd) in enumerate(GROUND_TRUTH)
     ]
     path = tmp_path / "instances.json"
-    path.write_text(
-        json.dumps({"images": IMAGES, "annotations": annotations, "categories": CATEGORIES})
-    )
+    path.write_text(json.dumps({"images": IMAGES, "annotations": annotations, "categories": CATEGORIES}))
     return path
 
 
@@ -205,14 +203,10 @@ def hub_dataset(*, dict_of_lists: bool) -> datasets.Dataset:
 
 def test_evaluator_gives_pycocotools_numbers_exactly(gt_path, detections_path):
     reference = pycocotools_eval(gt_path, detections_path)
-    evaluator = CocoDetectionEvaluator(
-        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    evaluator = CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID)
     image_ids = [1, 2, 3, 5]
     evaluator.update(image_ids[:2], per_image_detections(image_ids[:2], contiguous=True))
-    evaluator.update(
-        image_ids[2:], per_image_detections(image_ids[2:], contiguous=True, as_torch=False)
-    )
+    evaluator.update(image_ids[2:], per_image_detections(image_ids[2:], contiguous=True, as_torch=False))
 
     metrics = evaluator.compute()
 
@@ -222,9 +216,7 @@ def test_evaluator_gives_pycocotools_numbers_exactly(gt_path, detections_path):
 
 
 def test_per_class_ap_matches_a_pycocotools_run_per_category(gt_path, detections_path):
-    evaluator = CocoDetectionEvaluator(
-        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    evaluator = CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID)
     evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
     metrics = evaluator.compute()
 
@@ -237,9 +229,7 @@ def test_per_class_ap_matches_a_pycocotools_run_per_category(gt_path, detections
 
 
 def test_updating_an_image_again_replaces_its_detections(gt_path, detections_path):
-    evaluator = CocoDetectionEvaluator(
-        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    evaluator = CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID)
     evaluator.update([1], per_image_detections([5], contiguous=True))
     evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
 
@@ -284,9 +274,7 @@ def test_dataset_ground_truth_gives_the_json_numbers(gt_path, detections_path, d
     evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
     metrics = evaluator.compute()
 
-    from_file = CocoDetectionEvaluator(
-        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    from_file = CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID)
     from_file.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
     expected = pycocotools_eval(gt_path, detections_path).stats.tolist()
     assert [metrics[key] for key in STAT_KEYS] == expected
@@ -303,9 +291,7 @@ def test_dataset_without_class_label_is_rejected():
             "objects": datasets.Sequence({"category": datasets.Value("int64")}),
         }
     )
-    dataset = datasets.Dataset.from_list(
-        [{"image_id": 1, "objects": {"category": [0]}}], features=features
-    )
+    dataset = datasets.Dataset.from_list([{"image_id": 1, "objects": {"category": [0]}}], features=features)
     with pytest.raises(DataError, match="ClassLabel"):
         coco_ground_truth_from_dataset(dataset)
 
@@ -357,16 +343,10 @@ def trainer_batches(image_ids_per_batch, *, as_torch: bool):
             predictions[row, :count, 4] = found["scores"]
             predictions[row, :count, 5] = found["labels"]
         if as_torch:
-            labels = [
-                {"image_id": torch.tensor(image_id), "class_labels": torch.zeros(0)}
-                for image_id in image_ids
-            ]
+            labels = [{"image_id": torch.tensor(image_id), "class_labels": torch.zeros(0)} for image_id in image_ids]
             batches.append((torch.from_numpy(predictions), labels))
         else:
-            labels = [
-                {"image_id": np.array([image_id]), "class_labels": np.zeros(0)}
-                for image_id in image_ids
-            ]
+            labels = [{"image_id": np.array([image_id]), "class_labels": np.zeros(0)} for image_id in image_ids]
             batches.append((predictions, labels))
     return batches
 
@@ -380,24 +360,18 @@ def test_compute_metrics_in_both_trainer_modes_matches_the_evaluator(gt_path):
     expected = evaluator.compute()
     image_ids_per_batch = [[1, 2], [3, 4], [5]]
 
-    compute_metrics = make_coco_compute_metrics(
-        ground_truth, label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    compute_metrics = make_coco_compute_metrics(ground_truth, label_to_category_id=LABEL_TO_CATEGORY_ID)
     for _ in range(2):  # the state is reset after each evaluation
         batches = trainer_batches(image_ids_per_batch, as_torch=True)
         returned = [
-            compute_metrics(
-                EvalPrediction(predictions, labels), compute_result=index == len(batches) - 1
-            )
+            compute_metrics(EvalPrediction(predictions, labels), compute_result=index == len(batches) - 1)
             for index, (predictions, labels) in enumerate(batches)
         ]
         assert returned[:-1] == [{}, {}]
         assert_same_metrics(returned[-1], expected)
 
     batches = trainer_batches(image_ids_per_batch, as_torch=False)
-    eval_pred = EvalPrediction(
-        [predictions for predictions, _ in batches], [labels for _, labels in batches]
-    )
+    eval_pred = EvalPrediction([predictions for predictions, _ in batches], [labels for _, labels in batches])
     assert_same_metrics(compute_metrics(eval_pred), expected)
 
 
@@ -423,9 +397,7 @@ class _ReplayDetector(torch.nn.Module):
         return {"loss": (self.scale - 1.0) ** 2, "detections": pixel_values}
 
 
-@pytest.mark.parametrize(
-    "batch_eval_metrics", [True, False], ids=["batch_eval_metrics", "one-call"]
-)
+@pytest.mark.parametrize("batch_eval_metrics", [True, False], ids=["batch_eval_metrics", "one-call"])
 def test_compute_metrics_inside_a_trainer_evaluation(gt_path, tmp_path, batch_eval_metrics):
     from transformers import Trainer, TrainingArguments
 
@@ -437,9 +409,7 @@ def test_compute_metrics_inside_a_trainer_evaluation(gt_path, tmp_path, batch_ev
     examples = []
     for image in IMAGES:
         ((predictions, _),) = trainer_batches([[image["id"]]], as_torch=True)
-        examples.append(
-            {"image_id": image["id"], "detections": predictions[0, predictions[0, :, 4] >= 0]}
-        )
+        examples.append({"image_id": image["id"], "detections": predictions[0, predictions[0, :, 4] >= 0]})
 
     def collate(batch):
         width = max(1, *(len(example["detections"]) for example in batch))
@@ -465,18 +435,14 @@ def test_compute_metrics_inside_a_trainer_evaluation(gt_path, tmp_path, batch_ev
         args=args,
         eval_dataset=examples,
         data_collator=collate,
-        compute_metrics=make_coco_compute_metrics(
-            ground_truth, label_to_category_id=LABEL_TO_CATEGORY_ID
-        ),
+        compute_metrics=make_coco_compute_metrics(ground_truth, label_to_category_id=LABEL_TO_CATEGORY_ID),
     )
     metrics = trainer.evaluate()
 
     assert_same_metrics({key: metrics[f"eval_{key}"] for key in expected}, expected)
 
 
-def test_evaluate_module_loads_offline_and_gives_the_same_numbers(
-    gt_path, detections_path, tmp_path
-):
+def test_evaluate_module_loads_offline_and_gives_the_same_numbers(gt_path, detections_path, tmp_path):
     import evaluate
 
     metric = evaluate.load(coco_detection_metric_path(), cache_dir=str(tmp_path / "evaluate"))
@@ -498,20 +464,14 @@ def test_evaluate_module_loads_offline_and_gives_the_same_numbers(
         {key: value.tolist() for key, value in found.items()}
         for found in per_image_detections(image_ids, contiguous=True, as_torch=False)
     ]
-    evaluator = CocoDetectionEvaluator(
-        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID
-    )
+    evaluator = CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID)
     evaluator.update(image_ids, per_image_detections(image_ids, contiguous=True))
 
-    metrics = metric.compute(
-        predictions=predictions, references=references, class_names=CLASS_NAMES
-    )
+    metrics = metric.compute(predictions=predictions, references=references, class_names=CLASS_NAMES)
 
     expected = pycocotools_eval(gt_path, detections_path).stats.tolist()
     assert [metrics[key] for key in STAT_KEYS] == expected
     assert_same_metrics(metrics, evaluator.compute())
-    metric.add_batch(
-        predictions=[{"scores": [], "labels": [], "boxes": []}] * 5, references=references
-    )
+    metric.add_batch(predictions=[{"scores": [], "labels": [], "boxes": []}] * 5, references=references)
     no_detections = metric.compute(class_names=CLASS_NAMES)
     assert no_detections["AP"] == 0.0 and math.isnan(no_detections["AP_fish"])

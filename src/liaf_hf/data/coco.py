@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,14 @@ def label_maps(dataset: datasets.Dataset) -> tuple[dict[int, str], dict[str, int
     return dict(enumerate(names)), {name: label for label, name in enumerate(names)}
 
 
+def objects_as_rows(objects: Mapping[str, list[Any]] | list[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """A row's ``objects`` as one dict per object, whether datasets stored it as a dict of lists
+    (``Sequence({...})``, as this loader and the Hub detection datasets do) or as a list of dicts."""
+    if isinstance(objects, Mapping):
+        return [dict(zip(objects, values)) for values in zip(*objects.values())]
+    return [dict(obj) for obj in objects]
+
+
 def coco_category_ids(annotation_file: str | Path) -> list[int]:
     """The original COCO category ids of a file, indexed by contiguous label.
 
@@ -154,9 +163,7 @@ def load_coco_detection(
     label_of = {category_id: label for label, (category_id, _) in enumerate(categories)}
     images = _parse_images(content, annotation_path)
     objects = _parse_annotations(content, annotation_path, images=images, label_of=label_of)
-    image_paths = _check_image_files(
-        images, image_root, annotation_path, check_sizes=check_image_sizes
-    )
+    image_paths = _check_image_files(images, image_root, annotation_path, check_sizes=check_image_sizes)
 
     objects_by_image: dict[int, list[_CocoObject]] = {image_id: [] for image_id in images}
     for coco_object in objects:
@@ -198,9 +205,7 @@ def _resolve_paths(
 ) -> tuple[Path, Path]:
     if root is not None:
         if annotation_file is not None or image_dir is not None:
-            raise ValueError(
-                "give either root (and split) or annotation_file and image_dir, not both"
-            )
+            raise ValueError("give either root (and split) or annotation_file and image_dir, not both")
         root = Path(root)
         return root / "annotations" / f"instances_{split}.json", root / split
     if annotation_file is None or image_dir is None:
@@ -215,9 +220,7 @@ def _read_annotation_file(path: Path) -> dict[str, Any]:
         with path.open(encoding="utf-8") as handle:
             content = json.load(handle)
     except json.JSONDecodeError as error:
-        raise DataError(
-            f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}"
-        ) from error
+        raise DataError(f"{path}: invalid JSON at line {error.lineno}, column {error.colno}: {error.msg}") from error
     except UnicodeDecodeError as error:
         raise DataError(f"{path}: not UTF-8 text ({error})") from error
     if not isinstance(content, dict):
@@ -284,9 +287,7 @@ def _parse_images(content: dict[str, Any], path: Path) -> dict[int, _CocoImage]:
         where = f"image id {image_id}"
         file_name = _require(record, "file_name", where=where, path=path)
         if not isinstance(file_name, str) or not file_name:
-            raise DataError(
-                f"{path}: {where} has 'file_name' = {file_name!r}, expected a file name"
-            )
+            raise DataError(f"{path}: {where} has 'file_name' = {file_name!r}, expected a file name")
         width = _integer(record, "width", where=where, path=path)
         height = _integer(record, "height", where=where, path=path)
         if width <= 0 or height <= 0:
@@ -323,13 +324,10 @@ def _parse_annotations(
         if bbox[2] < 0 or bbox[3] < 0:
             raise DataError(f"{path}: {where} has negative box width or height in {bbox!r}")
         if image_id not in images:
-            raise DataError(
-                f"{path}: {where} refers to image id {image_id}, which is not in 'images'"
-            )
+            raise DataError(f"{path}: {where} refers to image id {image_id}, which is not in 'images'")
         if category_id not in label_of:
             raise DataError(
-                f"{path}: {where} has category id {category_id}, not among the known category ids "
-                f"{sorted(label_of)}"
+                f"{path}: {where} has category id {category_id}, not among the known category ids {sorted(label_of)}"
             )
         image = images[image_id]
         box = _clip_xywh(bbox, width=image.width, height=image.height)
@@ -363,9 +361,7 @@ def _parse_annotations(
     return objects
 
 
-def _clip_xywh(
-    bbox: list[float], *, width: int, height: int
-) -> tuple[float, float, float, float] | None:
+def _clip_xywh(bbox: list[float], *, width: int, height: int) -> tuple[float, float, float, float] | None:
     """Clip an xywh box in absolute pixels to the image; None when it shares no point with it.
 
     A box that only touches the image border comes back with zero width or height, so that the
@@ -382,9 +378,7 @@ def _clip_xywh(
     return (left, top, right - left, bottom - top)
 
 
-def _area(
-    record: dict[str, Any], box: tuple[float, float, float, float], *, where: str, path: Path
-) -> float:
+def _area(record: dict[str, Any], box: tuple[float, float, float, float], *, where: str, path: Path) -> float:
     if "area" not in record:
         return box[2] * box[3]
     area = record["area"]
@@ -404,19 +398,12 @@ def _check_image_files(
     images: dict[int, _CocoImage], image_dir: Path, path: Path, *, check_sizes: bool
 ) -> dict[int, Path]:
     """Absolute path of every image, after checking that all exist (and match their JSON size)."""
-    image_paths = {
-        image_id: (image_dir / image.file_name).absolute() for image_id, image in images.items()
-    }
+    image_paths = {image_id: (image_dir / image.file_name).absolute() for image_id, image in images.items()}
     missing = [
-        f"{image_paths[image_id]} (image id {image_id})"
-        for image_id in images
-        if not image_paths[image_id].is_file()
+        f"{image_paths[image_id]} (image id {image_id})" for image_id in images if not image_paths[image_id].is_file()
     ]
     if missing:
-        raise DataError(
-            f"{path}: {len(missing)} of {len(images)} image files are missing, "
-            f"first: {_listing(missing)}"
-        )
+        raise DataError(f"{path}: {len(missing)} of {len(images)} image files are missing, first: {_listing(missing)}")
     if not check_sizes:
         return image_paths
     wrong_sizes = []
@@ -427,9 +414,7 @@ def _check_image_files(
             with Image.open(image_path) as opened:
                 actual_width, actual_height = opened.size
         except (UnidentifiedImageError, OSError) as error:
-            raise DataError(
-                f"{path}: cannot read image {image_path} (image id {image_id}): {error}"
-            ) from error
+            raise DataError(f"{path}: cannot read image {image_path} (image id {image_id}): {error}") from error
         if (actual_width, actual_height) != (image.width, image.height):
             wrong_sizes.append(
                 f"{image_path} (image id {image_id}) is {actual_width}x{actual_height}, "
@@ -437,8 +422,7 @@ def _check_image_files(
             )
     if wrong_sizes:
         raise DataError(
-            f"{path}: {len(wrong_sizes)} images differ in size from their JSON record, "
-            f"first: {_listing(wrong_sizes)}"
+            f"{path}: {len(wrong_sizes)} images differ in size from their JSON record, first: {_listing(wrong_sizes)}"
         )
     return image_paths
 

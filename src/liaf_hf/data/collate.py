@@ -8,16 +8,7 @@ from typing import Any
 from PIL import Image
 
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
-
-
-def objects_as_rows(objects: Any) -> list[dict]:
-    """A row's `objects` as a list of per-object dicts, whether datasets stored it as a dict of lists
-    (`Sequence({...})`) or as a list of dicts."""
-    if isinstance(objects, dict):
-        keys = list(objects)
-        count = len(objects[keys[0]]) if keys else 0
-        return [{key: objects[key][index] for key in keys} for index in range(count)]
-    return list(objects)
+from .coco import objects_as_rows
 
 
 def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = None) -> dict:
@@ -47,22 +38,41 @@ class DetectionTransform:
     """`dataset.with_transform` callable: decodes images, optionally flips them, and runs the image
     processor without padding (the collator pads each batch to its own size).
 
+    Whether an image is flipped is a function of (`seed`, epoch, image id) alone, not of a global random
+    state: the Trainer's dataloader loads one batch ahead and a resumed run skips batches without loading
+    them, so a flip drawn from a shared generator would differ between a resumed run and an uninterrupted
+    one. `set_epoch` (called by `AugmentationEpochCallback`) gives each epoch fresh flips.
+
     Args:
         image_processor: the detector's processor.
         train: apply augmentation (a random horizontal flip).
         horizontal_flip_prob: probability of the flip when training.
+        seed: seed of the flip decisions.
     """
 
-    def __init__(self, image_processor: GFLImageProcessor, *, train: bool, horizontal_flip_prob: float = 0.5) -> None:
+    def __init__(
+        self, image_processor: GFLImageProcessor, *, train: bool, horizontal_flip_prob: float = 0.5, seed: int = 0
+    ) -> None:
         self.image_processor = image_processor
         self.train = train
         self.horizontal_flip_prob = horizontal_flip_prob
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def flips(self, image_id: int) -> bool:
+        """Whether this epoch's augmentation mirrors the image `image_id`."""
+        if not self.train or self.horizontal_flip_prob <= 0:
+            return False
+        return random.Random(f"{self.seed}/{self.epoch}/{int(image_id)}").random() < self.horizontal_flip_prob
 
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images, annotations = [], []
         for image, image_id, objects in zip(batch["image"], batch["image_id"], batch["objects"]):
             image = image.convert("RGB")
-            flip = self.train and random.random() < self.horizontal_flip_prob
+            flip = self.flips(image_id)
             if flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             images.append(image)

@@ -4,8 +4,11 @@ Each image is a smooth background with a few flat-coloured shapes; the class is 
 colour (every object takes a random colour from one shared palette). Presets trade speed of learning
 for difficulty:
 
-* ``easy`` (default): 128x128, 4 clearly different shapes, 1-4 objects of about 16-48 px kept apart,
-  a gentle gradient background. A small detector trained from scratch on a CPU learns it in minutes.
+* ``easy`` (default): 128x128, 6 shapes in three pairs that differ in detail (circle/ring, square/
+  square with a hole, triangle up/down), 1-6 objects of 10-40 px, up to 15% occlusion, a little
+  unlabelled clutter, a gentle gradient background. A ResNet-18 GFL trained from scratch on two CPU
+  cores reaches AP of about 0.77 in 600 steps (4 minutes), leaving room for larger models and for
+  distillation (the small objects and the detail pairs are where it errs).
 * ``medium``: 256x256, 8 shapes including pairs that differ in detail (circle/ring, square/square
   with a hole, triangle up/down), 1-8 objects of 10-64 px, unlabelled clutter, up to 30% occlusion.
 * ``hard``: 384x384, 12 shapes, 1-16 objects of 8-96 px, more clutter, up to 50% occlusion, more
@@ -151,9 +154,7 @@ def _draw_star(draw: ImageDraw.ImageDraw, width: int, height: int) -> None:
         # Alternate outer tips and inner notches, starting from the top tip.
         scale = 1.0 if index % 2 == 0 else 0.45
         angle = -math.pi / 2 + index * math.pi / 5
-        corners.append(
-            (radius_x * (1 + scale * math.cos(angle)), radius_y * (1 + scale * math.sin(angle)))
-        )
+        corners.append((radius_x * (1 + scale * math.cos(angle)), radius_y * (1 + scale * math.sin(angle))))
     draw.polygon(corners, fill=1)
 
 
@@ -193,36 +194,34 @@ class SyntheticSpec:
     """Image width in pixels."""
     image_height: int = 128
     """Image height in pixels."""
-    class_names: tuple[str, ...] = ("circle", "square", "triangle_up", "plus")
+    class_names: tuple[str, ...] = ("circle", "ring", "square", "square_hole", "triangle_up", "triangle_down")
     """Shapes, one per class, from :data:`SHAPES`; the order defines the class index."""
     min_objects: int = 1
     """Fewest objects attempted per image."""
-    max_objects: int = 4
+    max_objects: int = 6
     """Most objects attempted per image; an object is left out when no spot respects the occlusion
     limit after a few tries, so crowded settings may give fewer."""
-    min_size: int = 16
+    min_size: int = 10
     """Smallest object size in pixels (geometric mean of the drawn width and height)."""
-    max_size: int = 48
+    max_size: int = 40
     """Largest object size in pixels (geometric mean of the drawn width and height)."""
-    max_aspect_ratio: float = 1.25
+    max_aspect_ratio: float = 1.3
     """Largest width/height (or height/width) ratio of an object's drawing box."""
-    max_occlusion: float = 0.0
+    max_occlusion: float = 0.15
     """Largest fraction of an object's pixels that objects drawn later may cover. 0 keeps objects
     apart: their boxes do not overlap and are at least 2 px from each other."""
-    clutter: int = 0
+    clutter: int = 2
     """Most unlabelled distractors (lines, elongated blobs) drawn under the objects per image."""
-    background_contrast: float = 30.0
+    background_contrast: float = 40.0
     """Grey levels (0-255) spanned by the background gradient across the image."""
-    background_noise: float = 3.0
+    background_noise: float = 5.0
     """Standard deviation, in grey levels, of the pixel noise on the background."""
     palette: tuple[Colour, ...] = PALETTE
     """RGB colours objects and clutter are drawn in, each jittered a little per object."""
 
     def __post_init__(self) -> None:
         if self.image_width < 16 or self.image_height < 16:
-            raise ValueError(
-                f"images must be at least 16x16, got {self.image_width}x{self.image_height}"
-            )
+            raise ValueError(f"images must be at least 16x16, got {self.image_width}x{self.image_height}")
         if not self.class_names:
             raise ValueError("class_names must not be empty")
         unknown = [name for name in self.class_names if name not in SHAPES]
@@ -231,25 +230,19 @@ class SyntheticSpec:
         if len(set(self.class_names)) != len(self.class_names):
             raise ValueError(f"class_names has duplicates: {self.class_names}")
         if not 0 <= self.min_objects <= self.max_objects:
-            raise ValueError(
-                f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}"
-            )
+            raise ValueError(f"need 0 <= min_objects <= max_objects, got {self.min_objects}, {self.max_objects}")
         if not 3 <= self.min_size <= self.max_size <= min(self.image_width, self.image_height):
             raise ValueError(
-                "need 3 <= min_size <= max_size <= the smaller image side, "
-                f"got {self.min_size}, {self.max_size}"
+                f"need 3 <= min_size <= max_size <= the smaller image side, got {self.min_size}, {self.max_size}"
             )
         if self.max_aspect_ratio < 1:
             raise ValueError(f"max_aspect_ratio must be >= 1, got {self.max_aspect_ratio}")
         if not 0 <= self.max_occlusion < 1:
             raise ValueError(f"max_occlusion must be in [0, 1), got {self.max_occlusion}")
         if self.clutter < 0 or self.background_contrast < 0 or self.background_noise < 0:
-            raise ValueError(
-                "clutter, background_contrast and background_noise must be non-negative"
-            )
+            raise ValueError("clutter, background_contrast and background_noise must be non-negative")
         if not self.palette or any(
-            len(colour) != 3 or not all(0 <= channel <= 255 for channel in colour)
-            for colour in self.palette
+            len(colour) != 3 or not all(0 <= channel <= 255 for channel in colour) for colour in self.palette
         ):
             raise ValueError("palette must be a non-empty tuple of RGB triples in 0-255")
 
@@ -346,9 +339,7 @@ class _Placement:
         )
 
 
-def generate_scene(
-    rng: np.random.Generator, spec: SyntheticSpec
-) -> tuple[Image.Image, list[SceneObject]]:
+def generate_scene(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[Image.Image, list[SceneObject]]:
     """Draw one scene: an RGB image of ``spec``'s size and its labelled objects.
 
     Objects are drawn in list order, later ones on top. The result depends only on ``spec`` and the
@@ -360,9 +351,7 @@ def generate_scene(
     placements, owner = _place_objects(rng, spec)
     for placement in placements:
         height, width = placement.mask.shape
-        region = pixels[
-            placement.top : placement.top + height, placement.left : placement.left + width
-        ]
+        region = pixels[placement.top : placement.top + height, placement.left : placement.left + width]
         region[placement.mask] = placement.colour
     return Image.fromarray(pixels), [
         _scene_object(index, placement, owner) for index, placement in enumerate(placements)
@@ -376,9 +365,7 @@ def _background(rng: np.random.Generator, spec: SyntheticSpec) -> Image.Image:
     tint = rng.uniform(-10, 10, size=3)
     angle = rng.uniform(0, 2 * math.pi)
     rows, columns = np.mgrid[0 : spec.image_height, 0 : spec.image_width]
-    ramp = (columns - spec.image_width / 2) * math.cos(angle) + (
-        rows - spec.image_height / 2
-    ) * math.sin(angle)
+    ramp = (columns - spec.image_width / 2) * math.cos(angle) + (rows - spec.image_height / 2) * math.sin(angle)
     ramp *= spec.background_contrast / max(spec.image_width, spec.image_height)
     noise = rng.normal(0.0, spec.background_noise, size=(spec.image_height, spec.image_width))
     luminance = grey + ramp + noise
@@ -410,9 +397,7 @@ def _draw_clutter(rng: np.random.Generator, spec: SyntheticSpec, canvas: Image.I
             draw.ellipse((x, y, x + extent[0], y + extent[1]), fill=colour)
 
 
-def _candidate(
-    rng: np.random.Generator, spec: SyntheticSpec, category: int, colour: Colour
-) -> _Placement:
+def _candidate(rng: np.random.Generator, spec: SyntheticSpec, category: int, colour: Colour) -> _Placement:
     """A random size and position for a shape, fully inside the image."""
     # Log-uniform sizes: every doubling of size is equally likely, so small objects stay common.
     size = math.exp(rng.uniform(math.log(spec.min_size), math.log(spec.max_size)))
@@ -425,9 +410,7 @@ def _candidate(
     return _Placement(category=category, left=left, top=top, mask=mask, colour=colour)
 
 
-def _place_objects(
-    rng: np.random.Generator, spec: SyntheticSpec
-) -> tuple[list[_Placement], np.ndarray]:
+def _place_objects(rng: np.random.Generator, spec: SyntheticSpec) -> tuple[list[_Placement], np.ndarray]:
     """Objects in drawing order, and the (height, width) int16 index of the object on top at each
     pixel (-1 where there is none)."""
     owner = np.full((spec.image_height, spec.image_width), -1, dtype=np.int16)
@@ -440,9 +423,7 @@ def _place_objects(
         for _attempt in range(_PLACEMENT_ATTEMPTS):
             candidate = _candidate(rng, spec, category, colour)
             height, width = candidate.mask.shape
-            region = owner[
-                candidate.top : candidate.top + height, candidate.left : candidate.left + width
-            ]
+            region = owner[candidate.top : candidate.top + height, candidate.left : candidate.left + width]
             covered = region[candidate.mask]
             lost = np.bincount(covered[covered >= 0], minlength=len(placements))
             if spec.max_occlusion == 0:
@@ -450,15 +431,12 @@ def _place_objects(
             else:
                 fits = all(
                     visible - lost_now >= (1 - spec.max_occlusion) * full
-                    for visible, lost_now, full in zip(
-                        visible_pixels, lost, full_pixels, strict=True
-                    )
+                    for visible, lost_now, full in zip(visible_pixels, lost, full_pixels, strict=True)
                 )
             if fits:
                 region[candidate.mask] = len(placements)
                 visible_pixels = [
-                    visible - int(lost_now)
-                    for visible, lost_now in zip(visible_pixels, lost, strict=True)
+                    visible - int(lost_now) for visible, lost_now in zip(visible_pixels, lost, strict=True)
                 ]
                 placements.append(candidate)
                 full_pixels.append(int(candidate.mask.sum()))
@@ -469,10 +447,7 @@ def _place_objects(
 
 def _scene_object(index: int, placement: _Placement, owner: np.ndarray) -> SceneObject:
     height, width = placement.mask.shape
-    visible = (
-        owner[placement.top : placement.top + height, placement.left : placement.left + width]
-        == index
-    )
+    visible = owner[placement.top : placement.top + height, placement.left : placement.left + width] == index
     rows, columns = np.nonzero(visible)
     box = (
         float(placement.left + columns.min()),
@@ -585,18 +560,14 @@ def _remove_outputs(root: Path) -> None:
     (root / _MANIFEST_NAME).unlink(missing_ok=True)
 
 
-def _write_split(
-    root: Path, split: str, *, spec: SyntheticSpec, num_images: int, seed: int
-) -> None:
+def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int, seed: int) -> None:
     image_dir = root / split
     image_dir.mkdir(parents=True, exist_ok=True)
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     for index in range(num_images):
         # One stream per image: any image can be regenerated alone, whatever the count or the order.
-        rng = np.random.default_rng(
-            np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEYS[split], index))
-        )
+        rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEYS[split], index)))
         image, objects = generate_scene(rng, spec)
         image_id = index + 1
         file_name = f"{index:06d}.png"
@@ -632,8 +603,7 @@ def _write_split(
         "images": images,
         "annotations": annotations,
         "categories": [
-            {"id": label + 1, "name": name, "supercategory": "shape"}
-            for label, name in enumerate(spec.class_names)
+            {"id": label + 1, "name": name, "supercategory": "shape"} for label, name in enumerate(spec.class_names)
         ],
     }
     annotation_dir = root / "annotations"
@@ -643,21 +613,13 @@ def _write_split(
 
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m liaf_hf.data.synthetic --output DIR [--difficulty easy] ...``."""
-    parser = argparse.ArgumentParser(
-        description="Generate a synthetic shapes detection set in COCO layout."
-    )
+    parser = argparse.ArgumentParser(description="Generate a synthetic shapes detection set in COCO layout.")
     parser.add_argument("--output", required=True, type=Path, help="folder to write the set into")
-    parser.add_argument(
-        "--difficulty", default="easy", choices=DIFFICULTIES, help="preset (default: easy)"
-    )
-    parser.add_argument(
-        "--num-train", type=int, default=2000, help="training images (default: 2000)"
-    )
+    parser.add_argument("--difficulty", default="easy", choices=DIFFICULTIES, help="preset (default: easy)")
+    parser.add_argument("--num-train", type=int, default=2000, help="training images (default: 2000)")
     parser.add_argument("--num-val", type=int, default=500, help="validation images (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="non-negative seed (default: 0)")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace a different set already in --output"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace a different set already in --output")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -4,6 +4,7 @@ from liaf_hf.metrics.coco import (
     CocoDetectionEvaluator,
     coco_detection_metric_path,
     coco_ground_truth_from_dataset,
+    coco_ground_truth_from_dict,
     coco_ground_truth_from_file,
     make_coco_compute_metrics,
 )
@@ -12,6 +13,7 @@ __all__ = [
     "CocoDetectionEvaluator",
     "coco_detection_metric_path",
     "coco_ground_truth_from_dataset",
+    "coco_ground_truth_from_dict",
     "coco_ground_truth_from_file",
     "make_coco_compute_metrics",
 ]

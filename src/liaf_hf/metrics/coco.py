@@ -47,6 +47,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from liaf_hf.data.coco import objects_as_rows
 from liaf_hf.errors import DataError
 
 if TYPE_CHECKING:
@@ -98,9 +99,7 @@ def coco_ground_truth_from_dataset(dataset: datasets.Dataset) -> COCO:
             no valid category.
     """
     names = _class_label_names(dataset.features)
-    columns = [
-        name for name in ("image_id", "width", "height", "objects") if name in dataset.column_names
-    ]
+    columns = [name for name in ("image_id", "width", "height", "objects") if name in dataset.column_names]
     table = dataset.with_format(None).select_columns(columns).to_dict()
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
@@ -115,12 +114,10 @@ def coco_ground_truth_from_dataset(dataset: datasets.Dataset) -> COCO:
             if size in table:
                 image[size] = int(table[size][row])
         images.append(image)
-        for obj in _object_records(table["objects"][row]):
+        for obj in objects_as_rows(table["objects"][row]):
             category = int(obj["category"])
             if not 0 <= category < len(names):
-                raise DataError(
-                    f"dataset: image_id {image_id} has an object with category {category}"
-                )
+                raise DataError(f"dataset: image_id {image_id} has an object with category {category}")
             x, y, w, h = (float(v) for v in obj["bbox"])
             annotations.append(
                 {
@@ -145,9 +142,7 @@ def coco_ground_truth_from_file(path: str | PathLike[str]) -> COCO:
     with _quiet():
         ground_truth = COCO(str(Path(path)))
     if 0 in ground_truth.anns:
-        raise DataError(
-            f"{path}: annotation id 0; COCOeval counts a match to it as a false positive"
-        )
+        raise DataError(f"{path}: annotation id 0; COCOeval counts a match to it as a false positive")
     return ground_truth
 
 
@@ -234,9 +229,7 @@ class CocoDetectionEvaluator:
                 that maps to no ground-truth category.
         """
         if len(image_ids) != len(detections):
-            raise ValueError(
-                f"got {len(image_ids)} image ids and {len(detections)} detection dicts"
-            )
+            raise ValueError(f"got {len(image_ids)} image ids and {len(detections)} detection dicts")
         for raw_image_id, image_detections in zip(image_ids, detections):
             image_id = _scalar_image_id(raw_image_id)
             if image_id not in self._image_ids:
@@ -253,9 +246,7 @@ class CocoDetectionEvaluator:
             )
         ]
         with _quiet() as pycocotools_output:
-            cocoeval = COCOeval(
-                self.ground_truth, _load_results(self.ground_truth, results), iouType="bbox"
-            )
+            cocoeval = COCOeval(self.ground_truth, _load_results(self.ground_truth, results), iouType="bbox")
             cocoeval.params.maxDets = [1, 10, self.max_detections]
             if self.only_seen_images:
                 cocoeval.params.imgIds = sorted(self._detections)
@@ -271,16 +262,13 @@ class CocoDetectionEvaluator:
         )
         return metrics
 
-    def _to_image_detections(
-        self, image_id: int, detections: Mapping[str, Any]
-    ) -> _ImageDetections:
+    def _to_image_detections(self, image_id: int, detections: Mapping[str, Any]) -> _ImageDetections:
         boxes_xyxy = _to_numpy(detections["boxes"]).astype(np.float64).reshape(-1, 4)
         scores = _to_numpy(detections["scores"]).astype(np.float64).reshape(-1)
         labels = _to_numpy(detections["labels"]).astype(np.int64).reshape(-1)
         if not len(boxes_xyxy) == len(scores) == len(labels):
             raise ValueError(
-                f"image_id {image_id}: {len(boxes_xyxy)} boxes, {len(scores)} scores, "
-                f"{len(labels)} labels"
+                f"image_id {image_id}: {len(boxes_xyxy)} boxes, {len(scores)} scores, {len(labels)} labels"
             )
         if self._label_to_category_id is None:
             category_ids = labels
@@ -300,9 +288,7 @@ class CocoDetectionEvaluator:
                 "category ids"
             )
         # The xywh a results file would hold: width and height are differences of the corners.
-        boxes_xywh = np.concatenate(
-            [boxes_xyxy[:, :2], boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]], axis=1
-        )
+        boxes_xywh = np.concatenate([boxes_xyxy[:, :2], boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]], axis=1)
         return _ImageDetections(boxes_xywh=boxes_xywh, scores=scores, category_ids=category_ids)
 
 
@@ -374,17 +360,13 @@ def _trainer_batches(predictions: Any, label_ids: Any) -> list[tuple[Any, Any]]:
     if isinstance(predictions, (list, tuple)):
         # eval_do_concat_batches=False: one (B, K, 6) array and one list of B label dicts per batch.
         if len(predictions) != len(label_ids):
-            raise ValueError(
-                f"{len(predictions)} prediction batches, {len(label_ids)} label batches"
-            )
+            raise ValueError(f"{len(predictions)} prediction batches, {len(label_ids)} label batches")
         return list(zip(predictions, label_ids))
     # batch_eval_metrics=True: this batch's (B, K, 6) tensor and its list of B label dicts.
     return [(predictions, label_ids)]
 
 
-def _split_batch(
-    predictions: Any, labels: Sequence[Mapping[str, Any]]
-) -> tuple[list[int], list[dict[str, Any]]]:
+def _split_batch(predictions: Any, labels: Sequence[Mapping[str, Any]]) -> tuple[list[int], list[dict[str, Any]]]:
     """Image ids and per-image detection dicts from a (B, K, 6) batch, padding rows dropped."""
     predictions = _to_numpy(predictions)
     if predictions.ndim != 3 or predictions.shape[-1] != 6:
@@ -421,15 +403,11 @@ def _summarize(cocoeval: COCOeval, class_names: Mapping[int, str]) -> dict[str, 
         if iou_threshold is not None:
             values = values[np.where(iou_threshold == params.iouThrs)[0]]
         values = values[..., params.areaRngLbl.index(area), max_dets_index]
-        metrics[key.format(max_detections=params.maxDets[2])] = _mean_defined(
-            values, undefined=-1.0
-        )
+        metrics[key.format(max_detections=params.maxDets[2])] = _mean_defined(values, undefined=-1.0)
     all_areas = params.areaRngLbl.index("all")
     for class_index, category_id in enumerate(params.catIds):
         class_precision = precision[:, :, class_index, all_areas, -1]
-        metrics[f"AP_{class_names[category_id]}"] = _mean_defined(
-            class_precision, undefined=math.nan
-        )
+        metrics[f"AP_{class_names[category_id]}"] = _mean_defined(class_precision, undefined=math.nan)
     return metrics
 
 
@@ -453,6 +431,12 @@ def _load_results(ground_truth: COCO, results: list[dict[str, Any]]) -> COCO:
     )
 
 
+def coco_ground_truth_from_dict(content: dict[str, Any]) -> COCO:
+    """A pycocotools ``COCO`` index of an in-memory instances dict (``images``, ``annotations``,
+    ``categories``), built without pycocotools' prints."""
+    return _coco_from_dict(content)
+
+
 def _coco_from_dict(content: dict[str, Any]) -> COCO:
     coco = COCO()
     coco.dataset = content
@@ -469,17 +453,13 @@ def _quiet():
         yield buffer
 
 
-def _check_label_map(
-    label_to_category_id: Sequence[int] | None, category_ids: np.ndarray
-) -> np.ndarray | None:
+def _check_label_map(label_to_category_id: Sequence[int] | None, category_ids: np.ndarray) -> np.ndarray | None:
     if label_to_category_id is None:
         return None
     mapping = np.asarray(label_to_category_id, dtype=np.int64).reshape(-1)
     unknown = sorted(set(mapping.tolist()) - set(category_ids.tolist()))
     if unknown:
-        raise ValueError(
-            f"label_to_category_id names category ids {unknown} that the ground truth does not have"
-        )
+        raise ValueError(f"label_to_category_id names category ids {unknown} that the ground truth does not have")
     if len(set(mapping.tolist())) != len(mapping):
         raise ValueError("label_to_category_id maps two labels to the same category id")
     return mapping
@@ -489,19 +469,14 @@ def _category_names(
     ground_truth: COCO, label_to_category_id: np.ndarray | None, class_names: Sequence[str] | None
 ) -> dict[int, str]:
     """Name of each ground-truth category id, for the per-class keys."""
-    names = {
-        category_id: str(category["name"]) for category_id, category in ground_truth.cats.items()
-    }
+    names = {category_id: str(category["name"]) for category_id, category in ground_truth.cats.items()}
     if class_names is not None:
         if label_to_category_id is not None and len(class_names) != len(label_to_category_id):
             raise ValueError(
-                f"{len(class_names)} class_names but {len(label_to_category_id)} entries in "
-                "label_to_category_id"
+                f"{len(class_names)} class_names but {len(label_to_category_id)} entries in label_to_category_id"
             )
         for label, name in enumerate(class_names):
-            category_id = (
-                label if label_to_category_id is None else int(label_to_category_id[label])
-            )
+            category_id = label if label_to_category_id is None else int(label_to_category_id[label])
             if category_id not in names:
                 raise ValueError(
                     f"class_names[{label}] ({name!r}) is for category id {category_id}, which the "
@@ -509,9 +484,7 @@ def _category_names(
                 )
             names[category_id] = str(name)
     if len(set(names.values())) != len(names):
-        raise ValueError(
-            f"class names must be unique to name the AP_<name> keys, got {sorted(names.values())}"
-        )
+        raise ValueError(f"class names must be unique to name the AP_<name> keys, got {sorted(names.values())}")
     return names
 
 
@@ -525,15 +498,6 @@ def _class_label_names(features: datasets.Features) -> list[str]:
     if names is None:
         raise DataError(f"dataset: objects.category must be a ClassLabel, got {category!r}")
     return list(names)
-
-
-def _object_records(
-    objects: Mapping[str, list[Any]] | list[Mapping[str, Any]],
-) -> list[Mapping[str, Any]]:
-    """One dict per object, from a dict of lists or a list of dicts."""
-    if isinstance(objects, Mapping):
-        return [dict(zip(objects, values)) for values in zip(*objects.values())]
-    return list(objects)
 
 
 def _scalar_image_id(image_id: Any) -> int:

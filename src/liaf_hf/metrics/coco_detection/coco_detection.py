@@ -2,26 +2,21 @@
 
 Load it offline by path: ``evaluate.load(liaf_hf.metrics.coco_detection_metric_path())``.
 
-The module is self-contained (``evaluate`` copies this file into its cache and imports it alone)
-and needs only numpy, pycocotools, datasets and evaluate. It scores exactly as
-``liaf_hf.metrics.CocoDetectionEvaluator`` does and returns the same keys; the tests
-(``tests/test_metrics_coco.py``) keep the two equal by comparing both with pycocotools run on JSON
-files.
+``evaluate`` copies this file into its cache and imports it alone, so it uses only absolute imports;
+it ships inside liaf_hf, so ``liaf_hf.metrics`` is always importable beside it. It builds the ground
+truth from the references and scores with ``liaf_hf.metrics.CocoDetectionEvaluator``, so it returns the
+same keys and numbers; the tests compare both with pycocotools run on JSON files.
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
-import math
 from collections.abc import Sequence
 from typing import Any
 
 import datasets
 import evaluate
-import numpy as np
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
+
+from liaf_hf.metrics.coco import CocoDetectionEvaluator, coco_ground_truth_from_dict
 
 _DESCRIPTION = """\
 COCO-style detection metrics from pycocotools' COCOeval (iouType "bbox"): the 12 summary stats
@@ -66,23 +61,6 @@ _CITATION = """\
 }
 """
 
-# (key, is_ap, IoU threshold or None for .50:.95, area range label, index into params.maxDets),
-# in the order of COCOeval.stats.
-_SUMMARY_STATS = (
-    ("AP", True, None, "all", 2),
-    ("AP50", True, 0.5, "all", 2),
-    ("AP75", True, 0.75, "all", 2),
-    ("APs", True, None, "small", 2),
-    ("APm", True, None, "medium", 2),
-    ("APl", True, None, "large", 2),
-    ("AR1", False, None, "all", 0),
-    ("AR10", False, None, "all", 1),
-    ("AR{max_detections}", False, None, "all", 2),
-    ("ARs", False, None, "small", 2),
-    ("ARm", False, None, "medium", 2),
-    ("ARl", False, None, "large", 2),
-)
-
 _FLOATS = datasets.Sequence(datasets.Value("float64"))
 _INTS = datasets.Sequence(datasets.Value("int64"))
 _BOXES = datasets.Sequence(datasets.Sequence(datasets.Value("float64"), length=4))
@@ -120,8 +98,6 @@ class CocoDetection(evaluate.Metric):
         class_names: Sequence[str] | None = None,
         max_detections: int = 100,
     ) -> dict[str, float]:
-        if max_detections <= 10:
-            raise ValueError(f"max_detections must exceed 10 (for AR1, AR10), got {max_detections}")
         if class_names is None:
             labels = {label for item in (*references, *predictions) for label in item["labels"]}
             names = {label: str(label) for label in sorted(labels)}
@@ -133,29 +109,12 @@ class CocoDetection(evaluate.Metric):
         images = [{"id": reference["image_id"]} for reference in references]
         if len({image["id"] for image in images}) != len(images):
             raise ValueError("references: every image_id must be unique")
-        results = _results(predictions, references, names)
-
-        with contextlib.redirect_stdout(io.StringIO()):
-            ground_truth = _coco_from_dict(
-                {
-                    "images": images,
-                    "annotations": _annotations(references),
-                    "categories": categories,
-                }
-            )
-            # loadRes raises on an empty list; an index with no annotations scores the same way.
-            detections = (
-                ground_truth.loadRes(results)
-                if results
-                else _coco_from_dict(
-                    {"images": images, "annotations": [], "categories": categories}
-                )
-            )
-            cocoeval = COCOeval(ground_truth, detections, iouType="bbox")
-            cocoeval.params.maxDets = [1, 10, max_detections]
-            cocoeval.evaluate()
-            cocoeval.accumulate()
-        return _summarize(cocoeval, names)
+        ground_truth = coco_ground_truth_from_dict(
+            {"images": images, "annotations": _annotations(references), "categories": categories}
+        )
+        evaluator = CocoDetectionEvaluator(ground_truth, max_detections=max_detections)
+        evaluator.update([reference["image_id"] for reference in references], predictions)
+        return evaluator.compute()
 
 
 def _annotations(references: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -176,65 +135,3 @@ def _annotations(references: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
                 }
             )
     return annotations
-
-
-def _results(
-    predictions: Sequence[dict[str, Any]],
-    references: Sequence[dict[str, Any]],
-    names: dict[int, str],
-) -> list[dict[str, Any]]:
-    """The detections as a COCO results file holds them (xywh ``bbox``)."""
-    results = []
-    for reference, prediction in zip(references, predictions):
-        unknown = set(prediction["labels"]) - set(names)
-        if unknown:
-            raise ValueError(
-                f"image_id {reference['image_id']}: labels {sorted(unknown)} are not in class_names"
-            )
-        boxes_xyxy = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
-        # The xywh a results file would hold: width and height are differences of the corners.
-        boxes_xywh = np.concatenate([boxes_xyxy[:, :2], boxes_xyxy[:, 2:] - boxes_xyxy[:, :2]], 1)
-        results.extend(
-            {"image_id": reference["image_id"], "category_id": label, "bbox": box, "score": score}
-            for box, score, label in zip(
-                boxes_xywh.tolist(), prediction["scores"], prediction["labels"]
-            )
-        )
-    return results
-
-
-def _summarize(cocoeval: COCOeval, class_names: dict[int, str]) -> dict[str, float]:
-    """The 12 COCOeval stats, computed as ``COCOeval.summarize`` does, and per-class AP."""
-    params = cocoeval.params
-    precision = cocoeval.eval[
-        "precision"
-    ]  # (iou thresholds, recall thresholds, classes, areas, max dets)
-    recall = cocoeval.eval["recall"]  # (iou thresholds, classes, areas, max dets)
-    metrics = {}
-    for key, is_ap, iou_threshold, area, max_dets_index in _SUMMARY_STATS:
-        values = precision if is_ap else recall
-        if iou_threshold is not None:
-            values = values[np.where(iou_threshold == params.iouThrs)[0]]
-        values = values[..., params.areaRngLbl.index(area), max_dets_index]
-        metrics[key.format(max_detections=params.maxDets[2])] = _mean_defined(
-            values, undefined=-1.0
-        )
-    all_areas = params.areaRngLbl.index("all")
-    for class_index, category_id in enumerate(params.catIds):
-        class_precision = precision[:, :, class_index, all_areas, -1]
-        metrics[f"AP_{class_names[category_id]}"] = _mean_defined(
-            class_precision, undefined=math.nan
-        )
-    return metrics
-
-
-def _mean_defined(values: np.ndarray, *, undefined: float) -> float:
-    defined = values[values > -1]
-    return float(np.mean(defined)) if defined.size else undefined
-
-
-def _coco_from_dict(content: dict[str, Any]) -> COCO:
-    coco = COCO()
-    coco.dataset = content
-    coco.createIndex()
-    return coco

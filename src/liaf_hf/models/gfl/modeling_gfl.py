@@ -406,6 +406,8 @@ class GFLPreTrainedModel(PreTrainedModel):
     base_model_prefix = "gfl"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
+    # The loss is already a per-batch mean; Trainer must divide it by the gradient-accumulation steps.
+    accepts_loss_kwargs = False
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
@@ -475,10 +477,10 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self.strides: list[int] = self.backbone.strides + [
             self.backbone.strides[-1] * 2 ** (i + 1) for i in range(extra_levels)
         ]
-        self.register_buffer("distance_bins", torch.arange(config.reg_max + 1, dtype=torch.float32), persistent=False)
         self.assigner = ATSSAssigner(topk=config.atss_topk, ignore_iof_threshold=config.ignore_iof_threshold)
         self.post_init()
-        if config.backbone_pretrained and self.distance_bins.device.type != "meta":
+        # from_pretrained builds the model on the meta device and loads the checkpoint afterwards.
+        if config.backbone_pretrained and self.head.class_logits.weight.device.type != "meta":
             self.load_pretrained_backbone()
 
     def load_pretrained_backbone(self) -> None:
@@ -500,7 +502,6 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         pixel_mask: torch.LongTensor | None = None,
         labels: list[dict] | None = None,
         return_dict: bool | None = None,
-        **kwargs,
     ) -> GFLObjectDetectionOutput | tuple:
         r"""
         Args:
@@ -517,7 +518,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         fpn_features = self.neck(self.backbone(pixel_values))
         class_logits, box_distributions = self.head(fpn_features)
-        valid_sizes = self._valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
+        valid_sizes = self.valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
         anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
 
         flat_logits = torch.cat([logit.flatten(2).transpose(1, 2) for logit in class_logits], dim=1)
@@ -557,7 +558,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return output
 
     @staticmethod
-    def _valid_sizes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
+    def valid_sizes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, 2) height and width of each image's unpadded region (images sit at the top left)."""
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
@@ -584,7 +585,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
     def _expected_distances(self, distributions: torch.Tensor) -> torch.Tensor:
         """(..., 4 * (R + 1)) distribution logits -> (..., 4) expected distances in bins (stride units)."""
         probs = distributions.float().reshape(*distributions.shape[:-1], 4, self.config.reg_max + 1).softmax(-1)
-        return probs @ self.distance_bins
+        # Built here rather than kept as a buffer: from_pretrained leaves non-persistent buffers uninitialised.
+        bins = torch.arange(self.config.reg_max + 1, device=probs.device, dtype=probs.dtype)
+        return probs @ bins
 
     def _decode_boxes(
         self, distributions: torch.Tensor, anchor_points: torch.Tensor, anchor_strides: torch.Tensor
@@ -595,7 +598,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- loss
 
-    def _labels_to_pixels(
+    def labels_in_pixels(
         self, labels: list[dict], valid_sizes: torch.Tensor
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Check each image's labels and convert their boxes to xyxy input pixels."""
@@ -665,7 +668,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         num_classes = self.config.num_labels
         half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
         anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
-        targets = self._labels_to_pixels(labels, valid_sizes)
+        targets = self.labels_in_pixels(labels, valid_sizes)
 
         cls_targets, quality_targets, cls_weights = [], [], []
         positive_batch, positive_anchor, positive_boxes = [], [], []

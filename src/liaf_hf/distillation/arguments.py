@@ -1,0 +1,34 @@
+"""Command-line arguments of distillation runs, for `HfArgumentParser`."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from .base import available_methods
+
+
+@dataclass
+class DistillationArguments:
+    teacher_model_name_or_path: str = field(metadata={"help": "Saved GFL teacher directory (loaded strictly)."})
+    method: str = field(default="liaf", metadata={"help": "Distillation method: 'none', 'liaf', ..."})
+    method_options: str = field(
+        default="{}",
+        metadata={"help": 'JSON object of method options, e.g. \'{"alpha": 2.0, "objective": "robust"}\'.'},
+    )
+    inherit: bool = field(default=False, metadata={"help": "Start the student's neck and head from the teacher's."})
+    evaluate_teacher_at_start: bool = field(default=True, metadata={"help": "Score the teacher before training."})
+
+    def __post_init__(self) -> None:
+        if self.method not in available_methods():
+            raise ValueError(f"--method {self.method!r} is not one of {available_methods()}.")
+        try:
+            options = json.loads(self.method_options)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--method_options is not valid JSON: {error}") from error
+        if not isinstance(options, dict):
+            raise ValueError(f"--method_options must be a JSON object, got {self.method_options!r}.")
+
+    @property
+    def options(self) -> dict:
+        return json.loads(self.method_options)

@@ -1,0 +1,482 @@
+"""LIAF-KD: feature distillation on ground-truth instances, each weighted by learnable instance selectors.
+
+This is our reconstruction of the selector (docs/method.md, section (c)); every choice the paper leaves
+open is an option of `LIAFDistiller`. For FPN level l, teacher map T_l, aligned student map S_l and the
+Gaussian mask G_lj of instance j (see `masks.gaussian_instance_masks`, sums to 1):
+
+    d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l)            (instance discrepancy)
+    u_lj = [e_T, e_S, log(1 + d_lj), t, q_lj]                           (detached selector input)
+    a_klj = sigmoid(s_k . mlp(u_lj) / sqrt(D)),  k = 1..K                (selector scores)
+    w_lj = normalise_image(mean_k a_klj)                                 (weights average 1 per image)
+    loss_liaf = alpha * mean_l mean_images mean_j w_lj d_lj
+
+with e_T, e_S the mask-weighted mean teacher and student features of the instance, t the training
+progress and q_lj the student's own predicted quality for the instance's class inside its mask. E_l is
+the teacher's mean squared activation on the level (`feature_scale="teacher"`, the default) or 1
+(`"none"`, the paper's plain squared error): trained FPNs grow their coarse levels' activations by an
+order of magnitude (a trained GFL ResNet-18 on the shapes sets: RMS 3 on P3, 35-70 on P7), so without it the
+coarsest maps, a few cells each, would dominate the loss and the right `alpha` would depend on the
+teacher. The selectors (MLP, K vectors s_k) and the align convs exist only in training: the student
+keeps the architecture of a student trained alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.gfl.configuration_gfl import GFLConfig
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from .base import DistillationBatch, DistillationResult, Distiller, register_distiller
+from .masks import foreground_background_masks, gaussian_instance_masks
+
+__all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
+
+OBJECTIVES = ("joint", "robust")
+NORMALISATIONS = ("mean", "softmax")
+FEATURE_SCALES = ("teacher", "none")
+
+
+class _ReverseGradient(torch.autograd.Function):
+    """Identity forward, negated gradient backward: what receives it ascends the loss it feeds."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view_as(tensor)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+class InstanceSelector(nn.Module):
+    """K learnable selectors scoring instances from their descriptors.
+
+    The concatenated teacher and student descriptors are layer-normalised (their scale follows the FPN's
+    and changes as the student learns), the scalar inputs (log discrepancy, progress, quality) pass as
+    they are, already of order 1; a two-layer MLP embeds them to D dimensions and each selector vector
+    s_k scores the embedding.
+    """
+
+    def __init__(self, *, descriptor_channels: int, num_scalars: int, embed_dim: int, num_selectors: int) -> None:
+        super().__init__()
+        self.descriptor_norm = nn.LayerNorm(2 * descriptor_channels)
+        self.embed = nn.Sequential(
+            nn.Linear(2 * descriptor_channels + num_scalars, embed_dim),
+            nn.ReLU(),
+            nn.Linear(embed_dim, embed_dim),
+        )
+        self.selector_vectors = nn.Parameter(torch.randn(num_selectors, embed_dim))
+        self.embed_dim = embed_dim
+
+    def forward(
+        self, teacher_descriptors: torch.Tensor, student_descriptors: torch.Tensor, scalars: torch.Tensor
+    ) -> torch.Tensor:
+        """(N, C), (N, C), (N, m) -> (N, K) selector logits (their sigmoid is the score a_kj)."""
+        descriptors = self.descriptor_norm(torch.cat([teacher_descriptors, student_descriptors], dim=1))
+        embedding = self.embed(torch.cat([descriptors, scalars], dim=1))
+        return embedding @ self.selector_vectors.t() / math.sqrt(self.embed_dim)
+
+
+@dataclass
+class LevelSelection:
+    """The selectors' view of one FPN level. Instance j of image i sits at [i, j], in the order of
+    `DistillationBatch.boxes[i]`; padding slots (j >= n_i) hold zeros.
+
+    Attributes:
+        discrepancy: (B, n_max) d_lj, differentiable with respect to the student (and the align conv).
+        scores: (B, n_max, K) selector scores a_kj in (0, 1).
+        weights: (B, n_max) normalised instance weights w_lj (they average 1 over an image's instances).
+        instance_mask: (B, n_max) bool, True for real instances.
+    """
+
+    discrepancy: torch.Tensor
+    scores: torch.Tensor
+    weights: torch.Tensor
+    instance_mask: torch.Tensor
+
+
+@dataclass
+class _InstanceLayout:
+    """The batch's instances flattened (N = sum n_i), and where each sits in the padded (B, n_max) layout."""
+
+    boxes: torch.Tensor  # (N, 4) xyxy input pixels
+    class_labels: torch.Tensor  # (N,)
+    image_index: torch.Tensor  # (N,)
+    slot: torch.Tensor  # (N,)
+    counts: torch.Tensor  # (B,) float
+    max_count: int
+
+    @classmethod
+    def from_batch(cls, batch: DistillationBatch, *, device: torch.device) -> _InstanceLayout:
+        counts = [int(boxes.shape[0]) for boxes in batch.boxes]
+        return cls(
+            boxes=torch.cat([boxes.reshape(-1, 4) for boxes in batch.boxes]).to(device=device, dtype=torch.float32),
+            class_labels=torch.cat([labels.reshape(-1) for labels in batch.class_labels]).to(device).long(),
+            image_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(device),
+            slot=torch.cat([torch.arange(count) for count in counts]).to(device),
+            counts=torch.tensor(counts, dtype=torch.float32, device=device),
+            max_count=max(counts, default=0),
+        )
+
+    def pad(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(N, ...) -> (B, n_max, ...), `fill` in the padding slots."""
+        padded = values.new_full((self.counts.shape[0], self.max_count, *values.shape[1:]), fill)
+        padded[self.image_index, self.slot] = values
+        return padded
+
+
+def _image_entropy(weights: torch.Tensor, instance_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(B,) entropy of each image's weights normalised to a distribution p_j = w_j / n_i ((B, n_max) in)."""
+    probabilities = weights / counts.clamp(min=1)[:, None]
+    logs = torch.where(instance_mask, probabilities.clamp(min=1e-12).log(), torch.zeros_like(probabilities))
+    return -(probabilities * logs).sum(dim=1)
+
+
+def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
+    """Mean over selector pairs k < k' of 2 sum a_k a_k' / (sum a_k^2 + sum a_k'^2); (M, K) scores -> ()."""
+    num_selectors = scores.shape[1]
+    products = scores.t() @ scores  # (K, K)
+    squares = products.diagonal()
+    dice = 2 * products / (squares[:, None] + squares[None, :]).clamp(min=1e-12)
+    pairs = torch.triu_indices(num_selectors, num_selectors, offset=1, device=scores.device)
+    return dice[pairs[0], pairs[1]].mean()
+
+
+def _zero_with_graph(*tensors: torch.Tensor) -> torch.Tensor:
+    """A zero loss that still reaches every given tensor, so DDP sees a gradient for every parameter."""
+    return sum(tensor.sum() for tensor in tensors) * 0.0
+
+
+@register_distiller("liaf")
+class LIAFDistiller(Distiller):
+    """Instance-level feature distillation weighted by learnable instance selectors (LIAF-KD).
+
+    Args:
+        student_config, teacher_config: the two detectors' configs. They must have the same number of FPN
+            levels and the same label set; when their FPN widths differ, a 1x1 conv per level maps the
+            student's maps to the teacher's width.
+        alpha: weight of the instance feature loss `loss_liaf` (averaged over levels). The default, 1.0,
+            makes the term about 1 at the start of training, the order of the GFL loss, whatever the FPN
+            width: with `feature_scale="teacher"`, d_lj is the squared error relative to the teacher's
+            own energy on the level, about 1 while the student's features are still unrelated to the
+            teacher's (measured: 1.07-1.17 for fresh ResNet-18 students of 32, 64 and 128 FPN channels
+            against a trained 64-channel ResNet-18 teacher, shapes-v2, whose GFL loss is then 2.3). With
+            `feature_scale="none"` set alpha from the teacher's activations (that teacher's plain d runs
+            into the thousands on P7).
+        beta: weight of the background term `loss_liaf_bg` (the same relative squared error, uniform over
+            the valid cells outside every box and ignore region, averaged over images and levels); 0 turns
+            it off.
+        diversity_weight: lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors'
+            score vectors over all (level, instance) pairs of the batch.
+        entropy_weight: `robust` only: weight of `loss_liaf_entropy` = log n - H(w / n), the gap between
+            the weights' entropy and the uniform one per image and level (averaged over levels and images,
+            like `loss_liaf`). The selector's optimum is then w_j proportional to
+            exp(alpha d_j / entropy_weight): with the default 0.1, instances whose d differ by 0.1 (d is
+            about 1 at the start) get weights in the ratio e.
+        num_selectors: K.
+        embed_dim: D, width of the selectors' embedding.
+        objective: `"joint"`: the selectors minimise `loss_liaf` with the student (the mean-1
+            normalisation keeps them from zeroing it). `"robust"`: the selectors receive the reversed
+            gradient of `loss_liaf`, so they seek the instances the student has not learned, balanced by
+            the entropy term; the student minimises the same weighted loss either way.
+        use_progress: give the selector the training progress t = step / total steps.
+        use_student_quality: give the selector the student's predicted quality for the instance's class,
+            the mask-weighted mean of sigmoid(class logit) on the level.
+        normalise: `"mean"`: w_j = m_j / mean_i m_i with m_j the mean score over selectors; `"softmax"`:
+            w_j = n softmax_j(mean_k logit_kj) over the image's instances.
+        feature_scale: `"teacher"`: divide the squared errors of a level by the teacher's mean squared
+            activation on it (over the batch, all cells and channels, no gradient); `"none"`: plain squared
+            error per channel.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from liaf_hf import GFLConfig
+    >>> from liaf_hf.distillation.base import DistillationBatch, build_distiller
+    >>> from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
+    >>> config = GFLConfig(backbone="resnet18", fpn_channels=8, num_fpn_levels=3, id2label={0: "a"})
+    >>> distiller = build_distiller("liaf", student_config=config, teacher_config=config)
+    >>> def output():
+    ...     features = tuple(torch.randn(1, 8, size, size) for size in (8, 4, 2))
+    ...     return GFLObjectDetectionOutput(
+    ...         fpn_features=features, class_logits=tuple(torch.randn(1, 1, s, s) for s in (8, 4, 2)))
+    >>> batch = DistillationBatch(
+    ...     boxes=[torch.tensor([[4.0, 4.0, 30.0, 20.0]])], class_labels=[torch.tensor([0])],
+    ...     ignore_boxes=[torch.zeros(0, 4)], input_size=(64, 64), valid_sizes=torch.tensor([[64.0, 64.0]]),
+    ...     strides=[8, 16, 32])
+    >>> sorted(distiller(student=output(), teacher=output(), batch=batch).losses)
+    ['loss_liaf', 'loss_liaf_div']
+    ```
+    """
+
+    def __init__(
+        self,
+        *,
+        student_config: GFLConfig,
+        teacher_config: GFLConfig,
+        alpha: float = 1.0,
+        beta: float = 0.0,
+        diversity_weight: float = 0.1,
+        entropy_weight: float = 0.1,
+        num_selectors: int = 6,
+        embed_dim: int = 64,
+        objective: str = "joint",
+        use_progress: bool = True,
+        use_student_quality: bool = True,
+        normalise: str = "mean",
+        feature_scale: str = "teacher",
+    ) -> None:
+        super().__init__()
+        if student_config.num_fpn_levels != teacher_config.num_fpn_levels:
+            raise ValueError(
+                f"LIAF distillation needs as many FPN levels in the student as in the teacher: student "
+                f"num_fpn_levels={student_config.num_fpn_levels}, teacher num_fpn_levels="
+                f"{teacher_config.num_fpn_levels}."
+            )
+        student_labels = {int(key): value for key, value in student_config.id2label.items()}
+        teacher_labels = {int(key): value for key, value in teacher_config.id2label.items()}
+        if student_labels != teacher_labels:
+            raise ValueError(
+                f"LIAF distillation needs the same label set in the student and the teacher: student "
+                f"id2label={student_labels}, teacher id2label={teacher_labels}."
+            )
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
+        if normalise not in NORMALISATIONS:
+            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}.")
+        if feature_scale not in FEATURE_SCALES:
+            raise ValueError(f"feature_scale must be one of {FEATURE_SCALES}, got {feature_scale!r}.")
+        if num_selectors < 1 or embed_dim < 1:
+            raise ValueError(f"num_selectors ({num_selectors}) and embed_dim ({embed_dim}) must be at least 1.")
+        for name, value in (
+            ("alpha", alpha),
+            ("beta", beta),
+            ("diversity_weight", diversity_weight),
+            ("entropy_weight", entropy_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}.")
+        self.alpha = alpha
+        self.beta = beta
+        self.diversity_weight = diversity_weight
+        self.entropy_weight = entropy_weight
+        self.objective = objective
+        self.use_progress = use_progress
+        self.use_student_quality = use_student_quality
+        self.normalise = normalise
+        self.feature_scale = feature_scale
+        student_channels, teacher_channels = student_config.fpn_channels, teacher_config.fpn_channels
+        self.align = nn.ModuleList(
+            nn.Identity() if student_channels == teacher_channels else nn.Conv2d(student_channels, teacher_channels, 1)
+            for _ in range(student_config.num_fpn_levels)
+        )
+        self.selector = InstanceSelector(
+            descriptor_channels=teacher_channels,
+            num_scalars=1 + int(use_progress) + int(use_student_quality),
+            embed_dim=embed_dim,
+            num_selectors=num_selectors,
+        )
+
+    # ----------------------------------------------------------------------------------------- selection
+
+    def _aligned_features(
+        self, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, level: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C_T, H, W) teacher map and aligned student map of one level, in float32."""
+        teacher_map = teacher.fpn_features[level].detach().float()
+        student_map = self.align[level](student.fpn_features[level].float())
+        if teacher_map.shape != student_map.shape:
+            raise ValueError(
+                f"FPN level {level}: the aligned student map has shape {tuple(student_map.shape)} but the "
+                f"teacher's has {tuple(teacher_map.shape)}; both detectors must see the same input and strides."
+            )
+        return teacher_map, student_map
+
+    def _squared_error(self, teacher_map: torch.Tensor, student_map: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) maps -> (B, H, W) squared error per cell, averaged over channels and divided by the
+        teacher's energy on the level when `feature_scale="teacher"`."""
+        squared_error = (teacher_map - student_map).square().mean(dim=1)
+        if self.feature_scale == "teacher":
+            squared_error = squared_error / teacher_map.square().mean().clamp(min=1e-12)
+        return squared_error
+
+    def _weights(self, logits: torch.Tensor, layout: _InstanceLayout) -> torch.Tensor:
+        """(N, K) selector logits -> (B, n_max) weights averaging 1 over each image's instances."""
+        if self.normalise == "mean":
+            mean_scores = layout.pad(logits.sigmoid().mean(dim=1))
+            image_means = mean_scores.sum(dim=1) / layout.counts.clamp(min=1)
+            return mean_scores / image_means.clamp(min=1e-12)[:, None]
+        padded_logits = layout.pad(logits.mean(dim=1), fill=-1e9)
+        return padded_logits.softmax(dim=1) * layout.pad(torch.ones_like(logits[:, 0])) * layout.counts[:, None]
+
+    def _select_level(
+        self,
+        *,
+        teacher_map: torch.Tensor,
+        student_map: torch.Tensor,
+        student_class_logits: torch.Tensor | None,
+        stride: int,
+        progress: float,
+        layout: _InstanceLayout,
+    ) -> LevelSelection:
+        height, width = teacher_map.shape[-2:]
+        masks = gaussian_instance_masks(layout.boxes, feature_size=(height, width), stride=stride).flatten(1)
+        padded_masks = layout.pad(masks)  # (B, n_max, P)
+        teacher_flat = teacher_map.flatten(2)  # (B, C, P)
+        student_flat = student_map.flatten(2)
+        squared_error = self._squared_error(teacher_map, student_map).flatten(1)  # (B, P)
+        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None]).squeeze(2)  # (B, n_max)
+
+        index = (layout.image_index, layout.slot)
+        teacher_descriptors = torch.bmm(padded_masks, teacher_flat.transpose(1, 2))[index]  # (N, C)
+        student_descriptors = torch.bmm(padded_masks, student_flat.detach().transpose(1, 2))[index]
+        scalars = [discrepancy.detach()[index].log1p()]
+        if self.use_progress:
+            scalars.append(torch.full_like(scalars[0], float(progress)))
+        if self.use_student_quality:
+            if student_class_logits is None:
+                raise ValueError("use_student_quality needs the student's class_logits in its output.")
+            class_scores = student_class_logits.detach().float().sigmoid().flatten(2)  # (B, classes, P)
+            scalars.append((class_scores[layout.image_index, layout.class_labels] * masks).sum(dim=1))
+        logits = self.selector(teacher_descriptors, student_descriptors, torch.stack(scalars, dim=1))
+
+        instance_mask = layout.pad(torch.ones_like(logits[:, 0])) > 0
+        return LevelSelection(
+            discrepancy=discrepancy,
+            scores=layout.pad(logits.sigmoid()),
+            weights=self._weights(logits, layout),
+            instance_mask=instance_mask,
+        )
+
+    def select(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> list[LevelSelection]:
+        """The instance weights and discrepancies of every FPN level (finest first), e.g. to draw them.
+
+        Requires at least one instance in the batch.
+        """
+        layout = _InstanceLayout.from_batch(batch, device=teacher.fpn_features[0].device)
+        with torch.autocast(device_type=layout.counts.device.type, enabled=False):
+            return self._select(student=student, teacher=teacher, batch=batch, layout=layout)
+
+    def _select(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        batch: DistillationBatch,
+        layout: _InstanceLayout,
+    ) -> list[LevelSelection]:
+        if layout.max_count == 0:
+            raise ValueError("The batch has no instances to select from.")
+        selections = []
+        for level, stride in enumerate(batch.strides):
+            teacher_map, student_map = self._aligned_features(student, teacher, level)
+            selections.append(
+                self._select_level(
+                    teacher_map=teacher_map,
+                    student_map=student_map,
+                    student_class_logits=student.class_logits[level] if self.use_student_quality else None,
+                    stride=stride,
+                    progress=batch.progress,
+                    layout=layout,
+                )
+            )
+        return selections
+
+    # --------------------------------------------------------------------------------------------- losses
+
+    def _background_loss(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> torch.Tensor:
+        """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l)."""
+        total = 0.0
+        for level, stride in enumerate(batch.strides):
+            teacher_map, student_map = self._aligned_features(student, teacher, level)
+            batch_size, _, height, width = teacher_map.shape
+            background = torch.stack(
+                [
+                    foreground_background_masks(
+                        torch.cat([batch.boxes[i].reshape(-1, 4), batch.ignore_boxes[i].reshape(-1, 4)]).to(
+                            teacher_map.device
+                        ),
+                        feature_size=(height, width),
+                        stride=stride,
+                        valid_size=batch.valid_sizes[i],
+                    )[1]
+                    for i in range(batch_size)
+                ]
+            )  # (B, H, W)
+            total = total + (background * self._squared_error(teacher_map, student_map)).sum(dim=(1, 2)).mean()
+        return total / len(batch.strides)
+
+    def forward(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> DistillationResult:
+        if len(batch.strides) != len(self.align) or len(student.fpn_features) != len(self.align):
+            raise ValueError(
+                f"Expected {len(self.align)} FPN levels; got {len(student.fpn_features)} student maps and "
+                f"{len(batch.strides)} strides."
+            )
+        if len(batch.boxes) != student.fpn_features[0].shape[0]:
+            raise ValueError(
+                f"The batch describes {len(batch.boxes)} images but the features hold "
+                f"{student.fpn_features[0].shape[0]}."
+            )
+        device = teacher.fpn_features[0].device
+        layout = _InstanceLayout.from_batch(batch, device=device)
+        result = DistillationResult()
+        with torch.autocast(device_type=device.type, enabled=False):
+            if layout.max_count == 0:
+                # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
+                zero = _zero_with_graph(*self.parameters())
+                result.losses["loss_liaf"] = zero
+                result.losses["loss_liaf_div"] = zero.clone()
+                if self.objective == "robust":
+                    result.losses["loss_liaf_entropy"] = zero.clone()
+            else:
+                selections = self._select(student=student, teacher=teacher, batch=batch, layout=layout)
+                self._instance_losses(selections, layout, result)
+            if self.beta > 0:
+                result.losses["loss_liaf_bg"] = self.beta * self._background_loss(
+                    student=student, teacher=teacher, batch=batch
+                )
+        return result
+
+    def _instance_losses(
+        self, selections: list[LevelSelection], layout: _InstanceLayout, result: DistillationResult
+    ) -> None:
+        """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
+        has_instances = layout.counts > 0
+        feature_loss, entropy_gap = 0.0, 0.0
+        for level, selection in enumerate(selections):
+            weights = selection.weights
+            if self.objective == "robust":
+                weights = _ReverseGradient.apply(weights)
+            per_image = (weights * selection.discrepancy).sum(dim=1) / layout.counts.clamp(min=1)
+            feature_loss = feature_loss + per_image[has_instances].mean()
+
+            entropy = _image_entropy(selection.weights, selection.instance_mask, layout.counts)[has_instances]
+            if self.objective == "robust":
+                entropy_gap = entropy_gap + (layout.counts[has_instances].log() - entropy).mean()
+            real_weights = selection.weights[selection.instance_mask].detach()
+            result.stats[f"liaf/weight_mean_l{level}"] = real_weights.mean()
+            result.stats[f"liaf/weight_min_l{level}"] = real_weights.min()
+            result.stats[f"liaf/weight_max_l{level}"] = real_weights.max()
+            result.stats[f"liaf/weight_entropy_l{level}"] = entropy.detach().mean()
+            result.stats[f"liaf/discrepancy_l{level}"] = selection.discrepancy[selection.instance_mask].detach().mean()
+
+        num_levels = len(selections)
+        result.losses["loss_liaf"] = self.alpha * feature_loss / num_levels
+        all_scores = torch.cat([selection.scores[selection.instance_mask] for selection in selections])  # (M, K)
+        if all_scores.shape[1] > 1:
+            result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
+        else:
+            result.losses["loss_liaf_div"] = _zero_with_graph(all_scores)
+        if self.objective == "robust":
+            result.losses["loss_liaf_entropy"] = self.entropy_weight * entropy_gap / num_levels

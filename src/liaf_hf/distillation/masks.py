@@ -1,0 +1,164 @@
+"""Spatial masks of ground-truth instances on an FPN level's grid, shared by the feature-distillation methods.
+
+Every function here is a pure tensor function: boxes in, masks out, on the boxes' device, vectorised over
+instances. A level of stride `s` and size (H, W) has its cell (i, j) centred at ((j + 0.5) * s,
+(i + 0.5) * s) in input pixels, the same anchor points `GFLForObjectDetection` uses; "a cell lies in a
+box" means its centre does, and "a cell lies in the padding" means its centre is at or beyond the image's
+valid height or width (the detector's own convention for ignoring padded anchors).
+
+Boxes are absolute (x1, y1, x2, y2) in pixels of the padded input throughout.
+
+Example:
+
+```python
+>>> import torch
+>>> from liaf_hf.distillation.masks import gaussian_instance_masks
+>>> masks = gaussian_instance_masks(torch.tensor([[8.0, 8.0, 40.0, 24.0]]), feature_size=(8, 8), stride=8)
+>>> masks.shape, round(float(masks.sum()), 4)
+(torch.Size([1, 8, 8]), 1.0)
+```
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["box_cell_masks", "foreground_background_masks", "gaussian_instance_masks"]
+
+#: The Gaussian's standard deviation, as a share of the box's side: the window reaches half a side beyond
+#: each edge, which is then three standard deviations away (value exp(-4.5) ~ 0.011 at the window's edge).
+GAUSSIAN_SIGMA_PER_SIDE = 1.0 / 6.0
+
+
+def _cell_centres(size: int, stride: int, *, device: torch.device) -> torch.Tensor:
+    """(size,) centres of one axis' cells, in input pixels."""
+    return (torch.arange(size, device=device, dtype=torch.float32) + 0.5) * stride
+
+
+def _nearest_cell(centre: torch.Tensor, *, size: int, stride: int) -> torch.Tensor:
+    """(n,) index of the cell whose span holds each coordinate `centre` (n,), clamped onto the grid."""
+    return (centre / stride).floor().long().clamp(0, size - 1)
+
+
+def _with_fallback(profile: torch.Tensor, centre: torch.Tensor, *, stride: int) -> torch.Tensor:
+    """Replace each empty row of `profile` (n, size) by a one-hot at the cell nearest `centre` (n,)."""
+    size = profile.shape[1]
+    nearest = torch.zeros_like(profile)
+    nearest[torch.arange(profile.shape[0], device=profile.device), _nearest_cell(centre, size=size, stride=stride)] = 1
+    empty = profile.sum(dim=1, keepdim=True) <= 0
+    return torch.where(empty, nearest, profile)
+
+
+def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor, *, stride: int) -> torch.Tensor:
+    """One axis of the instance mask: (n,) box edges and (size,) cell centres -> (n, size).
+
+    1 between the edges, exp(-distance^2 / (2 sigma^2)) beyond them out to the window (twice the side,
+    centred on the box), 0 beyond the window; a box whose window holds no cell centre gets the nearest cell.
+    """
+    side = (high - low).clamp(min=0)
+    centre = (low + high) * 0.5
+    sigma = (side * GAUSSIAN_SIGMA_PER_SIDE).clamp(min=1e-6)
+    outside = torch.maximum(low[:, None] - points[None, :], points[None, :] - high[:, None]).clamp(min=0)
+    profile = torch.exp(-0.5 * (outside / sigma[:, None]).square())
+    in_window = (points[None, :] - centre[:, None]).abs() <= side[:, None]
+    profile = torch.where(in_window, profile, torch.zeros_like(profile))
+    return _with_fallback(profile, centre, stride=stride)
+
+
+def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Soft mask of each instance on one FPN level, normalised to sum 1.
+
+    A cell whose centre lies inside the box gets 1 (before normalisation); outside the box, inside a window
+    twice the box's width and height centred on the box, the value decays as a Gaussian of the distance to
+    the box, separately per axis:
+
+        m(x, y) = exp(-dx^2 / (2 sx^2)) * exp(-dy^2 / (2 sy^2)),  sx = w / 6, sy = h / 6,
+
+    where dx (dy) is the horizontal (vertical) distance from the cell centre to the box (0 inside its span)
+    and w, h the box's width and height in pixels; the window's edge (dx = w / 2) is three standard
+    deviations out. Cells beyond the window get 0. The mask is then divided by its sum. An axis along which
+    the window holds no cell centre (a box smaller than a cell) falls back to the single cell that contains
+    the box's centre on that axis, so every instance gets a non-empty mask.
+
+    Args:
+        boxes: (n, 4) boxes, xyxy in pixels of the padded input.
+        feature_size: (H, W) of the level.
+        stride: the level's stride in input pixels.
+
+    Returns:
+        (n, H, W) float32 masks, each summing to 1.
+    """
+    height, width = feature_size
+    boxes = boxes.float().reshape(-1, 4)
+    xs = _cell_centres(width, stride, device=boxes.device)
+    ys = _cell_centres(height, stride, device=boxes.device)
+    profile_x = _gaussian_profile(boxes[:, 0], boxes[:, 2], xs, stride=stride)  # (n, W)
+    profile_y = _gaussian_profile(boxes[:, 1], boxes[:, 3], ys, stride=stride)  # (n, H)
+    profile_x = profile_x / profile_x.sum(dim=1, keepdim=True)
+    profile_y = profile_y / profile_y.sum(dim=1, keepdim=True)
+    return profile_y[:, :, None] * profile_x[:, None, :]
+
+
+def box_cell_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
+    """Hard mask of each instance: the cells whose centre lies inside the box (edges included).
+
+    A box that holds no cell centre along an axis takes the cell containing its centre on that axis, so
+    small objects are never left without cells (and never counted as background).
+
+    Args:
+        boxes: (n, 4) boxes, xyxy in pixels of the padded input.
+        feature_size: (H, W) of the level.
+        stride: the level's stride in input pixels.
+
+    Returns:
+        (n, H, W) bool masks, each with at least one True cell.
+    """
+    height, width = feature_size
+    boxes = boxes.float().reshape(-1, 4)
+    xs = _cell_centres(width, stride, device=boxes.device)
+    ys = _cell_centres(height, stride, device=boxes.device)
+
+    def inside(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        covered = ((points[None, :] >= low[:, None]) & (points[None, :] <= high[:, None])).float()
+        return _with_fallback(covered, (low + high) * 0.5, stride=stride)
+
+    inside_x = inside(boxes[:, 0], boxes[:, 2], xs)  # (n, W)
+    inside_y = inside(boxes[:, 1], boxes[:, 3], ys)  # (n, H)
+    return (inside_y[:, :, None] * inside_x[:, None, :]) > 0
+
+
+def foreground_background_masks(
+    boxes: torch.Tensor,
+    *,
+    feature_size: tuple[int, int],
+    stride: int,
+    valid_size: tuple[float, float] | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Foreground and background of one image on one FPN level.
+
+    Args:
+        boxes: (n, 4) boxes, xyxy in pixels of the padded input (pass the ignore regions along with the
+            objects to keep them out of the background too); n may be 0.
+        feature_size: (H, W) of the level.
+        stride: the level's stride in input pixels.
+        valid_size: (height, width) of the unpadded image in input pixels; cells centred in the padding are
+            neither foreground nor background. None: the whole grid is valid.
+
+    Returns:
+        foreground: (H, W) bool, the cells of `box_cell_masks` of any box (padding included, if a box
+            reaches into it).
+        background: (H, W) float32, uniform over the valid cells outside every box and summing to 1; all
+            zeros when no such cell exists.
+    """
+    height, width = feature_size
+    boxes = boxes.float().reshape(-1, 4)
+    device = boxes.device
+    foreground = box_cell_masks(boxes, feature_size=feature_size, stride=stride).any(dim=0)
+    valid = torch.ones(height, width, dtype=torch.bool, device=device)
+    if valid_size is not None:
+        valid_height, valid_width = torch.as_tensor(valid_size, dtype=torch.float32, device=device).unbind()
+        ys = _cell_centres(height, stride, device=device)
+        xs = _cell_centres(width, stride, device=device)
+        valid = (ys[:, None] < valid_height) & (xs[None, :] < valid_width)
+    background = (valid & ~foreground).float()
+    return foreground, background / background.sum().clamp(min=1.0)

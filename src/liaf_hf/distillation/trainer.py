@@ -1,0 +1,297 @@
+"""`LIAFDistillationTrainer`: `transformers.Trainer` that distils a frozen teacher into the student.
+
+What the Trainer optimises, checkpoints and wraps for multi-process training is a `DistillationModel`
+holding the student and the distiller (align convs, selectors: parameters that must train and sync with
+the student). The frozen teacher is held outside that module tree, so it never reaches the optimizer,
+the checkpoints, DDP or the published student. `save_model` writes a plain GFL directory.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import Trainer
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
+
+from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput
+from .base import DistillationBatch, Distiller, build_distiller
+
+logger = logging.getLogger("liaf_hf.distillation")
+
+DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
+
+
+@dataclass
+class DistillationOutput(ModelOutput):
+    """Training output of a `DistillationModel`.
+
+    Args:
+        loss: student loss plus the weighted distillation losses.
+        loss_dict: every loss component (the student's `loss_qfl`, `loss_dfl`, `loss_giou` and the
+            distiller's), weighted as they enter `loss`.
+        stats: the distiller's detached statistics.
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_dict: dict | None = None
+    stats: dict | None = None
+
+
+def load_teacher(teacher: GFLForObjectDetection | str | os.PathLike) -> GFLForObjectDetection:
+    """The teacher, loaded strictly when given as a path: any missing, unexpected or mismatched weight is
+    an error, since a teacher that silently kept random weights makes distillation worse than none."""
+    if isinstance(teacher, GFLForObjectDetection):
+        return teacher
+    path = Path(teacher)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"Teacher directory {path} has no config.json; expected a saved GFL model.")
+    try:
+        model, info = GFLForObjectDetection.from_pretrained(path, output_loading_info=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"Could not load the teacher from {path}: {error}") from error
+    problems = {key: info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)}
+    if problems:
+        raise ValueError(f"Teacher checkpoint {path} does not match its config: {problems}")
+    return model
+
+
+def check_teacher_fits(student: GFLForObjectDetection, teacher: GFLForObjectDetection) -> None:
+    """Refuse a teacher that cannot teach this student, naming what differs."""
+    if student.config.id2label != teacher.config.id2label:
+        raise ValueError(
+            f"Teacher and student must predict the same classes; teacher id2label = {teacher.config.id2label}, "
+            f"student id2label = {student.config.id2label}."
+        )
+
+
+def inherit_from_teacher(student: GFLForObjectDetection, teacher: GFLForObjectDetection) -> list[str]:
+    """Copy the teacher's neck and head weights into the student where names and shapes match
+    ("inheriting", as FGD and the paper's group do). Returns the names copied."""
+    teacher_state = teacher.state_dict()
+    copied = []
+    with torch.no_grad():
+        for name, tensor in student.state_dict().items():
+            if not name.startswith(("neck.", "head.")):
+                continue
+            source = teacher_state.get(name)
+            if source is not None and source.shape == tensor.shape:
+                tensor.copy_(source)
+                copied.append(name)
+    return copied
+
+
+class DistillationModel(nn.Module):
+    """The module the Trainer trains: `student` and `distiller`. The teacher is attached but not
+    registered as a submodule.
+
+    In training mode with labels, `forward` returns a `DistillationOutput`; otherwise (evaluation,
+    inference) it returns the student's own `GFLObjectDetectionOutput`, so evaluation scores the student
+    alone and skips every distillation term.
+    """
+
+    main_input_name = "pixel_values"
+
+    def __init__(self, *, student: GFLForObjectDetection, teacher: GFLForObjectDetection, distiller: Distiller) -> None:
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+        # A plain attribute in a tuple: nn.Module registers Modules assigned directly, which would put the
+        # teacher in state_dict, the optimizer and DDP.
+        self._teacher = (teacher,)
+        #: Training progress in [0, 1], set by the trainer before each step.
+        self.progress = 0.0
+
+    @property
+    def teacher(self) -> GFLForObjectDetection:
+        return self._teacher[0]
+
+    @property
+    def config(self):
+        return self.student.config
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        labels: list[dict] | None = None,
+    ) -> DistillationOutput | GFLObjectDetectionOutput:
+        student_output = self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+        if labels is None or not self.training:
+            return student_output
+        teacher_output = None
+        if self.distiller.needs_teacher:
+            with torch.no_grad():
+                teacher_output = self.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        valid_sizes = self.student.valid_sizes(pixel_values, pixel_mask)
+        instances = self.student.labels_in_pixels(labels, valid_sizes)
+        batch = DistillationBatch(
+            boxes=[boxes for _, boxes, _ in instances],
+            class_labels=[class_labels for class_labels, _, _ in instances],
+            ignore_boxes=[ignore if ignore is not None else boxes.new_zeros((0, 4)) for _, boxes, ignore in instances],
+            input_size=tuple(pixel_values.shape[-2:]),
+            valid_sizes=valid_sizes,
+            strides=list(self.student.strides),
+            progress=float(self.progress),
+        )
+        result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
+        loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
+        return DistillationOutput(
+            loss=loss, loss_dict={**student_output.loss_dict, **result.losses}, stats=dict(result.stats)
+        )
+
+
+class LIAFDistillationTrainer(Trainer):
+    """`transformers.Trainer` that distils `teacher` into `model` (the student) with a registered
+    distillation method.
+
+    Args:
+        model: the student (`GFLForObjectDetection`).
+        teacher: a `GFLForObjectDetection` or the path of a saved one (loaded strictly). It is put in eval
+            mode with gradients off, moved to the training device, and never saved.
+        method: a registered method name (`"none"`, `"liaf"`, ...) or a built `Distiller`.
+        method_options: keyword options for the method's constructor.
+        inherit: start the student's neck and head from the teacher's where shapes match.
+        evaluate_teacher_at_start: score the teacher on the eval set when training starts and log it as
+            `teacher_*` beside the student's `eval_*` metrics.
+        **kwargs: everything `transformers.Trainer` takes (args, datasets, collator, compute_metrics, ...).
+    """
+
+    # The student's loss is a per-batch mean; Trainer divides it by the accumulation steps.
+    loss_is_scaled_for_ga = False
+
+    def __init__(
+        self,
+        *,
+        model: GFLForObjectDetection,
+        teacher: GFLForObjectDetection | str | os.PathLike,
+        method: str | Distiller = "liaf",
+        method_options: dict | None = None,
+        inherit: bool = False,
+        evaluate_teacher_at_start: bool = True,
+        **kwargs,
+    ) -> None:
+        teacher = load_teacher(teacher)
+        check_teacher_fits(model, teacher)
+        if inherit:
+            copied = inherit_from_teacher(model, teacher)
+            logger.info("Inherited %d neck/head tensors from the teacher: %s", len(copied), ", ".join(copied))
+            self.inherited_tensors = copied
+        distiller = (
+            method
+            if isinstance(method, Distiller)
+            else build_distiller(
+                method, student_config=model.config, teacher_config=teacher.config, **(method_options or {})
+            )
+        )
+        teacher.eval().requires_grad_(False)
+        super().__init__(model=DistillationModel(student=model, teacher=teacher, distiller=distiller), **kwargs)
+        teacher.to(self.args.device)
+        self.evaluate_teacher_at_start = evaluate_teacher_at_start
+        self.teacher_metrics: dict[str, float] = {}
+        self._component_sums: dict[str, float] = defaultdict(float)
+        self._component_steps = 0
+        self._saving_checkpoint = False
+
+    @property
+    def distillation_model(self) -> DistillationModel:
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
+
+    @property
+    def student(self) -> GFLForObjectDetection:
+        return self.distillation_model.student
+
+    @property
+    def teacher(self) -> GFLForObjectDetection:
+        return self.distillation_model.teacher
+
+    # ------------------------------------------------------------------------------------- training
+
+    def train(self, *args, **kwargs):
+        if self.evaluate_teacher_at_start and self.eval_dataset is not None and not self.teacher_metrics:
+            self.teacher_metrics = self.evaluate_teacher()
+            self.log(dict(self.teacher_metrics))
+        return super().train(*args, **kwargs)
+
+    def evaluate_teacher(self) -> dict[str, float]:
+        """The teacher's metrics on the eval set, with this trainer's collator and metrics, keys `teacher_*`."""
+        args = copy.deepcopy(self.args)
+        args.report_to = []
+        evaluator = Trainer(
+            model=self.teacher,
+            args=args,
+            data_collator=self.data_collator,
+            eval_dataset=self.eval_dataset,
+            compute_metrics=self.compute_metrics,
+            preprocess_logits_for_metrics=self.preprocess_logits_for_metrics,
+        )
+        metrics = evaluator.evaluate(metric_key_prefix="teacher")
+        self.teacher.requires_grad_(False)
+        return metrics
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        self.distillation_model.progress = self.state.global_step / max(1, self.state.max_steps)
+        return super().training_step(model, inputs, num_items_in_batch)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if isinstance(outputs, DistillationOutput):
+            for name, value in {**outputs.loss_dict, **outputs.stats}.items():
+                self._component_sums[name] += float(value.detach())
+            self._component_steps += 1
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        # Training logs carry "loss"; add each component averaged over the same interval.
+        if "loss" in logs and self._component_steps:
+            for name, total in self._component_sums.items():
+                logs[name] = round(total / self._component_steps, 6)
+            self._component_sums.clear()
+            self._component_steps = 0
+        super().log(logs, start_time)
+
+    # --------------------------------------------------------------------------------- saving/resume
+
+    def _save_checkpoint(self, model, trial) -> None:
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """Write the plain student (and its image processor); checkpoints also get the distiller's state,
+        so a resumed run continues with the same selectors and align convs."""
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.student.save_pretrained(output_dir)
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+        if self._saving_checkpoint:
+            distiller = self.distillation_model.distiller
+            distiller_state = {name: value.detach().contiguous() for name, value in distiller.state_dict().items()}
+            save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata={"format": "pt"})
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        target = self.accelerator.unwrap_model(model if model is not None else self.model)
+        student_file = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
+        distiller_file = os.path.join(resume_from_checkpoint, DISTILLER_WEIGHTS_NAME)
+        for path in (student_file, distiller_file):
+            if not os.path.isfile(path):
+                raise ValueError(f"Checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}.")
+        target.student.load_state_dict(load_file(student_file), strict=True)
+        target.distiller.load_state_dict(load_file(distiller_file), strict=True)
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)

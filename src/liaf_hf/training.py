@@ -1,0 +1,201 @@
+"""What the example scripts share: argument dataclasses for `HfArgumentParser`, building a detector,
+preparing the datasets, and the Trainer pieces for detection (collator, metrics, output reduction)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+import torch
+from transformers import TrainerCallback, TrainingArguments
+
+from .data import load_coco_detection
+from .data.collate import DetectionCollator, DetectionTransform
+from .models.gfl.configuration_gfl import GFLConfig
+from .models.gfl.image_processing_gfl import GFLImageProcessor
+from .models.gfl.modeling_gfl import GFLForObjectDetection
+
+
+@dataclass
+class DetectorArguments:
+    """How to build a GFL detector (ignored when `model_name_or_path` names a saved one)."""
+
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A saved GFL directory to start from (its config wins over the flags below)."}
+    )
+    backbone: str = field(default="resnet18", metadata={"help": "Any timm model with features_only support."})
+    backbone_pretrained: bool = field(default=False, metadata={"help": "Load timm's pretrained backbone weights."})
+    fpn_channels: int = field(default=256, metadata={"help": "FPN width."})
+    head_channels: int = field(default=256, metadata={"help": "Width of the head's stacked convs."})
+    head_stacked_convs: int = field(default=4, metadata={"help": "Stacked convs per head branch."})
+    head_norm_groups: int = field(default=32, metadata={"help": "GroupNorm groups in the head."})
+    num_fpn_levels: int = field(default=5, metadata={"help": "FPN outputs (P3-P7 by default)."})
+
+
+def prefixed_arguments(cls: type, prefix: str, name: str) -> type:
+    """A copy of an arguments dataclass whose fields are named `<prefix><field>`, so one parser can hold
+    two of them (e.g. `--student_backbone` beside a teacher's flags)."""
+    fields = [
+        (prefix + f.name, f.type, field(default=f.default, metadata={"help": f.metadata.get("help", "")}))
+        for f in dataclasses.fields(cls)
+    ]
+    return dataclasses.make_dataclass(name, fields)
+
+
+def unprefixed(arguments: Any, prefix: str, cls: type) -> Any:
+    """The `cls` instance holding the values of a `prefixed_arguments` instance."""
+    return cls(**{f.name: getattr(arguments, prefix + f.name) for f in dataclasses.fields(cls)})
+
+
+@dataclass
+class DataArguments:
+    data_dir: str = field(metadata={"help": "COCO-layout root: annotations/instances_<split>.json and <split>/."})
+    train_split: str = field(default="train")
+    eval_split: str = field(default="val")
+    generate_synthetic: str | None = field(
+        default=None, metadata={"help": "Write the generated set of this difficulty (easy, medium, hard) first."}
+    )
+    synthetic_num_train: int = field(default=2000)
+    synthetic_num_val: int = field(default=500)
+    synthetic_seed: int = field(default=0)
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Score on the first N eval images."})
+    shortest_edge: int = field(default=800, metadata={"help": "Resize the shorter image edge to this."})
+    longest_edge: int = field(default=1333, metadata={"help": "Cap the longer image edge at this."})
+
+
+def build_detector(arguments: DetectorArguments, id2label: dict[int, str]) -> GFLForObjectDetection:
+    """A new detector from `arguments`, or the saved one it names (whose classes must be `id2label`)."""
+    if arguments.model_name_or_path:
+        model = GFLForObjectDetection.from_pretrained(arguments.model_name_or_path)
+        if model.config.id2label != id2label:
+            raise ValueError(
+                f"{arguments.model_name_or_path} was trained on classes {model.config.id2label}, "
+                f"but the dataset has {id2label}."
+            )
+        return model
+    config = GFLConfig(
+        backbone=arguments.backbone,
+        backbone_pretrained=arguments.backbone_pretrained,
+        fpn_channels=arguments.fpn_channels,
+        head_channels=arguments.head_channels,
+        head_stacked_convs=arguments.head_stacked_convs,
+        head_norm_groups=arguments.head_norm_groups,
+        num_fpn_levels=arguments.num_fpn_levels,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    return GFLForObjectDetection(config)
+
+
+def prepare_datasets(
+    data_args: DataArguments, training_args: TrainingArguments
+) -> tuple[datasets.Dataset, datasets.Dataset]:
+    """Generate the synthetic set if asked, then load the train and eval splits (main process first)."""
+    from .data.synthetic import generate_coco_dataset
+
+    with training_args.main_process_first(desc="preparing the dataset"):
+        if data_args.generate_synthetic:
+            # The main process writes the set; the others find it complete and reuse it.
+            generate_coco_dataset(
+                data_args.data_dir,
+                difficulty=data_args.generate_synthetic,
+                num_train=data_args.synthetic_num_train,
+                num_val=data_args.synthetic_num_val,
+                seed=data_args.synthetic_seed,
+            )
+        train_dataset = load_coco_detection(data_args.data_dir, data_args.train_split)
+        eval_dataset = load_coco_detection(data_args.data_dir, data_args.eval_split)
+    if data_args.max_eval_samples is not None:
+        eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
+    return train_dataset, eval_dataset
+
+
+class AugmentationEpochCallback(TrainerCallback):
+    """Tells the training transform which epoch starts, so its flips change from epoch to epoch and a
+    resumed run (whose state carries the epoch) draws the same ones."""
+
+    def __init__(self, transform: DetectionTransform) -> None:
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch holds the epochs completed so far (fractional when resuming mid-epoch).
+        self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+        return control
+
+
+def detection_trainer_kwargs(
+    *,
+    image_processor: GFLImageProcessor,
+    train_dataset: datasets.Dataset | None,
+    eval_dataset: datasets.Dataset | None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Keyword arguments that make `transformers.Trainer` (or a subclass) train and score a detector:
+    transformed datasets, the padding collator, COCO metrics, the reduction of dense outputs, and the
+    callback that gives each epoch its own (reproducible) augmentation, seeded by `seed`."""
+    from .metrics import coco_ground_truth_from_dataset, make_coco_compute_metrics
+
+    kwargs: dict[str, Any] = {
+        "data_collator": DetectionCollator(image_processor),
+        "processing_class": image_processor,
+        "preprocess_logits_for_metrics": DetectionsForMetrics(image_processor),
+    }
+    if train_dataset is not None:
+        transform = DetectionTransform(image_processor, train=True, seed=seed)
+        kwargs["train_dataset"] = train_dataset.with_transform(transform)
+        kwargs["callbacks"] = [AugmentationEpochCallback(transform)]
+    if eval_dataset is not None:
+        kwargs["eval_dataset"] = eval_dataset.with_transform(DetectionTransform(image_processor, train=False))
+        kwargs["compute_metrics"] = make_coco_compute_metrics(coco_ground_truth_from_dataset(eval_dataset))
+    return kwargs
+
+
+def configure_for_detection(training_args: TrainingArguments) -> TrainingArguments:
+    """Detection batches are images plus a list of label dicts, which the Trainer must pass through
+    untouched and keep per batch."""
+    training_args.remove_unused_columns = False
+    training_args.eval_do_concat_batches = False
+    return training_args
+
+
+def _first_two_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor]:
+    """`logits` and `pred_boxes` from what Trainer passes as "logits": the model output as a tuple without
+    the loss. They are the output's first two tensor fields whether or not `loss_dict` (a dict) precedes
+    them, which depends on whether labels were given."""
+    if isinstance(outputs, dict):
+        return outputs["logits"], outputs["pred_boxes"]
+    tensors = [value for value in outputs if isinstance(value, torch.Tensor)]
+    if len(tensors) < 2:
+        raise ValueError("Expected GFL outputs with 'logits' and 'pred_boxes' tensors.")
+    return tensors[0], tensors[1]
+
+
+class DetectionsForMetrics:
+    """`preprocess_logits_for_metrics` for `transformers.Trainer`: reduces each batch's dense outputs
+    (B, A, C) to at most `max_detections` post-processed detections per image, so evaluation memory does
+    not grow with the number of anchors.
+
+    Returns per batch a float tensor (B, K, 6) of (x1, y1, x2, y2, score, label) in absolute pixels of each
+    original image; padding rows have score -1.
+    """
+
+    def __init__(self, image_processor: GFLImageProcessor) -> None:
+        self.image_processor = image_processor
+
+    def __call__(self, outputs, labels: Sequence[dict]) -> torch.Tensor:
+        logits, pred_boxes = _first_two_tensors(outputs)
+        target_sizes = [label["orig_size"].tolist() for label in labels]
+        detections = self.image_processor.post_process_object_detection(
+            {"logits": logits, "pred_boxes": pred_boxes}, target_sizes=target_sizes
+        )
+        max_detections = self.image_processor.max_detections
+        packed = logits.new_full((len(detections), max_detections, 6), -1.0, dtype=torch.float32)
+        for index, image in enumerate(detections):
+            count = image["scores"].numel()
+            packed[index, :count, :4] = image["boxes"]
+            packed[index, :count, 4] = image["scores"]
+            packed[index, :count, 5] = image["labels"].float()
+        return packed

@@ -1,0 +1,229 @@
+"""LIAF-KD distiller and its instance masks, on hand-built features where the answer is known."""
+
+import math
+
+import pytest
+import torch
+
+from liaf_hf import GFLConfig
+from liaf_hf.distillation import LIAFDistiller, build_distiller
+from liaf_hf.distillation.base import DistillationBatch
+from liaf_hf.distillation.masks import box_cell_masks, foreground_background_masks, gaussian_instance_masks
+from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
+
+SIZES = (8, 4, 2)
+STRIDES = [8, 16, 32]
+
+
+def config(channels=8, levels=3, id2label=None):
+    return GFLConfig(
+        backbone="resnet18", fpn_channels=channels, num_fpn_levels=levels, id2label=id2label or {0: "a", 1: "b"}
+    )
+
+
+def output(features, num_classes=2, requires_grad=False):
+    features = tuple(f.clone().requires_grad_(requires_grad) for f in features)
+    logits = tuple(torch.zeros(f.shape[0], num_classes, *f.shape[-2:]) for f in features)
+    return GFLObjectDetectionOutput(fpn_features=features, class_logits=logits)
+
+
+def random_features(batch=2, channels=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, channels, s, s, generator=generator) for s in SIZES]
+
+
+def make_batch(boxes_per_image, labels_per_image=None, progress=0.5):
+    boxes = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes_per_image]
+    labels = labels_per_image or [torch.zeros(len(b), dtype=torch.long) for b in boxes]
+    return DistillationBatch(
+        boxes=boxes,
+        class_labels=[torch.as_tensor(x, dtype=torch.long) for x in labels],
+        ignore_boxes=[torch.zeros(0, 4) for _ in boxes],
+        input_size=(64, 64),
+        valid_sizes=torch.full((len(boxes), 2), 64.0),
+        strides=STRIDES,
+        progress=progress,
+    )
+
+
+TWO_IMAGES = [[[4, 4, 30, 20], [36, 30, 60, 62], [10, 40, 22, 52]], [[0, 0, 64, 64]]]
+
+
+def test_equal_features_give_zero_feature_loss():
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config())
+    features = random_features()
+    result = distiller(student=output(features), teacher=output(features), batch=make_batch(TWO_IMAGES))
+    assert float(result.losses["loss_liaf"]) == 0.0
+
+
+def test_hand_worked_value_for_a_constant_offset():
+    """One instance per image: its weight is exactly 1, and with T - S = c everywhere the instance
+    discrepancy is c^2 whatever the mask, so loss_liaf = alpha * c^2."""
+    distiller = build_distiller(
+        "liaf", student_config=config(), teacher_config=config(), alpha=2.0, feature_scale="none"
+    )
+    teacher = random_features()
+    student = [t - 0.5 for t in teacher]
+    result = distiller(
+        student=output(student), teacher=output(teacher), batch=make_batch([[[4, 4, 30, 20]], [[8, 8, 60, 40]]])
+    )
+    assert float(result.losses["loss_liaf"]) == pytest.approx(2.0 * 0.25, rel=1e-5)
+    # Relative to the teacher's energy the same offset gives c^2 / mean(T^2) per level.
+    scaled = build_distiller("liaf", student_config=config(), teacher_config=config(), alpha=2.0)
+    expected = 2.0 * sum(0.25 / float(t.square().mean()) for t in teacher) / len(teacher)
+    result = scaled(
+        student=output(student), teacher=output(teacher), batch=make_batch([[[4, 4, 30, 20]], [[8, 8, 60, 40]]])
+    )
+    assert float(result.losses["loss_liaf"]) == pytest.approx(expected, rel=1e-5)
+
+
+@pytest.mark.parametrize("normalise", ["mean", "softmax"])
+def test_instance_weights_average_one_per_image(normalise):
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), normalise=normalise)
+    torch.nn.init.normal_(distiller.selector.selector_vectors, std=5.0)  # make the weights far from uniform
+    teacher, student = random_features(seed=1), random_features(seed=2)
+    selections = distiller.select(student=output(student), teacher=output(teacher), batch=make_batch(TWO_IMAGES))
+    for selection in selections:
+        assert selection.weights.shape == (2, 3)
+        assert selection.instance_mask.tolist() == [[True, True, True], [True, False, False]]
+        assert float(selection.weights[0].sum()) == pytest.approx(3.0, rel=1e-5)
+        assert float(selection.weights[1, 0]) == pytest.approx(1.0, rel=1e-5)
+        assert float(selection.weights[1, 1:].abs().sum()) == 0.0
+    assert float(selections[0].weights[0].std()) > 0.01
+
+
+def test_gradients_reach_the_student_align_convs_and_selectors_but_not_the_teacher():
+    distiller = build_distiller("liaf", student_config=config(channels=4), teacher_config=config(channels=8))
+    student = output(random_features(channels=4, seed=3), requires_grad=True)
+    teacher = output(random_features(channels=8, seed=4), requires_grad=True)
+    result = distiller(student=student, teacher=teacher, batch=make_batch(TWO_IMAGES))
+    sum(result.losses.values()).backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.fpn_features)
+    assert all(f.grad is None for f in teacher.fpn_features)
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in distiller.align)
+    for name, parameter in distiller.selector.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+
+
+def test_selector_follows_the_student_learning_state():
+    """Same teacher, two students: the weights differ, since the student's features and discrepancy are
+    selector inputs."""
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), use_student_quality=False)
+    teacher = random_features(seed=5)
+    batch = make_batch(TWO_IMAGES)
+    near = distiller.select(student=output([t + 0.01 for t in teacher]), teacher=output(teacher), batch=batch)
+    far = distiller.select(student=output(random_features(seed=6)), teacher=output(teacher), batch=batch)
+    assert not torch.allclose(near[0].weights, far[0].weights)
+
+
+def test_robust_objective_reverses_the_selector_gradient_only():
+    teacher = random_features(seed=7)
+    student_features = random_features(seed=8)
+    grads = {}
+    for objective in ("joint", "robust"):
+        torch.manual_seed(0)
+        distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), objective=objective)
+        student = output(student_features, requires_grad=True)
+        result = distiller(student=student, teacher=output(teacher), batch=make_batch(TWO_IMAGES))
+        assert ("loss_liaf_entropy" in result.losses) == (objective == "robust")
+        result.losses["loss_liaf"].backward()
+        grads[objective] = (distiller.selector.selector_vectors.grad.clone(), student.fpn_features[0].grad.clone())
+    assert torch.allclose(grads["robust"][0], -grads["joint"][0])
+    assert torch.allclose(grads["robust"][1], grads["joint"][1])
+
+
+def test_diversity_term_is_the_dice_overlap_of_the_selectors():
+    distiller = build_distiller(
+        "liaf", student_config=config(), teacher_config=config(), num_selectors=2, diversity_weight=1.0
+    )
+    from liaf_hf.distillation.liaf import _dice_overlap
+
+    assert float(_dice_overlap(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))) == 0.0
+    assert float(_dice_overlap(torch.tensor([[0.3, 0.3], [0.8, 0.8]]))) == pytest.approx(1.0)
+    # a = (1, 1), b = (1, 0): 2 * 1 / (2 + 1)
+    assert float(_dice_overlap(torch.tensor([[1.0, 1.0], [1.0, 0.0]]))) == pytest.approx(2 / 3)
+    features = random_features(seed=9)
+    result = distiller(student=output(features), teacher=output(features), batch=make_batch(TWO_IMAGES))
+    assert 0.0 < float(result.losses["loss_liaf_div"]) <= 1.0
+
+
+def test_statistics_per_level_are_reported():
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config())
+    result = distiller(
+        student=output(random_features(seed=10)), teacher=output(random_features(seed=11)), batch=make_batch(TWO_IMAGES)
+    )
+    for level in range(3):
+        for stat in ("weight_mean", "weight_min", "weight_max", "weight_entropy"):
+            assert f"liaf/{stat}_l{level}" in result.stats
+        assert (
+            float(result.stats[f"liaf/weight_min_l{level}"]) <= 1.0 <= float(result.stats[f"liaf/weight_max_l{level}"])
+        )
+        # Image 1 has one instance (entropy 0), image 0 three: the mean entropy is at most log(3) / 2.
+        assert float(result.stats[f"liaf/weight_entropy_l{level}"]) <= math.log(3) / 2 + 1e-6
+
+
+def test_background_term_only_when_asked():
+    features_t, features_s = random_features(seed=12), random_features(seed=13)
+    plain = build_distiller("liaf", student_config=config(), teacher_config=config())
+    with_background = build_distiller("liaf", student_config=config(), teacher_config=config(), beta=0.5)
+    batch = make_batch(TWO_IMAGES[:1] * 2)
+    assert "loss_liaf_bg" not in plain(student=output(features_s), teacher=output(features_t), batch=batch).losses
+    background = with_background(student=output(features_s), teacher=output(features_t), batch=batch)
+    assert float(background.losses["loss_liaf_bg"]) > 0
+
+
+def test_batch_without_instances_gives_zero_losses_that_reach_every_parameter():
+    distiller = build_distiller("liaf", student_config=config(channels=4), teacher_config=config(channels=8))
+    result = distiller(
+        student=output(random_features(channels=4), requires_grad=True),
+        teacher=output(random_features(channels=8)),
+        batch=make_batch([[], []]),
+    )
+    total = sum(result.losses.values())
+    assert float(total) == 0.0
+    total.backward()
+    assert all(p.grad is not None for p in distiller.parameters())
+
+
+def test_mismatched_teacher_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="FPN levels"):
+        build_distiller("liaf", student_config=config(levels=3), teacher_config=config(levels=4))
+    with pytest.raises(ValueError, match="same label set"):
+        build_distiller("liaf", student_config=config(), teacher_config=config(id2label={0: "a", 1: "c"}))
+    with pytest.raises(ValueError, match="objective"):
+        build_distiller("liaf", student_config=config(), teacher_config=config(), objective="greedy")
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config())
+    small = [f[..., :-1, :-1] for f in random_features()]
+    with pytest.raises(ValueError, match="FPN level 0"):
+        distiller(student=output(small), teacher=output(random_features()), batch=make_batch(TWO_IMAGES))
+    assert isinstance(distiller, LIAFDistiller)
+
+
+# ------------------------------------------------------------------------------------------- masks
+
+
+def test_gaussian_mask_sums_to_one_and_peaks_inside_the_box():
+    masks = gaussian_instance_masks(torch.tensor([[16.0, 16.0, 48.0, 32.0]]), feature_size=(8, 8), stride=8)
+    assert masks.shape == (1, 8, 8)
+    assert float(masks.sum()) == pytest.approx(1.0)
+    inside = masks[0, 2:4, 2:6]  # cell centres 20, 28 (rows) and 20..44 (columns) lie in the box
+    assert torch.allclose(inside, inside.max().expand_as(inside))
+    assert float(masks[0, 0, 0]) < float(inside.max())
+    assert float(masks[0, 7, 7]) == 0.0  # beyond the window twice the box's size
+
+
+def test_box_smaller_than_a_cell_keeps_one_cell():
+    masks = gaussian_instance_masks(torch.tensor([[65.0, 65.0, 67.0, 67.0]]), feature_size=(4, 4), stride=32)
+    assert float(masks[0, 2, 2]) == pytest.approx(1.0)
+    cells = box_cell_masks(torch.tensor([[65.0, 65.0, 67.0, 67.0]]), feature_size=(4, 4), stride=32)
+    assert cells.sum() == 1 and bool(cells[0, 2, 2])
+
+
+def test_background_excludes_boxes_and_padding():
+    foreground, background = foreground_background_masks(
+        torch.tensor([[0.0, 0.0, 16.0, 16.0]]), feature_size=(4, 4), stride=8, valid_size=(32.0, 24.0)
+    )
+    assert foreground[:2, :2].all() and foreground.sum() == 4
+    assert float(background[:, 3].sum()) == 0.0  # column centre 28 >= valid width 24
+    assert float(background.sum()) == pytest.approx(1.0)
+    assert (background[background > 0] == background.max()).all()

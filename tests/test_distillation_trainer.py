@@ -1,0 +1,217 @@
+"""LIAFDistillationTrainer: a frozen teacher, a plain saved student, checkpoints that resume exactly."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import TrainerCallback, TrainingArguments
+
+from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from liaf_hf.data import label_maps, load_coco_detection
+from liaf_hf.data.synthetic import generate_coco_dataset
+from liaf_hf.distillation import DistillationModel, LIAFDistillationTrainer, inherit_from_teacher
+from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
+
+
+class StopAfter(TrainerCallback):
+    """Ends training after a given step, as an interruption would (the checkpoint of that step is kept)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= self.step:
+            control.should_training_stop = True
+            control.should_save = True
+        return control
+
+
+def tiny_detector(id2label, *, backbone="resnet18", channels=32, seed=0) -> GFLForObjectDetection:
+    torch.manual_seed(seed)
+    config = GFLConfig(
+        backbone=backbone,
+        fpn_channels=channels,
+        head_channels=channels,
+        head_stacked_convs=1,
+        head_norm_groups=8,
+        id2label=id2label,
+    )
+    return GFLForObjectDetection(config)
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = generate_coco_dataset(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=4, seed=5)
+    train, val = load_coco_detection(root, "train"), load_coco_detection(root, "val")
+    return train, val, label_maps(train)[0]
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(shapes, tmp_path_factory):
+    _, _, id2label = shapes
+    directory = tmp_path_factory.mktemp("teacher")
+    tiny_detector(id2label, backbone="resnet34", channels=48, seed=1).save_pretrained(directory)
+    return directory
+
+
+def make_trainer(shapes, teacher, output_dir, *, method="none", max_steps=2, seed=0, **extra):
+    train, val, id2label = shapes
+    student = tiny_detector(id2label, seed=seed)
+    processor = GFLImageProcessor.for_model_config(student.config, size={"shortest_edge": 64, "longest_edge": 64})
+    args = configure_for_detection(
+        TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            learning_rate=1e-3,
+            report_to="none",
+            save_strategy="steps",
+            save_steps=2,
+            logging_steps=1,
+            seed=seed,
+            data_seed=seed,
+            full_determinism=True,
+            disable_tqdm=True,
+        )
+    )
+    return LIAFDistillationTrainer(
+        model=student,
+        teacher=teacher,
+        method=method,
+        args=args,
+        **detection_trainer_kwargs(image_processor=processor, train_dataset=train, eval_dataset=val, seed=seed),
+        **extra,
+    )
+
+
+def test_teacher_is_frozen_and_the_saved_student_is_plain(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=True)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    trainer.train()
+    assert "teacher_AP" in trainer.teacher_metrics
+    teacher_after = trainer.teacher.state_dict()
+    assert all(torch.equal(teacher_before[k], teacher_after[k]) for k in teacher_before)
+    assert any(not torch.equal(student_before[k], v) for k, v in trainer.student.state_dict().items())
+    assert not any(p.requires_grad for p in trainer.teacher.parameters())
+    assert all(not name.startswith("_teacher") for name, _ in trainer.model.named_parameters())
+
+    trainer.save_model(str(tmp_path / "final"))
+    saved = load_file(str(tmp_path / "final" / "model.safetensors"))
+    plain = GFLForObjectDetection(trainer.student.config).state_dict()
+    assert set(saved) == set(plain)
+    assert not (tmp_path / "final" / "distiller.safetensors").exists()
+    reloaded = GFLForObjectDetection.from_pretrained(tmp_path / "final")
+    assert all(torch.equal(reloaded.state_dict()[k], v) for k, v in trainer.student.state_dict().items())
+    assert (tmp_path / "run" / "checkpoint-2" / "distiller.safetensors").exists()
+
+
+def test_evaluation_scores_the_student_only(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
+    metrics = trainer.evaluate()
+    assert "eval_AP" in metrics and not any("liaf" in key for key in metrics)
+
+
+def test_loss_components_are_logged(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
+    trainer.train()
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert logged and {"loss_qfl", "loss_dfl", "loss_giou"} <= set(logged[0])
+
+
+def test_teacher_with_other_classes_is_refused(shapes, tmp_path):
+    other = tmp_path / "other"
+    tiny_detector({0: "cat", 1: "dog"}).save_pretrained(other)
+    with pytest.raises(ValueError, match="same classes"):
+        make_trainer(shapes, other, tmp_path / "run")
+
+
+def test_teacher_checkpoint_with_missing_weights_is_refused(shapes, teacher_dir, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text((teacher_dir / "config.json").read_text())
+    weights = load_file(str(teacher_dir / "model.safetensors"))
+    weights.pop(next(k for k in weights if k.startswith("head.")))
+    save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys"):
+        make_trainer(shapes, broken, tmp_path / "run")
+
+
+def test_inheriting_copies_matching_neck_and_head(shapes):
+    _, _, id2label = shapes
+    teacher = tiny_detector(id2label, backbone="resnet34", seed=3)
+    student = tiny_detector(id2label, seed=4)
+    copied = inherit_from_teacher(student, teacher)
+    assert copied and all(name.startswith(("neck.", "head.")) for name in copied)
+    # resnet34 and resnet18 share channel counts, so every neck and head tensor fits.
+    assert torch.equal(student.head.class_logits.weight, teacher.head.class_logits.weight)
+    assert not torch.equal(student.backbone.body.conv1.weight, teacher.backbone.body.conv1.weight)
+
+
+@pytest.mark.parametrize("method", ["none", "liaf"])
+def test_resumed_run_matches_uninterrupted_run(shapes, teacher_dir, tmp_path, method):
+    def trainer(directory):
+        return make_trainer(
+            shapes, teacher_dir, tmp_path / directory, method=method, max_steps=4, evaluate_teacher_at_start=False
+        )
+
+    full = trainer("full")
+    full.train()
+    interrupted = trainer("part")
+    interrupted.add_callback(StopAfter(2))
+    interrupted.train()
+    assert interrupted.state.global_step == 2
+    resumed = trainer("part")
+    resumed.train(resume_from_checkpoint=str(tmp_path / "part" / "checkpoint-2"))
+    for name, value in full.student.state_dict().items():
+        assert torch.equal(value, resumed.student.state_dict()[name]), name
+    resumed_distiller = resumed.distillation_model.distiller.state_dict()
+    for name, value in full.distillation_model.distiller.state_dict().items():
+        assert torch.equal(value, resumed_distiller[name]), name
+    state = json.loads((tmp_path / "part" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_distillation_model_hides_the_teacher(shapes):
+    _, _, id2label = shapes
+    wrapper = DistillationModel(
+        student=tiny_detector(id2label),
+        teacher=tiny_detector(id2label, seed=2),
+        distiller=torch.nn.Module(),
+    )
+    assert all(name.startswith(("student.", "distiller.")) for name in wrapper.state_dict())
+
+
+def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False)
+    distiller = trainer.distillation_model.distiller
+    # The resnet34 teacher is 48 wide, the student 32: the distiller owns one align conv per level.
+    assert all(isinstance(conv, torch.nn.Conv2d) for conv in distiller.align)
+    teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
+    distiller_before = {k: v.clone() for k, v in distiller.state_dict().items()}
+    trainer.train()
+    after = distiller.state_dict()
+    for name in ("selector.selector_vectors", "selector.embed.0.weight", "align.0.weight"):
+        assert not torch.equal(distiller_before[name], after[name]), name
+    assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
+    logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert {"loss_liaf", "loss_liaf_div", "liaf/weight_entropy_l0", "liaf/weight_max_l4"} <= set(logged[0])
+    saved = tmp_path / "final"
+    trainer.save_model(str(saved))
+    assert set(load_file(str(saved / "model.safetensors"))) == set(trainer.student.state_dict())
+
+
+def test_selector_gradient_comes_from_the_student_features(shapes, teacher_dir, tmp_path):
+    """One forward/backward of the trained module: the selectors and the student's FPN receive gradient
+    from the LIAF loss; the frozen teacher receives none."""
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False)
+    model = trainer.distillation_model.train()
+    inputs = next(iter(trainer.get_train_dataloader()))
+    outputs = model(**inputs)
+    outputs.loss_dict["loss_liaf"].backward()
+    selector_grads = [p.grad for p in model.distiller.selector.parameters()]
+    assert all(grad is not None and grad.abs().sum() > 0 for grad in selector_grads)
+    assert model.student.neck.parameters().__next__().grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.teacher.parameters())
