@@ -4,6 +4,9 @@ distillation, and print one table.
     python examples/demo.py                        # about 20 minutes on two CPU cores
     python examples/demo.py --student_steps 100    # a quick look (scores will be low)
 
+The teacher is a ResNet-34 GFL trained for 600 steps, the student a ResNet-18 GFL trained for 400 steps
+(a ResNet-50 teacher takes about 16 minutes alone on two cores; benchmarks/distill_gain.py uses one).
+
 Everything is local: the data are generated, every backbone starts from random weights, nothing
 downloads. The teacher is cached in the output folder and reused by later runs with the same settings.
 """
@@ -30,34 +33,50 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data_dir", default=str(ROOT / "data" / "shapes-easy"))
     parser.add_argument("--output_dir", default=str(ROOT / "runs" / "demo"))
-    parser.add_argument("--teacher_backbone", default="resnet50")
+    parser.add_argument("--teacher_backbone", default="resnet34")
     parser.add_argument("--student_backbone", default="resnet18")
     parser.add_argument("--teacher_steps", type=int, default=600)
     parser.add_argument("--student_steps", type=int, default=400)
     parser.add_argument("--method", default="liaf")
     parser.add_argument("--method_options", default="{}")
     parser.add_argument("--image_size", type=int, default=128)
+    add_setting_arguments(parser)
     return parser.parse_args()
 
 
-def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int) -> list[str]:
+def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
+    """Data and model-size settings shared with benchmarks/distill_gain.py."""
+    parser.add_argument("--difficulty", default="easy", help="Preset of the generated set.")
+    parser.add_argument("--num_train", type=int, default=2000)
+    parser.add_argument("--num_val", type=int, default=500)
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--channels", type=int, default=64, help="Width of the FPN and the head.")
+    parser.add_argument(
+        "--teacher_cache_dir", default=str(ROOT / "runs" / "teachers"), help="Trained teachers, kept by settings."
+    )
+
+
+def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed: int = 0) -> list[str]:
     """Flags every run of the demo shares: data, image size, schedule, logging."""
     return [
-        "--data_dir", args.data_dir, "--generate_synthetic", "easy",
+        "--data_dir", args.data_dir, "--generate_synthetic", args.difficulty,
+        "--synthetic_num_train", str(args.num_train),
+        "--synthetic_num_val", str(args.num_val),
         "--shortest_edge", str(args.image_size), "--longest_edge", str(args.image_size),
         "--output_dir", str(output_dir), "--do_train", "--do_eval",
-        "--max_steps", str(steps), "--per_device_train_batch_size", "16", "--per_device_eval_batch_size", "32",
+        "--max_steps", str(steps), "--per_device_train_batch_size", str(args.batch_size),
+        "--per_device_eval_batch_size", "32",
         "--learning_rate", "2e-3", "--weight_decay", "1e-4", "--warmup_steps", str(min(100, steps // 10)),
         "--lr_scheduler_type", "cosine", "--max_grad_norm", "35", "--logging_steps", "50",
-        "--save_strategy", "no", "--report_to", "none", "--seed", "0", "--disable_tqdm", "true",
+        "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--disable_tqdm", "true",
     ]  # fmt: skip
 
 
-def detector_flags(prefix: str, backbone: str) -> list[str]:
-    """A small GFL: 64-wide FPN and head with two stacked convs, sized for a CPU."""
+def detector_flags(prefix: str, backbone: str, channels: int = 64) -> list[str]:
+    """A small GFL: `channels`-wide FPN and head with two stacked convs, sized for a CPU."""
     return [
-        f"--{prefix}backbone", backbone, f"--{prefix}fpn_channels", "64", f"--{prefix}head_channels", "64",
-        f"--{prefix}head_stacked_convs", "2",
+        f"--{prefix}backbone", backbone, f"--{prefix}fpn_channels", str(channels),
+        f"--{prefix}head_channels", str(channels), f"--{prefix}head_stacked_convs", "2",
     ]  # fmt: skip
 
 
@@ -79,25 +98,40 @@ def images_per_second(model_dir: Path, data_dir: str, *, batch_size: int = 32, b
 
 def train_teacher(args: argparse.Namespace) -> Path:
     """Train the teacher once; a later demo with the same settings reuses it."""
-    teacher_dir = Path(args.output_dir) / f"teacher-{args.teacher_backbone}-{args.teacher_steps}"
+    teacher_dir = Path(args.teacher_cache_dir) / (
+        f"{args.teacher_backbone}-{args.teacher_steps}steps-{args.difficulty}-{args.image_size}px-"
+        f"{args.num_train}images-{args.channels}ch"
+    )
     if (teacher_dir / "summary.json").is_file() and (teacher_dir / "model.safetensors").is_file():
         print(f"Reusing the teacher in {teacher_dir}")
         return teacher_dir
     train_detector(
-        common_flags(args, output_dir=teacher_dir, steps=args.teacher_steps) + detector_flags("", args.teacher_backbone)
+        common_flags(args, output_dir=teacher_dir, steps=args.teacher_steps)
+        + detector_flags("", args.teacher_backbone, args.channels)
     )
     return teacher_dir
 
 
-def train_student(args: argparse.Namespace, teacher_dir: Path, method: str, options: str) -> Path:
-    student_dir = Path(args.output_dir) / f"student-{args.student_backbone}-{method}"
+def train_student(
+    args: argparse.Namespace,
+    teacher_dir: Path,
+    method: str,
+    options: str,
+    *,
+    name: str | None = None,
+    seed: int = 0,
+    extra_flags: list[str] | None = None,
+) -> Path:
+    """Distil the teacher into a fresh student with `method` (`none` trains it alone); returns its folder."""
+    student_dir = Path(args.output_dir) / f"student-{args.student_backbone}-{name or method}"
     distill(
-        common_flags(args, output_dir=student_dir, steps=args.student_steps)
-        + detector_flags("student_", args.student_backbone)
+        common_flags(args, output_dir=student_dir, steps=args.student_steps, seed=seed)
+        + detector_flags("student_", args.student_backbone, args.channels)
         + [
             "--teacher_model_name_or_path", str(teacher_dir), "--method", method, "--method_options", options,
             "--evaluate_teacher_at_start", "false",
         ]
+        + list(extra_flags or [])
     )  # fmt: skip
     return student_dir
 
@@ -106,16 +140,19 @@ def main() -> None:
     args = parse_args()
     started = time.perf_counter()
     teacher_dir = train_teacher(args)
+    plain_dir = train_student(args, teacher_dir, "none", "{}")
+    # The distilled student's model card lists the plain student beside it.
+    distilled_dir = train_student(
+        args,
+        teacher_dir,
+        args.method,
+        args.method_options,
+        extra_flags=["--baseline_metrics_file", str(plain_dir / "summary.json")],
+    )
     runs = [
         (f"teacher GFL {args.teacher_backbone} ({args.teacher_steps} steps)", teacher_dir),
-        (
-            f"student GFL {args.student_backbone} ({args.student_steps} steps)",
-            train_student(args, teacher_dir, "none", "{}"),
-        ),
-        (
-            f"distilled student, {args.method}",
-            train_student(args, teacher_dir, args.method, args.method_options),
-        ),
+        (f"student GFL {args.student_backbone} ({args.student_steps} steps)", plain_dir),
+        (f"distilled student, {args.method}", distilled_dir),
     ]
     minutes = (time.perf_counter() - started) / 60
     rows = []

@@ -6,6 +6,10 @@
 
 The output directory holds a plain GFL student (and its image processor) that
 `GFLForObjectDetection.from_pretrained` loads like any other detector: nothing of the distillation is in it.
+After training it also holds the model card (`README.md`: teacher, method, results, how to load it);
+`--baseline_metrics_file runs/student-plain/summary.json` adds the student trained without distillation to
+its results table. `--push_to_hub` (with `--hub_model_id`) uploads the student alone once, at the end: weights,
+configs, card and model code, never checkpoints, the distiller or the training state.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
 from liaf_hf.distillation import LIAFDistillationTrainer
 from liaf_hf.distillation.arguments import DistillationArguments
+from liaf_hf.hub import take_over_push_to_hub
+from liaf_hf.model_card import ModelCardArguments, read_metrics_file, training_hyperparameters, write_model_card
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
@@ -36,10 +42,15 @@ StudentArguments = prefixed_arguments(DetectorArguments, "student_", "StudentArg
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((DistillationArguments, StudentArguments, DataArguments, TrainingArguments))
-    distill_args, student_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(
+        (DistillationArguments, StudentArguments, DataArguments, ModelCardArguments, TrainingArguments)
+    )
+    distill_args, student_args, data_args, card_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     configure_for_detection(training_args)
+    hub_target = take_over_push_to_hub(training_args)
+    # Read before training, so a wrong path fails now rather than after the run.
+    baseline_metrics = read_metrics_file(card_args.baseline_metrics_file) if card_args.baseline_metrics_file else None
 
     train_dataset, eval_dataset = prepare_datasets(data_args, training_args)
     student = build_detector(unprefixed(student_args, "student_", DetectorArguments), label_maps(train_dataset)[0])
@@ -81,6 +92,26 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         }
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training_args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        if training_args.do_train:
+            write_model_card(
+                training_args.output_dir,
+                metrics=metrics,
+                dataset_name=card_args.dataset_name or Path(data_args.data_dir).name,
+                dataset_id=card_args.dataset_id,
+                dataset_split=data_args.eval_split,
+                method=distill_args.method,
+                method_options=distill_args.options,
+                inherit=distill_args.inherit,
+                teacher_name=distill_args.teacher_model_name_or_path,
+                teacher_config=trainer.teacher.config,
+                teacher_metrics=trainer.teacher_metrics,
+                baseline_metrics=baseline_metrics,
+                model_id=hub_target.repo_id if hub_target else None,
+                training=training_hyperparameters(training_args),
+                license=card_args.license,
+            )
+        if hub_target:
+            hub_target.push(training_args.output_dir, commit_message=f"Distilled GFL student ({distill_args.method})")
     trainer.accelerator.end_training()
     return metrics
 

@@ -5,7 +5,9 @@
 
 Takes every `TrainingArguments` flag and runs under `accelerate launch` as well. With
 `--generate_synthetic easy` the generated benchmark set is written to `--data_dir` first (nothing is
-downloaded).
+downloaded). After training the output directory also holds the model card (`README.md`); `--push_to_hub`
+(with `--hub_model_id`) uploads the detector alone once, at the end: weights, configs, card and model code,
+never checkpoints or the training state.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from transformers import HfArgumentParser, Trainer, TrainingArguments
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
+from liaf_hf.hub import take_over_push_to_hub
+from liaf_hf.model_card import ModelCardArguments, training_hyperparameters, write_model_card
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
@@ -30,10 +34,11 @@ from liaf_hf.training import (
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((DetectorArguments, DataArguments, TrainingArguments))
-    model_args, data_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((DetectorArguments, DataArguments, ModelCardArguments, TrainingArguments))
+    model_args, data_args, card_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     configure_for_detection(training_args)
+    hub_target = take_over_push_to_hub(training_args)
 
     train_dataset, eval_dataset = prepare_datasets(data_args, training_args)
     model = build_detector(model_args, label_maps(train_dataset)[0])
@@ -69,6 +74,19 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         }
         Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
         (Path(training_args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        if training_args.do_train:
+            write_model_card(
+                training_args.output_dir,
+                metrics=metrics,
+                dataset_name=card_args.dataset_name or Path(data_args.data_dir).name,
+                dataset_id=card_args.dataset_id,
+                dataset_split=data_args.eval_split,
+                model_id=hub_target.repo_id if hub_target else None,
+                training=training_hyperparameters(training_args),
+                license=card_args.license,
+            )
+        if hub_target:
+            hub_target.push(training_args.output_dir, commit_message="GFL detector")
     trainer.accelerator.end_training()
     return metrics
 

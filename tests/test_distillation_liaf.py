@@ -100,7 +100,7 @@ def test_gradients_reach_the_student_align_convs_and_selectors_but_not_the_teach
     sum(result.losses.values()).backward()
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.fpn_features)
     assert all(f.grad is None for f in teacher.fpn_features)
-    assert all(conv.weight.grad.abs().sum() > 0 for conv in distiller.align)
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in distiller.aligner.convs)
     for name, parameter in distiller.selector.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
 
@@ -227,3 +227,17 @@ def test_background_excludes_boxes_and_padding():
     assert float(background[:, 3].sum()) == 0.0  # column centre 28 >= valid width 24
     assert float(background.sum()) == pytest.approx(1.0)
     assert (background[background > 0] == background.max()).all()
+
+
+def test_weights_survive_saturated_selectors():
+    """Selectors trained to push every score to 0 (sigmoid underflow) still give weights that average 1."""
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config())
+    with torch.no_grad():
+        distiller.selector.embed[2].bias.fill_(1e3)
+        distiller.selector.selector_vectors.fill_(-1.0)  # every logit about -1e3 * sqrt(D)
+    selections = distiller.select(
+        student=output(random_features(seed=14)), teacher=output(random_features(seed=15)), batch=make_batch(TWO_IMAGES)
+    )
+    for selection in selections:
+        assert torch.isfinite(selection.weights).all()
+        assert float(selection.weights[0].sum()) == pytest.approx(3.0, rel=1e-5)

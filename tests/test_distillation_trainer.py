@@ -188,12 +188,12 @@ def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes
     trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False)
     distiller = trainer.distillation_model.distiller
     # The resnet34 teacher is 48 wide, the student 32: the distiller owns one align conv per level.
-    assert all(isinstance(conv, torch.nn.Conv2d) for conv in distiller.align)
+    assert all(isinstance(conv, torch.nn.Conv2d) for conv in distiller.aligner.convs)
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     distiller_before = {k: v.clone() for k, v in distiller.state_dict().items()}
     trainer.train()
     after = distiller.state_dict()
-    for name in ("selector.selector_vectors", "selector.embed.0.weight", "align.0.weight"):
+    for name in ("selector.selector_vectors", "selector.embed.0.weight", "aligner.convs.0.weight"):
         assert not torch.equal(distiller_before[name], after[name]), name
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]

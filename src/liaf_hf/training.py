@@ -158,6 +158,9 @@ def configure_for_detection(training_args: TrainingArguments) -> TrainingArgumen
     untouched and keep per batch."""
     training_args.remove_unused_columns = False
     training_args.eval_do_concat_batches = False
+    if not torch.cuda.is_available():
+        # Pinned memory only helps copies to an accelerator; on a CPU-only machine torch warns about it.
+        training_args.dataloader_pin_memory = False
     return training_args
 
 

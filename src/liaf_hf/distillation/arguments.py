@@ -5,23 +5,35 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .base import available_methods
+from .base import method_parts
 
 
 @dataclass
 class DistillationArguments:
     teacher_model_name_or_path: str = field(metadata={"help": "Saved GFL teacher directory (loaded strictly)."})
-    method: str = field(default="liaf", metadata={"help": "Distillation method: 'none', 'liaf', ..."})
+    method: str = field(
+        default="liaf",
+        metadata={
+            "help": "Distillation method: 'none', 'liaf', 'mimic', 'fgd', 'pkd', 'ld', 'aid', or several joined by "
+            "'+' (e.g. 'liaf+ld')."
+        },
+    )
     method_options: str = field(
         default="{}",
-        metadata={"help": 'JSON object of method options, e.g. \'{"alpha": 2.0, "objective": "robust"}\'.'},
+        metadata={
+            "help": 'JSON object of method options, e.g. \'{"alpha": 2.0, "objective": "robust"}\'; for a combined '
+            "method one object per part, keyed by the part's name: "
+            '\'{"liaf": {"alpha": 2.0}, "ld": {"weight": 0.5}}\'.'
+        },
     )
     inherit: bool = field(default=False, metadata={"help": "Start the student's neck and head from the teacher's."})
     evaluate_teacher_at_start: bool = field(default=True, metadata={"help": "Score the teacher before training."})
 
     def __post_init__(self) -> None:
-        if self.method not in available_methods():
-            raise ValueError(f"--method {self.method!r} is not one of {available_methods()}.")
+        try:
+            method_parts(self.method)
+        except ValueError as error:
+            raise ValueError(f"--method: {error}") from error
         try:
             options = json.loads(self.method_options)
         except json.JSONDecodeError as error:

@@ -3,7 +3,13 @@
 A method is an `nn.Module` (it may own trainable parts: align convs, selectors) that takes the
 student's and the teacher's detector outputs and the batch's instances, and returns named losses (added
 to the student's loss) and named statistics (logged only). The trainer asks the registry for a method
-by name and knows none of them.
+by name and knows none of them; a method says what else it needs through class flags (`needs_teacher`,
+`needs_teacher_loss`, `needs_positive_mask`), so the trainer computes nothing a method does not use.
+
+Methods combine with "+": `build_distiller("liaf+ld", ...)` builds a `CompositeDistiller` whose losses are
+the union of its parts' losses. Its options are given per part, keyed by the part's name, e.g.
+`--method liaf+ld --method_options '{"liaf": {"alpha": 2.0}, "ld": {"weight": 0.5}}'`; a part without an
+entry keeps its defaults.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ class DistillationBatch:
         valid_sizes: (B, 2) unpadded (height, width) of each image.
         strides: stride of each FPN level, finest first.
         progress: training progress in [0, 1] (step / total steps).
+        teacher_strides: stride of each of the teacher's FPN levels, finest first; None when not known.
+        positive_mask: (B, A) bool, the anchors the student's ATSS assignment makes positive, over every
+            level's cells (the order of `GFLObjectDetectionOutput.logits`: levels finest first, each row by
+            row). Filled only for methods with `needs_positive_mask`; None otherwise.
     """
 
     boxes: list[torch.Tensor]
@@ -39,6 +49,8 @@ class DistillationBatch:
     valid_sizes: torch.Tensor
     strides: list[int]
     progress: float = 0.0
+    teacher_strides: list[int] | None = None
+    positive_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -55,6 +67,11 @@ class Distiller(nn.Module):
 
     #: False for methods that never look at the teacher, so the trainer can skip its forward pass.
     needs_teacher: bool = True
+    #: True for methods that weigh by the teacher's own loss on the batch: the trainer then runs the teacher
+    #: with the batch's labels, so `teacher.loss` and `teacher.loss_dict` are filled.
+    needs_teacher_loss: bool = False
+    #: True for methods that read `DistillationBatch.positive_mask` (the student's positive anchors).
+    needs_positive_mask: bool = False
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -63,12 +80,16 @@ class Distiller(nn.Module):
 
 
 DistillerFactory = Callable[..., Distiller]
+#: Joins registered method names into a combined method: "liaf+ld".
+COMBINE_SEPARATOR = "+"
 _REGISTRY: dict[str, DistillerFactory] = {}
 
 
 def register_distiller(name: str) -> Callable[[DistillerFactory], DistillerFactory]:
     """Class decorator: make a method available as `--method <name>`. The factory is called as
     `factory(student_config=..., teacher_config=..., **options)`."""
+    if COMBINE_SEPARATOR in name:
+        raise ValueError(f"A method name cannot contain {COMBINE_SEPARATOR!r}, which combines methods: {name!r}.")
 
     def decorate(factory: DistillerFactory) -> DistillerFactory:
         if name in _REGISTRY:
@@ -83,11 +104,110 @@ def available_methods() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def method_parts(name: str) -> list[str]:
+    """The registered methods that `name` names: `"liaf+ld"` -> `["liaf", "ld"]`, `"liaf"` -> `["liaf"]`.
+
+    Raises ValueError for an unknown, empty or repeated part.
+    """
+    parts = [part.strip() for part in name.split(COMBINE_SEPARATOR)]
+    unknown = [part for part in parts if part not in _REGISTRY]
+    if unknown:
+        raise ValueError(
+            f"Unknown distillation method {', '.join(repr(part) for part in unknown)} in {name!r}; available: "
+            f"{available_methods()}, combined with {COMBINE_SEPARATOR!r} (e.g. 'liaf+ld')."
+        )
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"Distillation method {name!r} names a part more than once.")
+    return parts
+
+
 def build_distiller(name: str, *, student_config: GFLConfig, teacher_config: GFLConfig, **options) -> Distiller:
-    """The distiller registered under `name`, built for this student/teacher pair."""
-    if name not in _REGISTRY:
-        raise ValueError(f"Unknown distillation method {name!r}; available: {available_methods()}.")
-    return _REGISTRY[name](student_config=student_config, teacher_config=teacher_config, **options)
+    """The distiller registered under `name`, built for this student/teacher pair.
+
+    A combined name (`"liaf+ld"`) builds a `CompositeDistiller`; its `options` then map each part's name to
+    that part's options (`liaf={"alpha": 2.0}, ld={"weight": 0.5}`), and a part left out keeps its defaults.
+    """
+    parts = method_parts(name)
+    if len(parts) == 1:
+        return _REGISTRY[parts[0]](student_config=student_config, teacher_config=teacher_config, **options)
+    misplaced = sorted(set(options) - set(parts))
+    if misplaced:
+        raise ValueError(
+            f"Options of the combined method {name!r} are given per part, keyed by part name {parts}, e.g. "
+            f"{{{parts[0]!r}: {{...}}}}; got keys {misplaced}."
+        )
+    not_dicts = sorted(part for part, part_options in options.items() if not isinstance(part_options, dict))
+    if not_dicts:
+        raise ValueError(f"The options of parts {not_dicts} of {name!r} must be dicts of keyword options.")
+    return CompositeDistiller(
+        parts={
+            part: _REGISTRY[part](student_config=student_config, teacher_config=teacher_config, **options.get(part, {}))
+            for part in parts
+        }
+    )
+
+
+class CompositeDistiller(Distiller):
+    """Several methods at once (`--method liaf+ld`): every part sees the same outputs and batch, and the
+    result is the union of their losses and statistics.
+
+    Each method already names its losses after itself (`loss_liaf`, `loss_ld`, ...), so the keys stay as
+    the parts give them and each part's weight is its own option; two parts giving the same key is an
+    error rather than a silent overwrite. The flags are the union of the parts' needs.
+
+    Args:
+        parts: the built methods, keyed by their registered names (the keys of the state dict's
+            `parts.<name>.` entries).
+    """
+
+    def __init__(self, *, parts: dict[str, Distiller]) -> None:
+        super().__init__()
+        if len(parts) < 2:
+            raise ValueError(f"A combined method needs at least two parts, got {list(parts)}.")
+        self.parts = nn.ModuleDict(parts)
+        self.needs_teacher = any(part.needs_teacher for part in parts.values())
+        self.needs_teacher_loss = any(part.needs_teacher_loss for part in parts.values())
+        self.needs_positive_mask = any(part.needs_positive_mask for part in parts.values())
+
+    def forward(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> DistillationResult:
+        combined = DistillationResult()
+        source: dict[str, str] = {}
+        for name, part in self.parts.items():
+            result = part(student=student, teacher=teacher, batch=batch)
+            for kind, values, merged in (
+                ("loss", result.losses, combined.losses),
+                ("statistic", result.stats, combined.stats),
+            ):
+                for key, value in values.items():
+                    if key in merged:
+                        raise ValueError(f"Parts {source[key]!r} and {name!r} both report the {kind} {key!r}.")
+                    merged[key] = value
+                    source[key] = name
+        return combined
+
+
+def zero_with_graph(*tensors: torch.Tensor) -> torch.Tensor:
+    """A zero loss that still reaches every given tensor, so DDP sees a gradient for every parameter."""
+    return sum(tensor.sum() for tensor in tensors) * 0.0
+
+
+def check_pair(method: str, student_config: GFLConfig, teacher_config: GFLConfig) -> None:
+    """Refuse a student/teacher pair that `method` cannot compare level by level and class by class."""
+    if student_config.num_fpn_levels != teacher_config.num_fpn_levels:
+        raise ValueError(
+            f"{method} distillation needs as many FPN levels in the student as in the teacher: student "
+            f"num_fpn_levels={student_config.num_fpn_levels}, teacher num_fpn_levels="
+            f"{teacher_config.num_fpn_levels}."
+        )
+    student_labels = {int(key): value for key, value in student_config.id2label.items()}
+    teacher_labels = {int(key): value for key, value in teacher_config.id2label.items()}
+    if student_labels != teacher_labels:
+        raise ValueError(
+            f"{method} distillation needs the same label set in the student and the teacher: student "
+            f"id2label={student_labels}, teacher id2label={teacher_labels}."
+        )
 
 
 @register_distiller("none")

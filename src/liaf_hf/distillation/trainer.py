@@ -130,9 +130,17 @@ class DistillationModel(nn.Module):
         teacher_output = None
         if self.distiller.needs_teacher:
             with torch.no_grad():
-                teacher_output = self.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
+                # Labels only when the method weighs by the teacher's own loss: they cost an assignment.
+                teacher_output = self.teacher(
+                    pixel_values=pixel_values,
+                    pixel_mask=pixel_mask,
+                    labels=labels if self.distiller.needs_teacher_loss else None,
+                )
         valid_sizes = self.student.valid_sizes(pixel_values, pixel_mask)
         instances = self.student.labels_in_pixels(labels, valid_sizes)
+        positive_mask = None
+        if self.distiller.needs_positive_mask:
+            positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, labels)
         batch = DistillationBatch(
             boxes=[boxes for _, boxes, _ in instances],
             class_labels=[class_labels for class_labels, _, _ in instances],
@@ -141,6 +149,8 @@ class DistillationModel(nn.Module):
             valid_sizes=valid_sizes,
             strides=list(self.student.strides),
             progress=float(self.progress),
+            teacher_strides=list(self.teacher.strides),
+            positive_mask=positive_mask,
         )
         result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
         loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
@@ -157,8 +167,10 @@ class LIAFDistillationTrainer(Trainer):
         model: the student (`GFLForObjectDetection`).
         teacher: a `GFLForObjectDetection` or the path of a saved one (loaded strictly). It is put in eval
             mode with gradients off, moved to the training device, and never saved.
-        method: a registered method name (`"none"`, `"liaf"`, ...) or a built `Distiller`.
-        method_options: keyword options for the method's constructor.
+        method: a registered method name (`"none"`, `"liaf"`, `"mimic"`, `"fgd"`, `"pkd"`, `"ld"`, `"aid"`),
+            registered names joined by "+" to combine methods (`"liaf+ld"`), or a built `Distiller`.
+        method_options: keyword options for the method's constructor; for a combined method, a dict per part
+            keyed by the part's name (`{"liaf": {"alpha": 2.0}, "ld": {"weight": 0.5}}`).
         inherit: start the student's neck and head from the teacher's where shapes match.
         evaluate_teacher_at_start: score the teacher on the eval set when training starts and log it as
             `teacher_*` beside the student's `eval_*` metrics.

@@ -13,6 +13,7 @@ Box conventions at the boundaries:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import timm
@@ -635,6 +636,69 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             converted.append((class_labels, box_cxcywh_to_xyxy(boxes) * scale, ignore))
         return converted
 
+    def _assign_anchors(
+        self,
+        *,
+        anchor_points: torch.Tensor,
+        anchor_strides: torch.Tensor,
+        num_anchors_per_level: list[int],
+        valid_sizes: torch.Tensor,
+        targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    ) -> list[AnchorAssignment]:
+        """ATSS assignment of every image's anchors: squares `anchor_scale` strides wide centred on the
+        anchor points; anchors centred in an image's padding are never positive.
+
+        Args:
+            anchor_points: (A, 2) anchor centres (x, y) in input pixels.
+            anchor_strides: (A,) stride of each anchor's level.
+            num_anchors_per_level: anchors per level, summing to A.
+            valid_sizes: (B, 2) unpadded (height, width) per image.
+            targets: per image, what `labels_in_pixels` returns (boxes xyxy in input pixels).
+        """
+        half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
+        anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
+        assignments = []
+        for image_index, (_, gt_boxes, ignore_boxes) in enumerate(targets):
+            anchor_valid = (anchor_points[:, 0] < valid_sizes[image_index, 1]) & (
+                anchor_points[:, 1] < valid_sizes[image_index, 0]
+            )
+            assignments.append(
+                self.assigner.assign(
+                    anchors=anchors,
+                    num_anchors_per_level=num_anchors_per_level,
+                    gt_boxes=gt_boxes,
+                    ignore_boxes=ignore_boxes,
+                    anchor_valid=anchor_valid,
+                )
+            )
+        return assignments
+
+    def positive_anchor_mask(
+        self, fpn_features: Sequence[torch.Tensor], valid_sizes: torch.Tensor, labels: list[dict]
+    ) -> torch.Tensor:
+        """The anchors that ATSS makes positive for `labels`: the locations the training loss regresses
+        boxes from, assigned exactly as `loss` assigns them (e.g. for localization distillation).
+
+        Args:
+            fpn_features: the batch's FPN maps, finest first, `(B, F, H_l, W_l)` each; only their sizes and
+                device are used.
+            valid_sizes: (B, 2) unpadded (height, width) per image, as `valid_sizes` returns.
+            labels: the `labels` argument of `forward` (boxes normalised cxcywh).
+
+        Returns:
+            (B, A) bool, True at positive anchors; anchors in the order of `GFLObjectDetectionOutput.logits`
+            (levels finest first, each level's cells row by row).
+        """
+        anchor_points, anchor_strides, shapes = self._anchor_points(list(fpn_features))
+        assignments = self._assign_anchors(
+            anchor_points=anchor_points,
+            anchor_strides=anchor_strides,
+            num_anchors_per_level=[height * width for height, width in shapes],
+            valid_sizes=valid_sizes,
+            targets=self.labels_in_pixels(labels, valid_sizes),
+        )
+        return torch.stack([assignment.gt_index >= 0 for assignment in assignments])
+
     def loss(
         self,
         *,
@@ -666,23 +730,19 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         """
         reg_max = self.config.reg_max
         num_classes = self.config.num_labels
-        half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
-        anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
+        num_anchors = anchor_points.shape[0]
         targets = self.labels_in_pixels(labels, valid_sizes)
+        assignments = self._assign_anchors(
+            anchor_points=anchor_points,
+            anchor_strides=anchor_strides,
+            num_anchors_per_level=num_anchors_per_level,
+            valid_sizes=valid_sizes,
+            targets=targets,
+        )
 
         cls_targets, quality_targets, cls_weights = [], [], []
         positive_batch, positive_anchor, positive_boxes = [], [], []
-        for image_index, (class_labels, gt_boxes, ignore_boxes) in enumerate(targets):
-            anchor_valid = (anchor_points[:, 0] < valid_sizes[image_index, 1]) & (
-                anchor_points[:, 1] < valid_sizes[image_index, 0]
-            )
-            assignment = self.assigner.assign(
-                anchors=anchors,
-                num_anchors_per_level=num_anchors_per_level,
-                gt_boxes=gt_boxes,
-                ignore_boxes=ignore_boxes,
-                anchor_valid=anchor_valid,
-            )
+        for image_index, ((class_labels, gt_boxes, _), assignment) in enumerate(zip(targets, assignments)):
             positive = assignment.gt_index >= 0
             image_cls_targets = torch.full_like(assignment.gt_index, num_classes)
             image_cls_targets[positive] = class_labels[assignment.gt_index[positive]]
@@ -692,7 +752,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             positive_batch.append(torch.full_like(anchor_ids, image_index))
             positive_anchor.append(anchor_ids)
             positive_boxes.append(gt_boxes[assignment.gt_index[anchor_ids]])
-            quality_targets.append(torch.zeros(anchors.shape[0], device=anchors.device))
+            quality_targets.append(torch.zeros(num_anchors, device=anchor_points.device))
 
         cls_targets = torch.stack(cls_targets)  # (B, A)
         cls_weights = torch.stack(cls_weights)

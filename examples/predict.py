@@ -1,0 +1,60 @@
+"""Run a saved GFL detector on images and write each image with its detections drawn (boxes, class names,
+scores) as a PNG.
+
+    python examples/predict.py --model runs/student-liaf --images photo.jpg more_photos/ \
+        --output_dir runs/predictions --threshold 0.3
+
+`--images` takes image files and folders (their images, not recursive). Each output is named after its input:
+`photo.jpg` -> `runs/predictions/photo.png`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser
+
+from liaf_hf import LiafError
+from liaf_hf.inference import detect, find_images, load_detector, open_image
+from liaf_hf.visualize import draw_detections
+
+logger = logging.getLogger("predict")
+
+
+@dataclass
+class PredictArguments:
+    model: str = field(metadata={"help": "A saved GFL detector directory (config.json, weights, image processor)."})
+    images: list[str] = field(metadata={"help": "Image files and folders of images."})
+    output_dir: str = field(metadata={"help": "Where the drawn PNGs go (created if needed)."})
+    threshold: float = field(default=0.3, metadata={"help": "Draw detections scoring at least this."})
+    batch_size: int = field(default=8, metadata={"help": "Images per forward pass."})
+    device: str = field(default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def main(argv: list[str] | None = None) -> list[Path]:
+    """Returns the PNGs written, in input order."""
+    (args,) = HfArgumentParser(PredictArguments).parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    model, processor = load_detector(args.model, device=args.device)
+    files = find_images(args.images)
+    outputs = [Path(args.output_dir) / f"{file.stem}.png" for file in files]
+    if len(set(outputs)) < len(outputs):
+        clashing = [str(file) for file, out in zip(files, outputs) if outputs.count(out) > 1]
+        raise LiafError(f"Inputs would overwrite each other's PNG (same name, different folder or type): {clashing}")
+    Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+    for start in range(0, len(files), args.batch_size):
+        batch_files = files[start : start + args.batch_size]
+        images = [open_image(file) for file in batch_files]
+        detections = detect(model, processor, images, threshold=args.threshold)
+        for file, out, image, found in zip(batch_files, outputs[start:], images, detections):
+            draw_detections(image, found, model.config.id2label).save(out)
+            logger.info("%s: %d detections -> %s", file, len(found["scores"]), out)
+    return outputs
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,100 @@
+"""What the feature-imitation methods share: align convs from the student's FPN width to the teacher's, and
+the squared error per cell, optionally relative to the teacher's energy on the level.
+
+Example:
+
+```python
+>>> import torch
+>>> from liaf_hf.distillation.features import FeatureAligner, squared_error_per_cell
+>>> aligner = FeatureAligner(student_channels=4, teacher_channels=8, num_levels=1)
+>>> teacher, student = torch.randn(2, 8, 6, 6), torch.randn(2, 4, 6, 6)
+>>> teacher_map, student_map = aligner.align(student_map=student, teacher_map=teacher, level=0)
+>>> squared_error_per_cell(teacher_map, student_map, feature_scale="none").shape
+torch.Size([2, 6, 6])
+```
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.gfl.configuration_gfl import GFLConfig
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+
+__all__ = ["FEATURE_SCALES", "FeatureAligner", "check_feature_scale", "squared_error_per_cell"]
+
+#: "teacher": squared errors relative to the teacher's mean squared activation on the level; "none": plain.
+FEATURE_SCALES = ("teacher", "none")
+
+
+def check_feature_scale(feature_scale: str) -> None:
+    if feature_scale not in FEATURE_SCALES:
+        raise ValueError(f"feature_scale must be one of {FEATURE_SCALES}, got {feature_scale!r}.")
+
+
+class FeatureAligner(nn.Module):
+    """One 1x1 conv per FPN level that maps the student's FPN width to the teacher's (the identity when the
+    widths are equal). It trains with the student and is dropped after training, so the student keeps its
+    architecture."""
+
+    def __init__(self, *, student_channels: int, teacher_channels: int, num_levels: int) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            nn.Identity() if student_channels == teacher_channels else nn.Conv2d(student_channels, teacher_channels, 1)
+            for _ in range(num_levels)
+        )
+
+    @classmethod
+    def for_configs(cls, student_config: GFLConfig, teacher_config: GFLConfig) -> FeatureAligner:
+        return cls(
+            student_channels=student_config.fpn_channels,
+            teacher_channels=teacher_config.fpn_channels,
+            num_levels=student_config.num_fpn_levels,
+        )
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.convs)
+
+    def align(
+        self, *, student_map: torch.Tensor, teacher_map: torch.Tensor, level: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, C_S, H, W) student and (B, C_T, H, W) teacher map of one level -> the detached float32 teacher
+        map and the aligned float32 student map, both (B, C_T, H, W)."""
+        teacher_map = teacher_map.detach().float()
+        student_map = self.convs[level](student_map.float())
+        if teacher_map.shape != student_map.shape:
+            raise ValueError(
+                f"FPN level {level}: the aligned student map has shape {tuple(student_map.shape)} but the "
+                f"teacher's has {tuple(teacher_map.shape)}; both detectors must see the same input and strides."
+            )
+        return teacher_map, student_map
+
+    def levels(
+        self, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Every level's (teacher map, aligned student map), finest first, as `align` gives them."""
+        if len(student.fpn_features) != self.num_levels or len(teacher.fpn_features) != self.num_levels:
+            raise ValueError(
+                f"Expected {self.num_levels} FPN levels; got {len(student.fpn_features)} student maps and "
+                f"{len(teacher.fpn_features)} teacher maps."
+            )
+        return [
+            self.align(student_map=student_map, teacher_map=teacher_map, level=level)
+            for level, (student_map, teacher_map) in enumerate(zip(student.fpn_features, teacher.fpn_features))
+        ]
+
+
+def squared_error_per_cell(teacher_map: torch.Tensor, student_map: torch.Tensor, *, feature_scale: str) -> torch.Tensor:
+    """(B, C, H, W) maps -> (B, H, W) squared error per cell, averaged over channels.
+
+    With `feature_scale="teacher"` it is divided by the teacher's mean squared activation on the level (over
+    the batch, all cells and channels, no gradient): trained FPNs grow their coarse levels' activations by an
+    order of magnitude, so without it the coarsest maps would dominate a sum over levels and the right loss
+    weight would depend on the teacher (see `liaf.py`, which measures it).
+    """
+    squared_error = (teacher_map - student_map).square().mean(dim=1)
+    if feature_scale == "teacher":
+        squared_error = squared_error / teacher_map.detach().square().mean().clamp(min=1e-12)
+    return squared_error

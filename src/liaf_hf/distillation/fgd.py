@@ -1,0 +1,223 @@
+"""FGD: Focal and Global Distillation, on every FPN level.
+
+Yang et al., "Focal and Global Knowledge Distillation for Detectors", CVPR 2022. For FPN level l with
+teacher map T (B, C, H, W) and aligned student map S, the attention of a map X at temperature tau is
+
+    A_S(X)(p) = H W softmax_p( mean_c |X(c, p)| / tau )          (spatial, averages 1 over cells)
+    A_C(X)(c) = C softmax_c( mean_p |X(c, p)| / tau )            (channel, averages 1 over channels)
+
+and with the teacher's attentions A_S = A_S(T), A_C = A_C(T), the foreground mask M_fg and background
+mask M_bg of each image, the four terms, each summed over the level's cells and channels, averaged over
+the batch's images and summed over levels, are
+
+    loss_fgd_fg        = alpha  sum_{c, p} M_fg(p) A_S(p) A_C(c) (S(c, p) - T(c, p))^2
+    loss_fgd_bg        = beta   sum_{c, p} M_bg(p) A_S(p) A_C(c) (S(c, p) - T(c, p))^2
+    loss_fgd_attention = gamma  ( sum_c |A_C(S)(c) - A_C(T)(c)| + sum_p |A_S(S)(p) - A_S(T)(p)| )
+    loss_fgd_global    = lambda sum_{c, p} (G_S(S)(c, p) - G_T(T)(c, p))^2
+
+where G_S and G_T are two GcBlock-style global context modules (`GlobalContextBlock`, one pair per level,
+trained with the student; the teacher's map itself gets no gradient). M_fg(p) = 1 / (cells of the box) for
+the cells of each ground-truth box (the maximum where boxes overlap), 0 elsewhere; M_bg = 1 / (background
+cells) on the valid cells outside every box and ignore region. Cells are those of `masks.box_cell_masks`
+(centre inside the box); FGD's code rounds the box outwards to whole cells instead, which adds a ring of
+partly covered cells to each box.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..models.gfl.configuration_gfl import GFLConfig
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from .features import FeatureAligner
+from .masks import box_cell_masks, foreground_background_masks
+
+__all__ = ["FGDDistiller", "GlobalContextBlock", "fgd_attention", "fgd_masks"]
+
+
+def fgd_attention(features: torch.Tensor, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """FGD's spatial and channel attention of a map: (B, C, H, W) -> (B, H, W) averaging 1 over the cells and
+    (B, C) averaging 1 over the channels, both from the mean absolute activation."""
+    batch_size, channels, height, width = features.shape
+    magnitude = features.abs()
+    spatial = magnitude.mean(dim=1).flatten(1).div(temperature).softmax(dim=1) * (height * width)
+    channel = magnitude.mean(dim=(2, 3)).div(temperature).softmax(dim=1) * channels
+    return spatial.reshape(batch_size, height, width), channel
+
+
+def fgd_masks(
+    boxes: torch.Tensor,
+    ignore_boxes: torch.Tensor,
+    *,
+    feature_size: tuple[int, int],
+    stride: int,
+    valid_size: tuple[float, float] | torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """FGD's scale masks of one image on one level.
+
+    Args:
+        boxes: (n, 4) ground-truth boxes, xyxy in pixels of the padded input; n may be 0.
+        ignore_boxes: (k, 4) regions that are neither foreground nor background, same units.
+        feature_size: (H, W) of the level.
+        stride: the level's stride in input pixels.
+        valid_size: (height, width) of the unpadded image; padding cells are not background.
+
+    Returns:
+        foreground: (H, W) float32, 1 / (number of the box's cells) on each box's cells (the largest value
+            where boxes overlap: small objects keep their weight), 0 elsewhere.
+        background: (H, W) float32, uniform over the valid cells outside every box and ignore region, summing
+            to 1 (all zeros when there is none).
+    """
+    boxes = boxes.float().reshape(-1, 4)
+    cells = box_cell_masks(boxes, feature_size=feature_size, stride=stride).float()  # (n, H, W)
+    per_box = cells / cells.sum(dim=(1, 2), keepdim=True).clamp(min=1.0)
+    foreground = per_box.amax(dim=0) if boxes.shape[0] else boxes.new_zeros(feature_size)
+    _, background = foreground_background_masks(
+        torch.cat([boxes, ignore_boxes.float().reshape(-1, 4).to(boxes.device)]),
+        feature_size=feature_size,
+        stride=stride,
+        valid_size=valid_size,
+    )
+    return foreground, background
+
+
+class GlobalContextBlock(nn.Module):
+    """GcBlock-style global context module (Cao et al., "GCNet", 2019) as FGD uses it: attention pooling of
+    the map into one context vector, a bottleneck transform of it, added to every cell.
+
+        context = sum_p softmax_p(w . X(:, p) + b) X(:, p)                 (C,)
+        output = X + W_2 ReLU(LayerNorm(W_1 context))                      broadcast over the cells
+
+    The bottleneck is C / 2 wide. The last layer starts at zero, so the block starts as the identity.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        hidden = max(channels // 2, 1)
+        self.attention_logits = nn.Conv2d(channels, 1, kernel_size=1)
+        self.transform = nn.Sequential(
+            nn.Linear(channels, hidden),
+            nn.LayerNorm(hidden),
+            nn.ReLU(),
+            nn.Linear(hidden, channels),
+        )
+        nn.init.kaiming_normal_(self.attention_logits.weight, mode="fan_in", nonlinearity="relu")
+        nn.init.zeros_(self.attention_logits.bias)
+        nn.init.zeros_(self.transform[-1].weight)
+        nn.init.zeros_(self.transform[-1].bias)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        attention = self.attention_logits(features).flatten(2).softmax(dim=2)  # (B, 1, P)
+        context = (features.flatten(2) * attention).sum(dim=2)  # (B, C)
+        return features + self.transform(context)[:, :, None, None]
+
+
+@register_distiller("fgd")
+class FGDDistiller(Distiller):
+    """Focal (foreground/background, attention-weighted) and global (context relation) feature distillation.
+
+    The default weights are FGD's for GFL (yzd-v/FGD, `fgd_gfl_r101_distill_gfl_r50_fpn_1x_coco.py`: alpha
+    1e-3, beta 5e-4, gamma 5e-4, lambda 5e-6, temperature 0.5), calibrated there for 256-channel FPNs: the
+    terms are sums over channels, so they scale with the FPN width.
+
+    Args:
+        student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
+            set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
+        temperature: tau of the spatial and channel attention.
+        foreground_weight: alpha, weight of `loss_fgd_fg`.
+        background_weight: beta, weight of `loss_fgd_bg`.
+        attention_weight: gamma, weight of `loss_fgd_attention`.
+        global_weight: lambda, weight of `loss_fgd_global`.
+    """
+
+    def __init__(
+        self,
+        *,
+        student_config: GFLConfig,
+        teacher_config: GFLConfig,
+        temperature: float = 0.5,
+        foreground_weight: float = 1e-3,
+        background_weight: float = 5e-4,
+        attention_weight: float = 5e-4,
+        global_weight: float = 5e-6,
+    ) -> None:
+        super().__init__()
+        check_pair("FGD", student_config, teacher_config)
+        if temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {temperature}.")
+        for name, value in (
+            ("foreground_weight", foreground_weight),
+            ("background_weight", background_weight),
+            ("attention_weight", attention_weight),
+            ("global_weight", global_weight),
+        ):
+            if value < 0:
+                raise ValueError(f"{name} must be non-negative, got {value}.")
+        self.temperature = temperature
+        self.foreground_weight = foreground_weight
+        self.background_weight = background_weight
+        self.attention_weight = attention_weight
+        self.global_weight = global_weight
+        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+        num_levels, channels = teacher_config.num_fpn_levels, teacher_config.fpn_channels
+        self.student_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
+        self.teacher_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
+
+    def _level_masks(
+        self, batch: DistillationBatch, *, feature_size: tuple[int, int], stride: int, device: torch.device
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, H, W) foreground and background masks of every image on one level."""
+        masks = [
+            fgd_masks(
+                boxes.to(device),
+                ignore_boxes,
+                feature_size=feature_size,
+                stride=stride,
+                valid_size=valid_size.to(device),
+            )
+            for boxes, ignore_boxes, valid_size in zip(batch.boxes, batch.ignore_boxes, batch.valid_sizes)
+        ]
+        return torch.stack([fg for fg, _ in masks]), torch.stack([bg for _, bg in masks])
+
+    def forward(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> DistillationResult:
+        if len(batch.strides) != self.aligner.num_levels:
+            raise ValueError(f"Expected {self.aligner.num_levels} FPN levels; got {len(batch.strides)} strides.")
+        if len(batch.boxes) != student.fpn_features[0].shape[0]:
+            raise ValueError(
+                f"The batch describes {len(batch.boxes)} images but the features hold "
+                f"{student.fpn_features[0].shape[0]}."
+            )
+        foreground_loss = background_loss = attention_loss = global_loss = 0.0
+        with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
+            for level, (teacher_map, student_map) in enumerate(self.aligner.levels(student, teacher)):
+                batch_size, _, height, width = teacher_map.shape
+                foreground, background = self._level_masks(
+                    batch, feature_size=(height, width), stride=batch.strides[level], device=teacher_map.device
+                )
+                teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
+                student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
+                # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.
+                weighted_error = (
+                    (student_map - teacher_map).square() * teacher_channel[:, :, None, None] * teacher_spatial[:, None]
+                ).sum(dim=1)  # (B, H, W)
+                foreground_loss = foreground_loss + (weighted_error * foreground).sum() / batch_size
+                background_loss = background_loss + (weighted_error * background).sum() / batch_size
+                channel_gap = (student_channel - teacher_channel).abs().sum()
+                spatial_gap = (student_spatial - teacher_spatial).abs().sum()
+                attention_loss = attention_loss + (channel_gap + spatial_gap) / batch_size
+                student_global = self.student_context[level](student_map)
+                teacher_global = self.teacher_context[level](teacher_map)
+                global_loss = global_loss + (student_global - teacher_global).square().sum() / batch_size
+        return DistillationResult(
+            losses={
+                "loss_fgd_fg": self.foreground_weight * foreground_loss,
+                "loss_fgd_bg": self.background_weight * background_loss,
+                "loss_fgd_attention": self.attention_weight * attention_loss,
+                "loss_fgd_global": self.global_weight * global_loss,
+            }
+        )

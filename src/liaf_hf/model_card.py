@@ -1,0 +1,347 @@
+"""The model card a trained or distilled GFL detector is published with.
+
+`write_model_card` fills the packaged Jinja template `liaf_hf/model_cards/distilled_student.md` from the
+saved directory (architecture, classes, input size, parameter count) and from what the run knows (teacher,
+method and options, dataset, results), and writes it as the directory's `README.md` with Hub metadata: an
+object-detection `EvalResult` per metric, so the Hub shows the student's AP on its page.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from . import __version__
+from .errors import LiafError
+from .inference import PROCESSOR_CONFIG_NAME, check_saved_detector, code_files, read_json_object
+from .models.gfl.configuration_gfl import GFLConfig
+from .models.gfl.modeling_gfl import GFLForObjectDetection
+
+CARD_NAME = "README.md"
+
+#: Prefixes the Trainer and the example scripts put before metric names (`eval_AP`, `teacher_AP`).
+_METRIC_PREFIXES = ("eval_", "teacher_", "test_")
+
+_UNKNOWN_METHOD = "a distillation method registered with liaf_hf.distillation.register_distiller"
+
+#: What the card says about each method: a one-line description and the work it follows.
+METHOD_DESCRIPTIONS: dict[str, tuple[str, str | None]] = {
+    "none": ("no distillation: the detector trains on the labels alone", None),
+    "liaf": (
+        "instance-level feature distillation with Gaussian instance masks, each instance's share of the loss "
+        "set by learnable instance selectors that train with the student and are dropped afterwards",
+        "LIAF-KD, arXiv 2603.26088, as reconstructed in liaf-hf",
+    ),
+    "mimic": ("mean squared error between the aligned student's and the teacher's FPN features", "FitNets, ICLR 2015"),
+    "fgd": (
+        "foreground/background feature distillation weighted by the teacher's attention, with a global context "
+        "relation term",
+        "FGD, Yang et al., CVPR 2022",
+    ),
+    "pkd": ("mean squared error between per-channel standardised FPN features", "PKD, Cao et al., NeurIPS 2022"),
+    "ld": (
+        "KL divergence between the teacher's and the student's box-edge distributions at positive anchors",
+        "LD, Zheng et al., CVPR 2022",
+    ),
+    "aid": ("instance feature distillation scaled by the teacher's own loss on the batch", None),
+}
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One row of the card's results table. AP values are COCO's (0 to 1); None where not measured."""
+
+    model: str
+    AP: float | None = None
+    AP50: float | None = None
+    this_model: bool = False
+
+    @property
+    def cells(self) -> tuple[str, str, str]:
+        """The row as the card writes it: AP and AP50 in percent, one decimal; "–" where not measured."""
+        model = f"**{self.model}**" if self.this_model else self.model
+        return model, _percent(self.AP), _percent(self.AP50)
+
+
+@dataclass
+class ModelCardArguments:
+    """Command-line flags for the model card the example scripts write into the output directory."""
+
+    dataset_name: str | None = field(
+        default=None, metadata={"help": "Dataset name shown in the card and its metadata (default: the data_dir name)."}
+    )
+    dataset_id: str | None = field(
+        default=None, metadata={"help": "Hub id of the dataset (e.g. 'detection-datasets/coco'), for the metadata."}
+    )
+    baseline_metrics_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "summary.json (or eval_results.json) of the same student trained without distillation, for the "
+            "card's results table."
+        },
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "License id for the card's metadata (e.g. apache-2.0)."}
+    )
+
+
+def template_path() -> Path:
+    """The packaged card template (`liaf_hf/model_cards/distilled_student.md`)."""
+    return Path(str(resources.files("liaf_hf") / "model_cards" / "distilled_student.md"))
+
+
+def normalise_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
+    """Numeric metrics keyed without the Trainer's prefixes: `{"eval_AP": 0.4}` -> `{"AP": 0.4}`. Undefined
+    COCO values (-1 or NaN) are dropped."""
+    normalised = {}
+    for key, value in (metrics or {}).items():
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value) or value == -1:
+            continue
+        for prefix in _METRIC_PREFIXES:
+            if key.startswith(prefix):
+                key = key[len(prefix) :]
+                break
+        normalised[key] = float(value)
+    return normalised
+
+
+def read_metrics_file(path: str | os.PathLike) -> dict[str, float]:
+    """The metrics in a JSON file the example scripts or the Trainer wrote (`summary.json`,
+    `eval_results.json`, `all_results.json`), keyed without prefixes.
+
+    Raises:
+        LiafError: the file is missing, is not a JSON object, or has no AP.
+    """
+    metrics = normalise_metrics(read_json_object(Path(path)))
+    if "AP" not in metrics:
+        raise LiafError(f"{path} has no AP: expected a key 'AP' or 'eval_AP' as the example scripts write it.")
+    return metrics
+
+
+def count_parameters(config: GFLConfig) -> int:
+    """Number of parameters of a GFL detector with `config`, counted on a model built on the meta device
+    (no memory, no weights loaded)."""
+    config = GFLConfig.from_dict({**config.to_dict(), "backbone_pretrained": False})
+    with torch.device("meta"):
+        model = GFLForObjectDetection(config)
+    return sum(parameter.numel() for parameter in model.parameters())
+
+
+def training_hyperparameters(training_args: Any) -> dict[str, Any]:
+    """The settings of a `transformers.TrainingArguments` that the card lists under "Training"."""
+    batch_size = (
+        training_args.per_device_train_batch_size * training_args.world_size * training_args.gradient_accumulation_steps
+    )
+    length = (
+        {"steps": training_args.max_steps}
+        if training_args.max_steps > 0
+        else {"epochs": training_args.num_train_epochs}
+    )
+    return {
+        **length,
+        "batch size (total)": batch_size,
+        "learning rate": training_args.learning_rate,
+        "schedule": str(getattr(training_args.lr_scheduler_type, "value", training_args.lr_scheduler_type)),
+        "warmup steps": training_args.warmup_steps,
+        "weight decay": training_args.weight_decay,
+        "optimizer": str(getattr(training_args.optim, "value", training_args.optim)),
+        "seed": training_args.seed,
+    }
+
+
+def write_model_card(
+    output_dir: str | os.PathLike,
+    *,
+    metrics: Mapping[str, Any] | None,
+    dataset_name: str,
+    method: str = "none",
+    method_options: Mapping[str, Any] | None = None,
+    inherit: bool = False,
+    teacher_name: str | None = None,
+    teacher_config: GFLConfig | None = None,
+    teacher_metrics: Mapping[str, Any] | None = None,
+    baseline_metrics: Mapping[str, Any] | None = None,
+    model_id: str | None = None,
+    dataset_id: str | None = None,
+    dataset_split: str = "val",
+    training: Mapping[str, Any] | None = None,
+    license: str | None = None,
+    limitations: Iterable[str] = (),
+    template: str | os.PathLike | None = None,
+) -> ModelCard:
+    """Write the model card of the saved detector in `output_dir` as `output_dir/README.md`.
+
+    The architecture (backbone, FPN, head, parameters, classes) and the input size are read from the saved
+    `config.json` and `preprocessor_config.json`, so the card describes exactly what is in the directory.
+
+    Args:
+        output_dir: a saved GFL detector (`save_pretrained` of the model and its image processor).
+        metrics: this model's evaluation metrics (`trainer.evaluate()`'s `eval_AP`, `eval_AP50`, ... or
+            unprefixed); None or empty when it was not evaluated.
+        dataset_name: the dataset it was trained and evaluated on, as shown in the card.
+        method: the distillation method (`"liaf"`, `"liaf+ld"`, ...); `"none"` for a detector trained without
+            distillation.
+        method_options: the method's options as given to the trainer.
+        inherit: whether the student's neck and head started from the teacher's.
+        teacher_name: the teacher's Hub id or path; required unless `method` is `"none"` (where a given
+            teacher is listed in the results for reference).
+        teacher_config: the teacher's config, for its backbone and FPN width.
+        teacher_metrics: the teacher's metrics on the same evaluation set (`teacher_AP`, ...).
+        baseline_metrics: metrics of the same student trained without distillation (see `read_metrics_file`).
+        model_id: what the loading snippets name: the Hub repo id it is published under; by default
+            `output_dir`.
+        dataset_id: the dataset's Hub id, for the card's metadata; by default `dataset_name` names it there.
+        dataset_split: the split the metrics were measured on.
+        training: training settings to list (see `training_hyperparameters`).
+        license: license id for the metadata.
+        limitations: extra lines for "Intended use and limitations" (e.g. "trained on synthetic shapes").
+        template: a Jinja/markdown template to use instead of the packaged one; it receives the same variables.
+
+    Returns:
+        The card (also written to `output_dir/README.md`).
+
+    Example:
+        >>> card = write_model_card(  # doctest: +SKIP
+        ...     "runs/student-liaf", metrics=trainer.evaluate(), dataset_name="shapes-easy", method="liaf",
+        ...     teacher_name="runs/teacher", teacher_metrics=trainer.teacher_metrics, model_id="me/gfl-r18-liaf",
+        ... )
+        >>> card.data.eval_results[0].metric_value  # doctest: +SKIP
+        41.3
+
+    Raises:
+        LiafError: `output_dir` is not a saved GFL detector, or a distillation method is named without a teacher.
+    """
+    output_dir = Path(output_dir)
+    config = GFLConfig.from_dict(check_saved_detector(output_dir))
+    processor_config = read_json_object(output_dir / PROCESSOR_CONFIG_NAME)
+    distilled = method != "none"
+    if distilled and not teacher_name:
+        raise LiafError(f"write_model_card: method {method!r} distils from a teacher, but no teacher_name was given.")
+    model_id = model_id or str(output_dir)
+    model_name = model_id.rstrip("/").split("/")[-1]
+    metrics, teacher_metrics = normalise_metrics(metrics), normalise_metrics(teacher_metrics)
+    baseline_metrics = normalise_metrics(baseline_metrics)
+
+    rows = []
+    if teacher_name:
+        label = f"teacher `{teacher_name}`" + ("" if distilled else " (for reference; not distilled from)")
+        rows.append(ResultRow(label, teacher_metrics.get("AP"), teacher_metrics.get("AP50")))
+    if distilled and baseline_metrics:
+        rows.append(ResultRow("student without distillation", baseline_metrics.get("AP"), baseline_metrics.get("AP50")))
+    this_model = f"this model ({'distilled, ' + method if distilled else 'no distillation'})"
+    rows.append(ResultRow(this_model, metrics.get("AP"), metrics.get("AP50"), this_model=True))
+
+    parts = method.split("+")
+    card_data = ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="object-detection",
+        license=license,
+        datasets=[dataset_id] if dataset_id else None,
+        tags=[
+            "object-detection",
+            "vision",
+            "gfl",
+            "liaf-hf",
+            *(["knowledge-distillation", *parts] if distilled else []),
+        ],
+        eval_results=_eval_results(metrics, dataset_name=dataset_name, dataset_id=dataset_id, split=dataset_split),
+    )
+    variables = {
+        "model_id": model_id,
+        "model_name": model_name,
+        "distilled": distilled,
+        "student": _describe_detector(config, processor_config),
+        "teacher": {
+            "name": teacher_name,
+            "backbone": teacher_config.backbone if teacher_config is not None else None,
+            "fpn_channels": teacher_config.fpn_channels if teacher_config is not None else None,
+            "AP": _percent(teacher_metrics["AP"]) if "AP" in teacher_metrics else None,
+        }
+        if teacher_name
+        else None,
+        "method": {
+            "name": method,
+            "parts": [(part, *METHOD_DESCRIPTIONS.get(part, (_UNKNOWN_METHOD, None))) for part in parts],
+            "options": json.dumps(dict(method_options or {}), indent=2, sort_keys=True),
+            "inherit": inherit,
+        },
+        "dataset": {"name": dataset_name, "id": dataset_id, "split": dataset_split},
+        "results": [row.cells for row in rows],
+        "evaluated": "AP" in metrics,
+        "training": dict(training or {}),
+        "limitations": list(limitations),
+        "code_files": code_files(output_dir),
+        "liaf_hf_version": __version__,
+    }
+    card = ModelCard.from_template(card_data, template_path=str(template or template_path()), **variables)
+    card.save(output_dir / CARD_NAME)
+    return card
+
+
+def _eval_results(
+    metrics: Mapping[str, float], *, dataset_name: str, dataset_id: str | None, split: str
+) -> list[EvalResult] | None:
+    """The Hub metadata of this model's AP and AP50 (in percent), so the Hub shows them; None if not measured."""
+    results = [
+        EvalResult(
+            task_type="object-detection",
+            task_name="Object Detection",
+            dataset_type=dataset_id or dataset_name,
+            dataset_name=dataset_name,
+            dataset_split=split,
+            metric_type=metric_type,
+            metric_name=metric_name,
+            metric_value=round(100 * metrics[key], 2),
+        )
+        for key, metric_type, metric_name in (("AP", "mAP", "AP@[.50:.95] (%)"), ("AP50", "mAP@0.5", "AP50 (%)"))
+        if key in metrics
+    ]
+    return results or None
+
+
+def _describe_detector(config: GFLConfig, processor_config: Mapping[str, Any]) -> dict[str, Any]:
+    """What the card says about the saved detector: architecture, size, classes, input size, post-processing."""
+    size = processor_config.get("size") or {}
+    return {
+        "backbone": config.backbone,
+        "fpn_channels": config.fpn_channels,
+        "num_fpn_levels": config.num_fpn_levels,
+        "head_channels": config.head_channels,
+        "head_stacked_convs": config.head_stacked_convs,
+        "reg_max": config.reg_max,
+        "parameters": f"{count_parameters(config) / 1e6:.2f} M",
+        "classes": [config.id2label[index] for index in sorted(config.id2label)],
+        "shortest_edge": size.get("shortest_edge"),
+        "longest_edge": size.get("longest_edge"),
+        "score_threshold": processor_config.get("score_threshold", config.score_threshold),
+        "nms_iou_threshold": processor_config.get("nms_iou_threshold", config.nms_iou_threshold),
+        "max_detections": processor_config.get("max_detections", config.max_detections),
+    }
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+__all__ = [
+    "CARD_NAME",
+    "METHOD_DESCRIPTIONS",
+    "ModelCardArguments",
+    "ResultRow",
+    "count_parameters",
+    "normalise_metrics",
+    "read_metrics_file",
+    "template_path",
+    "training_hyperparameters",
+    "write_model_card",
+]

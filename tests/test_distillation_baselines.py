@@ -1,0 +1,427 @@
+"""Baseline distillers (mimic, FGD, PKD, LD, AID) and combined methods, on hand-built outputs where the answer
+is known, plus two training steps of each through the trainer."""
+
+import math
+
+import pytest
+import torch
+
+import test_distillation_trainer as trainer_tests
+from liaf_hf import GFLConfig, GFLForObjectDetection
+from liaf_hf.distillation import (
+    AIDDistiller,
+    CompositeDistiller,
+    FGDDistiller,
+    LDDistiller,
+    MimicDistiller,
+    PKDDistiller,
+    build_distiller,
+    method_parts,
+)
+from liaf_hf.distillation.arguments import DistillationArguments
+from liaf_hf.distillation.base import DistillationBatch
+from liaf_hf.distillation.fgd import fgd_masks
+from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
+
+# The generated shapes set and the saved teacher of the trainer tests, built once for this module too.
+shapes = trainer_tests.shapes
+teacher_dir = trainer_tests.teacher_dir
+
+SIZES = (8, 4, 2)
+STRIDES = [8, 16, 32]
+NUM_ANCHORS = sum(size * size for size in SIZES)
+FEATURE_METHODS = ["mimic", "fgd", "pkd", "aid"]
+ALL_METHODS = FEATURE_METHODS + ["ld"]
+
+
+def config(channels=8, levels=3, id2label=None, reg_max=2):
+    return GFLConfig(
+        backbone="resnet18",
+        fpn_channels=channels,
+        num_fpn_levels=levels,
+        reg_max=reg_max,
+        id2label=id2label or {0: "a", 1: "b"},
+    )
+
+
+def random_maps(channels, batch=2, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, channels, s, s, generator=generator) for s in SIZES]
+
+
+def output(features=None, distributions=None, *, num_classes=2, loss=None, requires_grad=False):
+    """A detector output with the given FPN maps and box distributions (zeros where not given)."""
+    if features is None:
+        features = random_maps(8)
+    batch = features[0].shape[0]
+    if distributions is None:
+        distributions = [torch.zeros(batch, 4 * 3, s, s) for s in SIZES]
+    features = tuple(f.clone().requires_grad_(requires_grad) for f in features)
+    distributions = tuple(d.clone().requires_grad_(requires_grad) for d in distributions)
+    class_logits = tuple(torch.zeros(batch, num_classes, *f.shape[-2:]) for f in features)
+    return GFLObjectDetectionOutput(
+        loss=loss, fpn_features=features, class_logits=class_logits, box_distributions=distributions
+    )
+
+
+def make_batch(boxes_per_image, *, positive_mask=None, teacher_strides=None, ignore_per_image=None):
+    boxes = [torch.tensor(b, dtype=torch.float32).reshape(-1, 4) for b in boxes_per_image]
+    ignore = ignore_per_image or [[] for _ in boxes]
+    return DistillationBatch(
+        boxes=boxes,
+        class_labels=[torch.zeros(len(b), dtype=torch.long) for b in boxes],
+        ignore_boxes=[torch.tensor(i, dtype=torch.float32).reshape(-1, 4) for i in ignore],
+        input_size=(64, 64),
+        valid_sizes=torch.full((len(boxes), 2), 64.0),
+        strides=STRIDES,
+        teacher_strides=teacher_strides,
+        positive_mask=positive_mask,
+    )
+
+
+TWO_IMAGES = [[[4, 4, 30, 20], [36, 30, 60, 62]], [[0, 0, 64, 64]]]
+
+
+def some_positives(batch=2):
+    """(B, A) positive mask with a few anchors on every level of the first image."""
+    mask = torch.zeros(batch, NUM_ANCHORS, dtype=torch.bool)
+    mask[0, [3, 10, 64 + 5, 64 + 16 + 1]] = True
+    return mask
+
+
+# ----------------------------------------------------------------------------------------- registry
+
+
+@pytest.mark.parametrize(
+    ("method", "cls"),
+    [
+        ("mimic", MimicDistiller),
+        ("fgd", FGDDistiller),
+        ("pkd", PKDDistiller),
+        ("ld", LDDistiller),
+        ("aid", AIDDistiller),
+    ],
+)
+def test_every_baseline_is_registered_with_its_class(method, cls):
+    assert isinstance(build_distiller(method, student_config=config(), teacher_config=config()), cls)
+
+
+@pytest.mark.parametrize("method", ALL_METHODS)
+def test_mismatched_levels_or_labels_are_refused_with_the_reason(method):
+    with pytest.raises(ValueError, match="num_fpn_levels=3.*num_fpn_levels=4"):
+        build_distiller(method, student_config=config(levels=3), teacher_config=config(levels=4))
+    with pytest.raises(ValueError, match="same label set"):
+        build_distiller(method, student_config=config(), teacher_config=config(id2label={0: "a", 1: "c"}))
+
+
+# -------------------------------------------------------------------------- zero loss, gradient flow
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS)
+def test_equal_features_give_zero_loss(method):
+    distiller = build_distiller(method, student_config=config(), teacher_config=config())
+    features = random_maps(8, seed=1)
+    result = distiller(
+        student=output(features), teacher=output(features, loss=torch.tensor(1.0)), batch=make_batch(TWO_IMAGES)
+    )
+    assert result.losses
+    for name, loss in result.losses.items():
+        assert float(loss.detach()) == pytest.approx(0.0, abs=1e-6), name
+
+
+def test_equal_distributions_give_zero_ld_loss():
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    distributions = [torch.randn(2, 12, s, s, generator=torch.Generator().manual_seed(2)) for s in SIZES]
+    result = distiller(
+        student=output(distributions=distributions),
+        teacher=output(distributions=distributions),
+        batch=make_batch(TWO_IMAGES, positive_mask=some_positives()),
+    )
+    assert float(result.losses["loss_ld"]) == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("method", FEATURE_METHODS)
+def test_feature_gradients_reach_the_student_and_its_align_convs_but_not_the_teacher(method):
+    distiller = build_distiller(method, student_config=config(channels=4), teacher_config=config(channels=8))
+    student = output(random_maps(4, seed=3), requires_grad=True)
+    teacher = output(random_maps(8, seed=4), loss=torch.tensor(1.0), requires_grad=True)
+    result = distiller(student=student, teacher=teacher, batch=make_batch(TWO_IMAGES))
+    sum(result.losses.values()).backward()
+    assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in student.fpn_features)
+    assert all(f.grad is None for f in teacher.fpn_features)
+    assert all(conv.weight.grad.abs().sum() > 0 for conv in distiller.aligner.convs)
+
+
+def test_ld_gradients_reach_the_student_distributions_at_positives_only():
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    generator = torch.Generator().manual_seed(5)
+    student = output(distributions=[torch.randn(2, 12, s, s, generator=generator) for s in SIZES], requires_grad=True)
+    teacher = output(distributions=[torch.randn(2, 12, s, s, generator=generator) for s in SIZES], requires_grad=True)
+    positives = some_positives()
+    batch = make_batch(TWO_IMAGES, positive_mask=positives)
+    distiller(student=student, teacher=teacher, batch=batch).losses["loss_ld"].backward()
+    gradient = torch.cat([d.grad.flatten(2).transpose(1, 2) for d in student.box_distributions], dim=1)
+    assert (gradient.abs().sum(dim=2) > 0).equal(positives)
+    assert all(d.grad is None for d in teacher.box_distributions)
+
+
+# ------------------------------------------------------------------------------- hand-worked values
+
+
+def test_mimic_is_the_mean_squared_error():
+    teacher = random_maps(8, seed=6)
+    student = [t - 0.5 for t in teacher]
+    plain = build_distiller("mimic", student_config=config(), teacher_config=config(), feature_scale="none")
+    result = plain(student=output(student), teacher=output(teacher), batch=make_batch(TWO_IMAGES))
+    assert float(result.losses["loss_mimic"]) == pytest.approx(0.25, rel=1e-5)
+    scaled = build_distiller("mimic", student_config=config(), teacher_config=config(), weight=2.0)
+    result = scaled(student=output(student), teacher=output(teacher), batch=make_batch(TWO_IMAGES))
+    expected = 2.0 * sum(0.25 / float(t.square().mean()) for t in teacher) / 3
+    assert float(result.losses["loss_mimic"]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_pkd_ignores_scale_and_shift_and_is_two_for_opposite_features():
+    distiller = build_distiller("pkd", student_config=config(), teacher_config=config())
+    assert distiller.weight == 10.0
+    teacher = random_maps(8, seed=7)
+    batch = make_batch(TWO_IMAGES)
+    affine = distiller(student=output([3 * t + 1 for t in teacher]), teacher=output(teacher), batch=batch)
+    assert float(affine.losses["loss_pkd"]) == pytest.approx(0.0, abs=1e-4)
+    # r = -1 on every channel: (z + z)^2 / 2 averages 2 per level, 3 levels, weight 10.
+    opposite = distiller(student=output([-t for t in teacher]), teacher=output(teacher), batch=batch)
+    assert float(opposite.losses["loss_pkd"]) == pytest.approx(10 * 2 * 3, rel=1e-4)
+    assert float(opposite.stats["pkd/correlation_l0"]) == pytest.approx(-1.0, rel=1e-4)
+
+
+def test_fgd_terms_on_constant_maps():
+    """Teacher 1 and student 0.5 everywhere: both attentions are uniform (1 on every cell and channel), the
+    foreground mask of the box sums to 1 on each level and so does the background, and the context blocks
+    start as the identity. Per level and image: fg = C 0.25, bg = C 0.25, attention 0, global = C H W 0.25."""
+    channels = 8
+    distiller = build_distiller("fgd", student_config=config(), teacher_config=config())
+    teacher = [torch.ones(2, channels, s, s) for s in SIZES]
+    student = [torch.full((2, channels, s, s), 0.5) for s in SIZES]
+    # The box covers 4 x 4 cells on P3, 2 x 2 on P4 and 1 on P5; the rest of each grid is background.
+    result = distiller(student=output(student), teacher=output(teacher), batch=make_batch([[[0, 0, 32, 32]]] * 2))
+    assert float(result.losses["loss_fgd_fg"]) == pytest.approx(1e-3 * 3 * channels * 0.25, rel=1e-5)
+    assert float(result.losses["loss_fgd_bg"]) == pytest.approx(5e-4 * 3 * channels * 0.25, rel=1e-5)
+    assert float(result.losses["loss_fgd_attention"]) == pytest.approx(0.0, abs=1e-9)
+    cells = sum(s * s for s in SIZES)
+    assert float(result.losses["loss_fgd_global"].detach()) == pytest.approx(5e-6 * channels * cells * 0.25, rel=1e-5)
+
+
+def test_fgd_attention_term_for_one_stronger_channel():
+    """Student channel 0 is 2, the others 1, the teacher 1 everywhere: the spatial attentions are uniform and
+    equal, the student's channel attention at tau = 0.5 is C e^4 / (e^4 + (C - 1) e^2) on channel 0 and
+    C e^2 / (e^4 + (C - 1) e^2) on the others, against the teacher's 1."""
+    channels = 8
+    distiller = build_distiller("fgd", student_config=config(), teacher_config=config())
+    teacher = [torch.ones(2, channels, s, s) for s in SIZES]
+    student = [torch.ones(2, channels, s, s) for s in SIZES]
+    for level_map in student:
+        level_map[:, 0] = 2.0
+    result = distiller(student=output(student), teacher=output(teacher), batch=make_batch([[[0, 0, 32, 32]]] * 2))
+    denominator = math.exp(4) + (channels - 1) * math.exp(2)
+    strong, weak = channels * math.exp(4) / denominator, channels * math.exp(2) / denominator
+    gap = abs(strong - 1) + (channels - 1) * abs(weak - 1)
+    assert float(result.losses["loss_fgd_attention"]) == pytest.approx(5e-4 * 3 * gap, rel=1e-5)
+
+
+def test_fgd_masks_weigh_small_boxes_more_and_keep_ignore_regions_out():
+    """On an 8 x 8 grid of stride 8 the large box holds 4 x 4 cells, the small one (inside it) 2 x 2, the
+    ignore region 2 x 2; the background is the other 44 cells."""
+    foreground, background = fgd_masks(
+        torch.tensor([[0.0, 0.0, 32.0, 32.0], [0.0, 0.0, 16.0, 16.0]]),
+        torch.tensor([[48.0, 48.0, 64.0, 64.0]]),
+        feature_size=(8, 8),
+        stride=8,
+    )
+    expected = torch.zeros(8, 8)
+    expected[:4, :4] = 1 / 16
+    expected[:2, :2] = 1 / 4  # the small box's cells keep its larger weight
+    assert torch.allclose(foreground, expected)
+    outside = torch.ones(8, 8, dtype=torch.bool)
+    outside[:4, :4] = False
+    outside[6:, 6:] = False
+    assert torch.allclose(background, outside.float() / 44)
+
+
+def test_ld_value_at_one_positive():
+    """One positive anchor with student logits 0 (uniform over the 3 bins) and teacher logits (0, 10, 20) on
+    every edge: at tau = 10 the teacher's distribution is softmax(0, 1, 2). With quality sigmoid(0) = 0.5,
+    2 images and m = 2: loss_ld = 0.25 * 2 * (0.5 * k) / 2, k = 100 KL / 3."""
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    teacher_distributions = [torch.zeros(2, 12, s, s) for s in SIZES]
+    teacher_distributions[0][0, :, 0, 5] = torch.tensor([0.0, 10.0, 20.0]).repeat(4)
+    positives = torch.zeros(2, NUM_ANCHORS, dtype=torch.bool)
+    positives[0, 5] = True  # row 0, column 5 of P3
+    result = distiller(
+        student=output(),
+        teacher=output(distributions=teacher_distributions),
+        batch=make_batch(TWO_IMAGES, positive_mask=positives),
+    )
+    exps = [math.exp(0), math.exp(1), math.exp(2)]
+    teacher_probs = [e / sum(exps) for e in exps]
+    kl = sum(p * (math.log(p) - math.log(1 / 3)) for p in teacher_probs)
+    k = 100 * kl / 3
+    assert float(result.losses["loss_ld"]) == pytest.approx(0.25 * 2 * (0.5 * k) / 2, rel=1e-5)
+    assert float(result.stats["ld/num_positives"]) == 1
+
+
+def test_ld_without_positives_gives_a_zero_that_reaches_the_box_branch():
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    student = output(requires_grad=True)
+    empty = torch.zeros(2, NUM_ANCHORS, dtype=torch.bool)
+    result = distiller(student=student, teacher=output(), batch=make_batch([[], []], positive_mask=empty))
+    assert float(result.losses["loss_ld"].detach()) == 0.0
+    result.losses["loss_ld"].backward()
+    assert all(d.grad is not None for d in student.box_distributions)
+
+
+def test_aid_scales_the_instance_error_by_the_teachers_loss():
+    """Each Gaussian mask sums to 1, so a constant offset c gives d = c^2 for every instance."""
+    distiller = build_distiller("aid", student_config=config(), teacher_config=config(), feature_scale="none")
+    teacher = random_maps(8, seed=8)
+    student = [t - 0.5 for t in teacher]
+    result = distiller(
+        student=output(student), teacher=output(teacher, loss=torch.tensor(2.0)), batch=make_batch(TWO_IMAGES)
+    )
+    assert float(result.losses["loss_aid"]) == pytest.approx(math.exp(-0.1 * 2.0) * 0.25, rel=1e-5)
+    assert float(result.stats["aid/teaching_weight"]) == pytest.approx(math.exp(-0.2), rel=1e-6)
+
+
+def test_aid_needs_the_teachers_loss():
+    distiller = build_distiller("aid", student_config=config(), teacher_config=config())
+    assert distiller.needs_teacher_loss
+    features = random_maps(8)
+    with pytest.raises(ValueError, match="teacher's loss"):
+        distiller(student=output(features), teacher=output(features), batch=make_batch(TWO_IMAGES))
+
+
+# ------------------------------------------------------------------------------------ LD refusals
+
+
+def test_ld_refuses_unequal_reg_max_naming_both():
+    with pytest.raises(ValueError, match="student reg_max=2, teacher reg_max=16"):
+        build_distiller("ld", student_config=config(reg_max=2), teacher_config=config(reg_max=16))
+
+
+def test_ld_refuses_unequal_strides_naming_both():
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    batch = make_batch(TWO_IMAGES, positive_mask=some_positives(), teacher_strides=[16, 32, 64])
+    with pytest.raises(ValueError, match=r"student strides=\[8, 16, 32\], teacher strides=\[16, 32, 64\]"):
+        distiller(student=output(), teacher=output(), batch=batch)
+
+
+def test_ld_needs_the_positive_mask():
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    assert distiller.needs_positive_mask
+    with pytest.raises(ValueError, match="positive_mask"):
+        distiller(student=output(), teacher=output(), batch=make_batch(TWO_IMAGES))
+
+
+def test_positive_anchor_mask_lies_inside_the_boxes():
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(config(channels=16, reg_max=16))
+    pixels = torch.randn(2, 3, 64, 64)
+    labels = [
+        {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.25, 0.5, 0.25, 0.5]])},  # x 8-24, y 16-48
+        {"class_labels": torch.zeros(0, dtype=torch.long), "boxes": torch.zeros(0, 4)},
+    ]
+    outputs = model(pixel_values=pixels)
+    mask = model.positive_anchor_mask(outputs.fpn_features, model.valid_sizes(pixels, None), labels)
+    assert mask.shape == (2, outputs.logits.shape[1])
+    assert mask[0].any() and not mask[1].any()
+    points, _, _ = model._anchor_points(list(outputs.fpn_features))
+    inside = (points[:, 0] > 8) & (points[:, 0] < 24) & (points[:, 1] > 16) & (points[:, 1] < 48)
+    assert inside[mask[0]].all()
+
+
+# ----------------------------------------------------------------------------------------- combining
+
+
+def test_combined_method_is_parsed_and_gets_options_per_part():
+    assert method_parts("liaf+ld") == ["liaf", "ld"] and method_parts("pkd") == ["pkd"]
+    distiller = build_distiller(
+        "liaf+ld", student_config=config(), teacher_config=config(), liaf={"alpha": 2.0}, ld={"weight": 0.5}
+    )
+    assert isinstance(distiller, CompositeDistiller)
+    assert list(distiller.parts) == ["liaf", "ld"]
+    assert distiller.parts["liaf"].alpha == 2.0 and distiller.parts["ld"].weight == 0.5
+    assert distiller.needs_teacher and distiller.needs_positive_mask and not distiller.needs_teacher_loss
+    assert build_distiller("mimic+aid", student_config=config(), teacher_config=config()).needs_teacher_loss
+
+
+def test_combined_losses_are_the_union_of_the_parts():
+    distiller = build_distiller("liaf+ld", student_config=config(), teacher_config=config(), ld={"weight": 0.5})
+    generator = torch.Generator().manual_seed(9)
+    teacher = output(random_maps(8, seed=10), [torch.randn(2, 12, s, s, generator=generator) for s in SIZES])
+    student = output(random_maps(8, seed=11))
+    batch = make_batch(TWO_IMAGES, positive_mask=some_positives())
+    result = distiller(student=student, teacher=teacher, batch=batch)
+    assert set(result.losses) == {"loss_liaf", "loss_liaf_div", "loss_liaf_entropy", "loss_ld"}
+    assert "liaf/weight_entropy_l0" in result.stats and "ld/num_positives" in result.stats
+    alone = build_distiller("ld", student_config=config(), teacher_config=config(), weight=0.5)
+    expected = alone(student=student, teacher=teacher, batch=batch).losses["loss_ld"]
+    assert float(result.losses["loss_ld"]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_combined_methods_refuse_bad_names_options_and_clashing_keys():
+    with pytest.raises(ValueError, match="Unknown distillation method 'nope'"):
+        build_distiller("liaf+nope", student_config=config(), teacher_config=config())
+    with pytest.raises(ValueError, match="more than once"):
+        build_distiller("ld+ld", student_config=config(), teacher_config=config())
+    with pytest.raises(ValueError, match="keyed by part name"):
+        build_distiller("liaf+ld", student_config=config(), teacher_config=config(), weight=0.5)
+    twins = CompositeDistiller(
+        parts={
+            "first": MimicDistiller(student_config=config(), teacher_config=config()),
+            "second": MimicDistiller(student_config=config(), teacher_config=config()),
+        }
+    )
+    with pytest.raises(ValueError, match="both report the loss 'loss_mimic'"):
+        twins(student=output(), teacher=output(), batch=make_batch(TWO_IMAGES))
+
+
+def test_command_line_accepts_combined_methods():
+    arguments = DistillationArguments(
+        teacher_model_name_or_path="teacher", method="liaf+ld", method_options='{"ld": {"weight": 0.5}}'
+    )
+    assert arguments.options == {"ld": {"weight": 0.5}}
+    with pytest.raises(ValueError, match="--method"):
+        DistillationArguments(teacher_model_name_or_path="teacher", method="liaf+nope")
+
+
+# ------------------------------------------------------------------------------------------ training
+
+
+@pytest.mark.parametrize(
+    ("method", "logged"),
+    [
+        ("mimic", {"loss_mimic", "mimic/error_l4"}),
+        ("fgd", {"loss_fgd_fg", "loss_fgd_bg", "loss_fgd_attention", "loss_fgd_global"}),
+        ("pkd", {"loss_pkd", "pkd/correlation_l0"}),
+        ("ld", {"loss_ld", "ld/num_positives"}),
+        ("aid", {"loss_aid", "aid/teacher_loss"}),
+        ("liaf+ld", {"loss_liaf", "loss_ld"}),
+    ],
+)
+def test_two_training_steps(shapes, teacher_dir, tmp_path, method, logged):
+    trainer = trainer_tests.make_trainer(
+        shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False
+    )
+    distiller_before = {k: v.clone() for k, v in trainer.distillation_model.distiller.state_dict().items()}
+    trainer.train()
+    entries = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(entries) == 2 and all(math.isfinite(entry["loss"]) for entry in entries)
+    assert logged <= set(entries[0])
+    if method == "ld":
+        assert entries[0]["ld/num_positives"] > 0
+    if method == "aid":
+        assert entries[0]["aid/teacher_loss"] > 0
+    # The teacher is 48 wide, the student 32: the align convs (and FGD's context blocks) train; LD owns nothing.
+    after = trainer.distillation_model.distiller.state_dict()
+    assert bool(distiller_before) == (method != "ld")
+    assert all(name in after for name in distiller_before)
+    if distiller_before:
+        assert any(not torch.equal(value, after[name]) for name, value in distiller_before.items())
