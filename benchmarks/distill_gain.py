@@ -123,8 +123,8 @@ def main() -> None:
         cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" if row[m]["mean"] >= 0 else "-" for m in METRICS]
         gain = f"{row['gain_AP']:+.3f}" if row.get("gain_AP") is not None else "-"
         recovered = f"{row['gap_recovered']:.0%}" if row.get("gap_recovered") is not None else "-"
-        print(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + f" | {gain} | {recovered} | "
-              f"{row['run_seconds']:.0f} |")  # fmt: skip
+        seconds = f"{row['run_seconds']:.0f}" if row["run_seconds"] == row["run_seconds"] else "-"  # NaN: not timed
+        print(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + f" | {gain} | {recovered} | {seconds} |")
 
     command = "python benchmarks/distill_gain.py " + " ".join(
         f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in sys.argv[1:]

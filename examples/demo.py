@@ -4,7 +4,7 @@ distillation, and print one table.
     python examples/demo.py                        # about 20 minutes on two CPU cores
     python examples/demo.py --student_steps 100    # a quick look (scores will be low)
 
-The teacher is a ResNet-34 GFL trained for 600 steps, the student a ResNet-18 GFL trained for 400 steps
+The teacher is a ResNet-34 GFL trained for 450 steps, the student a ResNet-18 GFL trained for 350 steps
 (a ResNet-50 teacher takes about 16 minutes alone on two cores; benchmarks/distill_gain.py uses one).
 
 Everything is local: the data are generated, every backbone starts from random weights, nothing
@@ -35,8 +35,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--output_dir", default=str(ROOT / "runs" / "demo"))
     parser.add_argument("--teacher_backbone", default="resnet34")
     parser.add_argument("--student_backbone", default="resnet18")
-    parser.add_argument("--teacher_steps", type=int, default=600)
-    parser.add_argument("--student_steps", type=int, default=400)
+    parser.add_argument("--teacher_steps", type=int, default=450)
+    parser.add_argument("--student_steps", type=int, default=350)
     parser.add_argument("--method", default="liaf")
     parser.add_argument("--method_options", default="{}")
     parser.add_argument("--image_size", type=int, default=128)

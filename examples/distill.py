@@ -35,6 +35,7 @@ from liaf_hf.training import (
     detection_trainer_kwargs,
     prefixed_arguments,
     prepare_datasets,
+    train_and_evaluate,
     unprefixed,
 )
 
@@ -72,16 +73,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             seed=training_args.seed,
         ),
     )
-    metrics: dict[str, float] = {}
-    if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        trainer.save_model()
-        trainer.save_metrics("train", train_result.metrics)
-        trainer.save_state()
-    if training_args.do_eval:
-        metrics = trainer.evaluate()
-        trainer.log_metrics("eval", metrics)
-        trainer.save_metrics("eval", metrics)
+    metrics = train_and_evaluate(trainer, training_args)
     if training_args.process_index == 0:
         summary = {
             "method": distill_args.method,

@@ -215,3 +215,25 @@ def test_selector_gradient_comes_from_the_student_features(shapes, teacher_dir, 
     assert all(grad is not None and grad.abs().sum() > 0 for grad in selector_grads)
     assert model.student.neck.parameters().__next__().grad.abs().sum() > 0
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_teacher_and_student_of_different_timm_families(shapes):
+    """A ConvNeXt teacher 48 wide and a MobileNet student 32 wide: the align convs bridge the widths and one
+    LIAF step trains the student and the selectors."""
+    from liaf_hf.distillation import build_distiller
+
+    _, _, id2label = shapes
+    teacher = tiny_detector(id2label, backbone="convnext_atto", channels=48, seed=6).eval().requires_grad_(False)
+    student = tiny_detector(id2label, backbone="mobilenetv3_small_100", channels=32, seed=7)
+    distiller = build_distiller("liaf", student_config=student.config, teacher_config=teacher.config)
+    model = DistillationModel(student=student, teacher=teacher, distiller=distiller).train()
+    labels = [
+        {"class_labels": torch.tensor([0, 1]), "boxes": torch.tensor([[0.5, 0.5, 0.4, 0.3], [0.2, 0.3, 0.2, 0.2]])},
+        {"class_labels": torch.tensor([2]), "boxes": torch.tensor([[0.6, 0.4, 0.3, 0.5]])},
+    ]
+    outputs = model(pixel_values=torch.randn(2, 3, 64, 96), labels=labels)
+    assert torch.isfinite(outputs.loss) and float(outputs.loss_dict["loss_liaf"]) > 0
+    outputs.loss.backward()
+    assert all(conv.weight.grad is not None for conv in distiller.aligner.convs)
+    assert student.backbone.body.conv_stem.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())

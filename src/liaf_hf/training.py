@@ -202,3 +202,20 @@ class DetectionsForMetrics:
             packed[index, :count, 4] = image["scores"]
             packed[index, :count, 5] = image["labels"].float()
         return packed
+
+
+def train_and_evaluate(trainer, training_args: TrainingArguments) -> dict[str, float]:
+    """What the example scripts do with a built Trainer: train (resuming when asked) and save the model,
+    metrics and state with `--do_train`; score with `--do_eval`. Returns the eval metrics ({} without)."""
+    metrics: dict[str, float] = {}
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        trainer.save_model()
+        trainer.log_metrics("train", train_result.metrics)
+        trainer.save_metrics("train", train_result.metrics)
+        trainer.save_state()
+    if training_args.do_eval:
+        metrics = trainer.evaluate()
+        trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", metrics)
+    return metrics
