@@ -10,7 +10,13 @@ from transformers import TrainerCallback, TrainingArguments
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.synthetic import generate_coco_dataset
-from liaf_hf.distillation import DistillationModel, LIAFDistillationTrainer, inherit_from_teacher
+from liaf_hf.distillation import (
+    DistillationModel,
+    DistillationResult,
+    Distiller,
+    LIAFDistillationTrainer,
+    inherit_from_teacher,
+)
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
 
 
@@ -237,3 +243,26 @@ def test_teacher_and_student_of_different_timm_families(shapes):
     assert all(conv.weight.grad is not None for conv in distiller.aligner.convs)
     assert student.backbone.body.conv_stem.weight.grad.abs().sum() > 0
     assert all(p.grad is None for p in teacher.parameters())
+
+
+class BrokenDistiller(Distiller):
+    """Returns a NaN loss from the second step on, as an overflow would."""
+
+    needs_teacher = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, *, student, teacher, batch) -> DistillationResult:
+        self.calls += 1
+        value = float("nan") if self.calls >= 2 else 0.0
+        return DistillationResult(losses={"loss_broken": student.fpn_features[0].sum() * 0 + value})
+
+
+def test_non_finite_loss_stops_training_naming_component_and_step(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(
+        shapes, teacher_dir, tmp_path / "run", method=BrokenDistiller(), max_steps=3, evaluate_teacher_at_start=False
+    )
+    with pytest.raises(FloatingPointError, match=r"step 2: loss_broken is not finite"):
+        trainer.train()

@@ -255,6 +255,14 @@ class LIAFDistillationTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
+        if isinstance(outputs, DistillationOutput) and not torch.isfinite(outputs.loss):
+            # Stop before the optimizer spreads NaN into every weight; name what went wrong and when.
+            bad = [name for name, value in outputs.loss_dict.items() if not torch.isfinite(value).all()]
+            raise FloatingPointError(
+                f"Non-finite training loss at step {self.state.global_step + 1}: "
+                f"{', '.join(bad) if bad else 'the total'} is not finite "
+                f"({', '.join(f'{name}={float(value):.4g}' for name, value in outputs.loss_dict.items())})."
+            )
         if isinstance(outputs, DistillationOutput):
             for name, value in {**outputs.loss_dict, **outputs.stats}.items():
                 self._component_sums[name] += float(value.detach())
