@@ -14,7 +14,6 @@ configs, card and model code, never checkpoints, the distiller or the training s
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -37,6 +36,7 @@ from liaf_hf.training import (
     prepare_datasets,
     train_and_evaluate,
     unprefixed,
+    write_run_summary,
 )
 
 StudentArguments = prefixed_arguments(DetectorArguments, "student_", "StudentArguments")
@@ -75,15 +75,14 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     metrics = train_and_evaluate(trainer, training_args)
     if training_args.process_index == 0:
-        summary = {
-            "method": distill_args.method,
-            "method_options": distill_args.options,
-            "student_backbone": student.config.backbone,
-            "parameters": sum(p.numel() for p in student.parameters()),
-            **{k: v for k, v in {**trainer.teacher_metrics, **metrics}.items() if isinstance(v, (int, float))},
-        }
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(training_args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_run_summary(
+            training_args.output_dir,
+            model=student,
+            metrics={**trainer.teacher_metrics, **metrics},
+            method=distill_args.method,
+            method_options=distill_args.options,
+            student_backbone=student.config.backbone,
+        )
         if training_args.do_train:
             write_model_card(
                 training_args.output_dir,

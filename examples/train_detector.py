@@ -12,7 +12,6 @@ never checkpoints or the training state.
 
 from __future__ import annotations
 
-import json
 import logging
 import sys
 from pathlib import Path
@@ -31,6 +30,7 @@ from liaf_hf.training import (
     detection_trainer_kwargs,
     prepare_datasets,
     train_and_evaluate,
+    write_run_summary,
 )
 
 
@@ -58,13 +58,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     metrics = train_and_evaluate(trainer, training_args)
     if training_args.process_index == 0:
-        summary = {
-            "backbone": model.config.backbone,
-            "parameters": sum(p.numel() for p in model.parameters()),
-            **{k: v for k, v in metrics.items() if isinstance(v, (int, float))},
-        }
-        Path(training_args.output_dir).mkdir(parents=True, exist_ok=True)
-        (Path(training_args.output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_run_summary(training_args.output_dir, model=model, metrics=metrics, backbone=model.config.backbone)
         if training_args.do_train:
             write_model_card(
                 training_args.output_dir,

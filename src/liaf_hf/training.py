@@ -4,8 +4,10 @@ preparing the datasets, and the Trainer pieces for detection (collator, metrics,
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import datasets
@@ -219,3 +221,16 @@ def train_and_evaluate(trainer, training_args: TrainingArguments) -> dict[str, f
         trainer.log_metrics("eval", metrics)
         trainer.save_metrics("eval", metrics)
     return metrics
+
+
+def write_run_summary(output_dir: str, *, model: torch.nn.Module, metrics: dict, **fields: Any) -> dict:
+    """Write `summary.json` into `output_dir`: `fields`, the model's parameter count and every numeric
+    metric (what the demo and the benchmarks read back). Returns what was written."""
+    summary = {
+        **fields,
+        "parameters": sum(parameter.numel() for parameter in model.parameters()),
+        **{key: value for key, value in metrics.items() if isinstance(value, (int, float))},
+    }
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

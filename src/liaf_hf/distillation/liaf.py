@@ -264,14 +264,6 @@ class LIAFDistiller(Distiller):
 
     # ----------------------------------------------------------------------------------------- selection
 
-    def _aligned_features(
-        self, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, level: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, C_T, H, W) teacher map and aligned student map of one level, in float32."""
-        return self.aligner.align(
-            student_map=student.fpn_features[level], teacher_map=teacher.fpn_features[level], level=level
-        )
-
     def _squared_error(self, teacher_map: torch.Tensor, student_map: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) maps -> (B, H, W) squared error per cell (see `features.squared_error_per_cell`)."""
         return squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale)
@@ -339,21 +331,22 @@ class LIAFDistiller(Distiller):
         """
         layout = _InstanceLayout.from_batch(batch, device=teacher.fpn_features[0].device)
         with torch.autocast(device_type=layout.counts.device.type, enabled=False):
-            return self._select(student=student, teacher=teacher, batch=batch, layout=layout)
+            levels = self.aligner.levels(student, teacher)
+            return self._select(levels=levels, student=student, batch=batch, layout=layout)
 
     def _select(
         self,
         *,
+        levels: list[tuple[torch.Tensor, torch.Tensor]],
         student: GFLObjectDetectionOutput,
-        teacher: GFLObjectDetectionOutput,
         batch: DistillationBatch,
         layout: _InstanceLayout,
     ) -> list[LevelSelection]:
+        """`levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them."""
         if layout.max_count == 0:
             raise ValueError("The batch has no instances to select from.")
         selections = []
-        for level, stride in enumerate(batch.strides):
-            teacher_map, student_map = self._aligned_features(student, teacher, level)
+        for level, ((teacher_map, student_map), stride) in enumerate(zip(levels, batch.strides)):
             selections.append(
                 self._select_level(
                     teacher_map=teacher_map,
@@ -369,12 +362,11 @@ class LIAFDistiller(Distiller):
     # --------------------------------------------------------------------------------------------- losses
 
     def _background_loss(
-        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+        self, *, levels: list[tuple[torch.Tensor, torch.Tensor]], batch: DistillationBatch
     ) -> torch.Tensor:
-        """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l)."""
+        """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l), on the aligned `levels`."""
         total = 0.0
-        for level, stride in enumerate(batch.strides):
-            teacher_map, student_map = self._aligned_features(student, teacher, level)
+        for (teacher_map, student_map), stride in zip(levels, batch.strides):
             batch_size, _, height, width = teacher_map.shape
             background = torch.stack(
                 [
@@ -409,6 +401,8 @@ class LIAFDistiller(Distiller):
         layout = _InstanceLayout.from_batch(batch, device=device)
         result = DistillationResult()
         with torch.autocast(device_type=device.type, enabled=False):
+            # Aligned once per step and shared by the instance and background terms.
+            levels = self.aligner.levels(student, teacher) if layout.max_count or self.beta > 0 else []
             if layout.max_count == 0:
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
@@ -417,12 +411,10 @@ class LIAFDistiller(Distiller):
                 if self.objective == "robust":
                     result.losses["loss_liaf_entropy"] = zero.clone()
             else:
-                selections = self._select(student=student, teacher=teacher, batch=batch, layout=layout)
+                selections = self._select(levels=levels, student=student, batch=batch, layout=layout)
                 self._instance_losses(selections, layout, result)
             if self.beta > 0:
-                result.losses["loss_liaf_bg"] = self.beta * self._background_loss(
-                    student=student, teacher=teacher, batch=batch
-                )
+                result.losses["loss_liaf_bg"] = self.beta * self._background_loss(levels=levels, batch=batch)
         return result
 
     def _instance_losses(
