@@ -2,6 +2,7 @@
 under one schedule and score them with the COCO metrics.
 
     python benchmarks/detector_capacity.py --backbones resnet18 resnet50 --max_steps 600
+    python benchmarks/detector_capacity.py --max_steps 1200 --eval_steps 300   # AP against steps
 
 Prints a table and writes benchmarks/results/detector_capacity.json. Every run uses examples/train_detector.py
 with the same arguments except the backbone.
@@ -35,6 +36,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--fpn_channels", type=int, default=64)
     parser.add_argument("--head_stacked_convs", type=int, default=2)
     parser.add_argument("--max_steps", type=int, default=600)
+    parser.add_argument("--eval_steps", type=int, default=0, help="Also score every N steps (an AP-vs-steps curve).")
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--learning_rate", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=0)
@@ -70,7 +72,21 @@ def train_command(args: argparse.Namespace, backbone: str) -> list[str]:
         "--save_strategy", "no",
         "--report_to", "none",
         "--seed", str(args.seed),
+        *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else []),
     ]  # fmt: skip
+
+
+def ap_against_steps(output_dir: Path) -> list[dict[str, float]]:
+    """The evaluations logged during training (empty without --eval_steps)."""
+    state = output_dir / "trainer_state.json"
+    if not state.is_file():
+        return []
+    history = json.loads(state.read_text())["log_history"]
+    return [
+        {"step": entry["step"], "AP": round(entry["eval_AP"], 4), "AP50": round(entry["eval_AP50"], 4)}
+        for entry in history
+        if "eval_AP" in entry
+    ]
 
 
 def main() -> None:
@@ -82,7 +98,8 @@ def main() -> None:
         subprocess.run(command, check=True, cwd=ROOT)
         seconds = time.perf_counter() - started
         summary = json.loads((Path(args.work_dir) / backbone / "summary.json").read_text())
-        rows.append({"backbone": backbone, "train_and_eval_seconds": round(seconds, 1), **summary})
+        curve = ap_against_steps(Path(args.work_dir) / backbone)
+        rows.append({"backbone": backbone, "train_and_eval_seconds": round(seconds, 1), **summary, "curve": curve})
 
     header = f"| backbone | params (M) | AP | AP50 | AP75 | APs | APm | AR100 | minutes |\n|{'---|' * 9}"
     lines = [header]
@@ -92,6 +109,14 @@ def main() -> None:
             f"{row['eval_AP75']:.3f} | {row['eval_APs']:.3f} | {row['eval_APm']:.3f} | {row['eval_AR100']:.3f} | "
             f"{row['train_and_eval_seconds'] / 60:.1f} |"
         )
+    if any(row["curve"] for row in rows):
+        steps = sorted({point["step"] for row in rows for point in row["curve"]})
+        lines += ["", "AP against steps:", "| backbone | " + " | ".join(str(step) for step in steps) + " |",
+                  "|---|" + "---|" * len(steps)]  # fmt: skip
+        for row in rows:
+            by_step = {point["step"]: point["AP"] for point in row["curve"]}
+            cells = [f"{by_step[step]:.3f}" if step in by_step else "-" for step in steps]
+            lines.append(f"| {row['backbone']} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     result = {
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),

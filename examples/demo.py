@@ -7,6 +7,12 @@ distillation, and print one table.
 The teacher is a ResNet-34 GFL trained for 450 steps, the student a ResNet-18 GFL trained for 350 steps
 (a ResNet-50 teacher takes about 16 minutes alone on two cores; benchmarks/distill_gain.py uses one).
 
+Each student's folder holds its model card (with the teacher's AP and, for the distilled one, the plain
+student's). With a method that has instance selectors (`liaf`), the distilled student is also scored
+`--evaluations` times during training, and its folder holds pictures of the selectors' instance weights on
+six validation images: `selector_weights/step-<N>.png` at the start and at each evaluation, and
+`selector_weights/over_training.png` with one row per step.
+
 Everything is local: the data are generated, every backbone starts from random weights, nothing
 downloads. The teacher is cached in the output folder and reused by later runs with the same settings.
 """
@@ -24,6 +30,7 @@ from distill import main as distill
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
+from liaf_hf.distillation.pictures import PICTURES_DIR
 from train_detector import main as train_detector
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,6 +47,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--method", default="liaf")
     parser.add_argument("--method_options", default="{}")
     parser.add_argument("--image_size", type=int, default=128)
+    parser.add_argument(
+        "--evaluations", type=int, default=3, help="Scorings of the distilled student while it trains (0: at the end)."
+    )
     add_setting_arguments(parser)
     return parser.parse_args()
 
@@ -130,10 +140,21 @@ def train_student(
         + [
             "--teacher_model_name_or_path", str(teacher_dir), "--method", method, "--method_options", options,
             "--evaluate_teacher_at_start", "false",
+            # Scored when it was trained, on the same validation set: the card shows it without a re-run.
+            "--teacher_metrics_file", str(teacher_dir / "summary.json"),
         ]
         + list(extra_flags or [])
     )  # fmt: skip
     return student_dir
+
+
+def evaluation_flags(args: argparse.Namespace) -> list[str]:
+    """Score the distilled student `args.evaluations` times during training (each adds a selector picture)."""
+    if args.evaluations < 1:
+        return []
+    # Rounded up, so the last one falls before the final evaluation rather than a step or two ahead of it.
+    every = -(-args.student_steps // (args.evaluations + 1))
+    return ["--eval_strategy", "steps", "--eval_steps", str(every)]
 
 
 def main() -> None:
@@ -147,7 +168,7 @@ def main() -> None:
         teacher_dir,
         args.method,
         args.method_options,
-        extra_flags=["--baseline_metrics_file", str(plain_dir / "summary.json")],
+        extra_flags=["--baseline_metrics_file", str(plain_dir / "summary.json")] + evaluation_flags(args),
     )
     runs = [
         (f"teacher GFL {args.teacher_backbone} ({args.teacher_steps} steps)", teacher_dir),
@@ -177,6 +198,9 @@ def main() -> None:
             f"{row['images_per_second']:.0f} |"
         )
     print(f"\nTotal time: {minutes:.1f} minutes. Distilled student: {rows[-1]['directory']}")
+    pictures = distilled_dir / PICTURES_DIR
+    if pictures.is_dir():
+        print(f"Selector weights over validation images: {pictures} (over_training.png: one row per evaluation)")
     (Path(args.output_dir) / "demo_results.json").write_text(json.dumps({"minutes": minutes, "rows": rows}, indent=2))
 
 

@@ -4,12 +4,19 @@
         --student_backbone resnet18 --method liaf --data_dir data/shapes \
         --output_dir runs/student-liaf --do_train --do_eval --max_steps 600
 
+The data flags are those of `examples/train_detector.py`: `--data_dir` a COCO-layout or KITTI-layout root, or
+`--dataset_name` a Hub-format set.
 The output directory holds a plain GFL student (and its image processor) that
 `GFLForObjectDetection.from_pretrained` loads like any other detector: nothing of the distillation is in it.
 After training it also holds the model card (`README.md`: teacher, method, results, how to load it);
 `--baseline_metrics_file runs/student-plain/summary.json` adds the student trained without distillation to
-its results table. `--push_to_hub` (with `--hub_model_id`) uploads the student alone once, at the end: weights,
-configs, card and model code, never checkpoints, the distiller or the training state.
+its results table, and `--teacher_metrics_file runs/teacher/eval_results.json` the teacher's scores when it
+is not evaluated at start (`--evaluate_teacher_at_start false`). With a method that has instance selectors
+(`liaf`, `liaf+ld`), `<output_dir>/selector_weights/` receives pictures of their weights on the first
+`--selector_picture_images` validation images, before training and at each evaluation (also in TensorBoard
+with `--report_to tensorboard`); `--selector_pictures false` turns them off.
+`--push_to_hub` (with `--hub_model_id`) uploads the student alone once, at the end: weights, configs, card and
+model code, never checkpoints, the distiller, the pictures or the training state.
 """
 
 from __future__ import annotations
@@ -18,14 +25,16 @@ import logging
 import sys
 from pathlib import Path
 
-from transformers import HfArgumentParser, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
 from liaf_hf.distillation import LIAFDistillationTrainer
 from liaf_hf.distillation.arguments import DistillationArguments
+from liaf_hf.distillation.pictures import PICTURES_DIR, add_selector_pictures
 from liaf_hf.hub import take_over_push_to_hub
 from liaf_hf.model_card import ModelCardArguments, read_metrics_file, training_hyperparameters, write_model_card
+from liaf_hf.trainers import FaultArguments
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
@@ -44,16 +53,24 @@ StudentArguments = prefixed_arguments(DetectorArguments, "student_", "StudentArg
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser(
-        (DistillationArguments, StudentArguments, DataArguments, ModelCardArguments, TrainingArguments)
+        (DistillationArguments, StudentArguments, DataArguments, ModelCardArguments, FaultArguments, TrainingArguments)
     )
-    distill_args, student_args, data_args, card_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    distill_args, student_args, data_args, card_args, fault_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     configure_for_detection(training_args)
     hub_target = take_over_push_to_hub(training_args)
     # Read before training, so a wrong path fails now rather than after the run.
     baseline_metrics = read_metrics_file(card_args.baseline_metrics_file) if card_args.baseline_metrics_file else None
+    teacher_file_metrics = (
+        read_metrics_file(distill_args.teacher_metrics_file) if distill_args.teacher_metrics_file else {}
+    )
 
     train_dataset, eval_dataset = prepare_datasets(data_args, training_args)
+    # The weights a run starts from follow --seed too, so two runs of one command (and a resumed run's
+    # reference run) are the same run.
+    set_seed(training_args.seed)
     student = build_detector(unprefixed(student_args, "student_", DetectorArguments), label_maps(train_dataset)[0])
     image_processor = GFLImageProcessor.for_model_config(
         student.config, size={"shortest_edge": data_args.shortest_edge, "longest_edge": data_args.longest_edge}
@@ -65,20 +82,32 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         method_options=distill_args.options,
         inherit=distill_args.inherit,
         evaluate_teacher_at_start=distill_args.evaluate_teacher_at_start and training_args.do_train,
+        nonfinite_loss=fault_args.nonfinite_loss,
         args=training_args,
         **detection_trainer_kwargs(
             image_processor=image_processor,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             seed=training_args.seed,
+            skip_bad_images=fault_args.skip_bad_images,
         ),
     )
+    if distill_args.selector_pictures:
+        pictures = add_selector_pictures(trainer, num_images=distill_args.selector_picture_images)
+        if pictures is not None:
+            logging.getLogger(__name__).info(
+                "Selector weights drawn into %s", Path(training_args.output_dir) / PICTURES_DIR
+            )
     metrics = train_and_evaluate(trainer, training_args)
+    # Scored at start when asked; otherwise the teacher's metrics from --teacher_metrics_file.
+    teacher_metrics = trainer.teacher_metrics or {
+        f"teacher_{name}": value for name, value in teacher_file_metrics.items()
+    }
     if training_args.process_index == 0:
         write_run_summary(
             training_args.output_dir,
             model=student,
-            metrics={**trainer.teacher_metrics, **metrics},
+            metrics={**teacher_metrics, **metrics},
             method=distill_args.method,
             method_options=distill_args.options,
             student_backbone=student.config.backbone,
@@ -87,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             write_model_card(
                 training_args.output_dir,
                 metrics=metrics,
-                dataset_name=card_args.dataset_name or Path(data_args.data_dir).name,
+                dataset_name=card_args.card_dataset_name or data_args.display_name,
                 dataset_id=card_args.dataset_id,
                 dataset_split=data_args.eval_split,
                 method=distill_args.method,
@@ -95,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 inherit=distill_args.inherit,
                 teacher_name=distill_args.teacher_model_name_or_path,
                 teacher_config=trainer.teacher.config,
-                teacher_metrics=trainer.teacher_metrics,
+                teacher_metrics=teacher_metrics,
                 baseline_metrics=baseline_metrics,
                 model_id=hub_target.repo_id if hub_target else None,
                 training=training_hyperparameters(training_args),

@@ -5,23 +5,25 @@
 
 Takes every `TrainingArguments` flag and runs under `accelerate launch` as well. With
 `--generate_synthetic easy` the generated benchmark set is written to `--data_dir` first (nothing is
-downloaded). After training the output directory also holds the model card (`README.md`); `--push_to_hub`
-(with `--hub_model_id`) uploads the detector alone once, at the end: weights, configs, card and model code,
-never checkpoints or the training state.
+downloaded); `--generate_synthetic kitti` writes it in KITTI layout. `--data_dir` may be a COCO-layout or a
+KITTI-layout root (recognised by its layout; KITTI data is scored with VOC AP50 and KITTI AP40 besides COCO
+AP), and `--dataset_name` a Hub-format set instead. After training the output directory also holds
+the model card (`README.md`); `--push_to_hub` (with `--hub_model_id`) uploads the detector alone once, at the
+end: weights, configs, card and model code, never checkpoints or the training state.
 """
 
 from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
-from transformers import HfArgumentParser, Trainer, TrainingArguments
+from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
 from liaf_hf.hub import take_over_push_to_hub
 from liaf_hf.model_card import ModelCardArguments, training_hyperparameters, write_model_card
+from liaf_hf.trainers import DetectionTrainer, FaultArguments
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
@@ -35,25 +37,30 @@ from liaf_hf.training import (
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((DetectorArguments, DataArguments, ModelCardArguments, TrainingArguments))
-    model_args, data_args, card_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser((DetectorArguments, DataArguments, ModelCardArguments, FaultArguments, TrainingArguments))
+    model_args, data_args, card_args, fault_args, training_args = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
     configure_for_detection(training_args)
     hub_target = take_over_push_to_hub(training_args)
 
     train_dataset, eval_dataset = prepare_datasets(data_args, training_args)
+    # The weights a run starts from follow --seed too, so two runs of one command (and a resumed run's
+    # reference run) are the same run.
+    set_seed(training_args.seed)
     model = build_detector(model_args, label_maps(train_dataset)[0])
     image_processor = GFLImageProcessor.for_model_config(
         model.config, size={"shortest_edge": data_args.shortest_edge, "longest_edge": data_args.longest_edge}
     )
-    trainer = Trainer(
+    trainer = DetectionTrainer(
         model=model,
         args=training_args,
+        nonfinite_loss=fault_args.nonfinite_loss,
         **detection_trainer_kwargs(
             image_processor=image_processor,
             train_dataset=train_dataset,
             eval_dataset=eval_dataset,
             seed=training_args.seed,
+            skip_bad_images=fault_args.skip_bad_images,
         ),
     )
     metrics = train_and_evaluate(trainer, training_args)
@@ -63,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             write_model_card(
                 training_args.output_dir,
                 metrics=metrics,
-                dataset_name=card_args.dataset_name or Path(data_args.data_dir).name,
+                dataset_name=card_args.card_dataset_name or data_args.display_name,
                 dataset_id=card_args.dataset_id,
                 dataset_split=data_args.eval_split,
                 model_id=hub_target.repo_id if hub_target else None,

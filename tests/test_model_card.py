@@ -370,7 +370,7 @@ def test_scripts_write_the_card_and_push_only_the_student(tmp_path, monkeypatch)
         "--data_dir", str(data_dir), "--shortest_edge", "64", "--longest_edge", "64",
         "--do_train", "--do_eval", "--max_steps", "1", "--per_device_train_batch_size", "2",
         "--per_device_eval_batch_size", "2", "--report_to", "none", "--disable_tqdm", "true",
-        "--dataset_name", "shapes-tiny",
+        "--card_dataset_name", "shapes-tiny",
     ]  # fmt: skip
     plain_dir, student_dir = tmp_path / "plain", tmp_path / "student"
     load_example("train_detector").main(

@@ -146,7 +146,7 @@ def load_detector(
         LiafError: `directory` is not a saved GFL detector (see `check_saved_detector`).
     """
     check_saved_detector(directory)
-    model = GFLForObjectDetection.from_pretrained(directory).to(device).eval()
+    model = GFLForObjectDetection.from_pretrained(directory, use_safetensors=True).to(device).eval()
     processor = GFLImageProcessor.from_pretrained(directory)
     return model, processor
 

@@ -76,8 +76,9 @@ class ResultRow:
 class ModelCardArguments:
     """Command-line flags for the model card the example scripts write into the output directory."""
 
-    dataset_name: str | None = field(
-        default=None, metadata={"help": "Dataset name shown in the card and its metadata (default: the data_dir name)."}
+    card_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Dataset name shown in the card and its metadata (default: the data_dir name or Hub id)."},
     )
     dataset_id: str | None = field(
         default=None, metadata={"help": "Hub id of the dataset (e.g. 'detection-datasets/coco'), for the metadata."}

@@ -54,11 +54,63 @@ def unprefixed(arguments: Any, prefix: str, cls: type) -> Any:
 
 @dataclass
 class DataArguments:
-    data_dir: str = field(metadata={"help": "COCO-layout root: annotations/instances_<split>.json and <split>/."})
+    """Where the detection data comes from: a COCO-layout or KITTI-layout folder (`--data_dir`; the format
+    is found from its layout) or a Hub-format set (`--dataset_name`)."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "COCO-layout root (annotations/instances_<split>.json and <split>/) or KITTI-layout root "
+            "(training/image_2, training/label_2, optional ImageSets/<split>.txt)."
+        },
+    )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "Instead of --data_dir: a Hub dataset id with the detection schema (e.g. cppe-5; needs the "
+            "network), a DatasetDict saved with save_to_disk, or an imagefolder with metadata.jsonl."
+        },
+    )
+    dataset_format: str = field(
+        default="auto",
+        metadata={
+            "help": "auto (hub with --dataset_name or a --data_dir holding a saved DatasetDict or an "
+            "imagefolder; kitti when --data_dir has training/label_2 or with --generate_synthetic kitti; else "
+            "coco), coco, kitti or hub."
+        },
+    )
+    dataset_bbox_format: str = field(
+        default="xywh", metadata={"help": "Boxes of a Hub-format set: xywh (COCO's, as cppe-5) or xyxy."}
+    )
     train_split: str = field(default="train")
     eval_split: str = field(default="val")
+    kitti_classes: str = field(
+        default="Car,Pedestrian,Cyclist", metadata={"help": "KITTI types trained as classes, comma-separated."}
+    )
+    kitti_type_map: str = field(
+        default="{}",
+        metadata={
+            "help": 'JSON object counting further KITTI types as classes, e.g. \'{"Van": "Car"}\'; types neither '
+            "in --kitti_classes nor mapped are ignore regions."
+        },
+    )
+    kitti_skip_invalid: bool = field(
+        default=False,
+        metadata={
+            "help": "Leave out bad KITTI label lines, unknown types and unpaired files, counted in the log, "
+            "instead of stopping at the first."
+        },
+    )
+    split_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of the 80/20 split written to ImageSets/ when a KITTI root has no split files."},
+    )
     generate_synthetic: str | None = field(
-        default=None, metadata={"help": "Write the generated set of this difficulty (easy, medium, hard) first."}
+        default=None,
+        metadata={
+            "help": "Write the generated set into --data_dir first: easy, medium or hard (COCO layout), or kitti "
+            "(the KITTI-layout set: 384x128 frames, Car/Pedestrian/Cyclist, Van and DontCare regions)."
+        },
     )
     synthetic_num_train: int = field(default=2000)
     synthetic_num_val: int = field(default=500)
@@ -67,11 +119,63 @@ class DataArguments:
     shortest_edge: int = field(default=800, metadata={"help": "Resize the shorter image edge to this."})
     longest_edge: int = field(default=1333, metadata={"help": "Cap the longer image edge at this."})
 
+    def __post_init__(self) -> None:
+        if (self.data_dir is None) == (self.dataset_name is None):
+            raise ValueError("give exactly one of --data_dir and --dataset_name")
+        if self.dataset_format not in ("auto", "coco", "kitti", "hub"):
+            raise ValueError(f"--dataset_format must be auto, coco, kitti or hub, got {self.dataset_format!r}")
+        if self.dataset_name is not None and self.dataset_format not in ("auto", "hub"):
+            raise ValueError("--dataset_name is a Hub-format set: use --data_dir for coco and kitti")
+        if self.generate_synthetic is not None and self.data_dir is None:
+            raise ValueError("--generate_synthetic writes into --data_dir, which is missing")
+        try:
+            type_map = json.loads(self.kitti_type_map)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--kitti_type_map is not valid JSON: {error}") from error
+        if not isinstance(type_map, dict) or not all(isinstance(v, str) for v in type_map.values()):
+            raise ValueError(f"--kitti_type_map must be a JSON object of type names, got {self.kitti_type_map!r}")
+
+    @property
+    def resolved_format(self) -> str:
+        """The dataset format: coco, kitti or hub (`dataset_format`, or found from the layout)."""
+        from .data.hub_formats import is_saved_or_imagefolder
+        from .data.kitti import is_kitti_root
+
+        if self.dataset_format != "auto":
+            return self.dataset_format
+        if self.dataset_name is not None or is_saved_or_imagefolder(self.data_dir):
+            return "hub"
+        if self.generate_synthetic == "kitti" or is_kitti_root(self.data_dir):
+            return "kitti"
+        return "coco"
+
+    @property
+    def display_name(self) -> str:
+        """A short name of the data for model cards: the folder's name or the Hub id."""
+        return Path(self.data_dir).name if self.data_dir is not None else str(self.dataset_name)
+
+    def load_split(self, split: str) -> datasets.Dataset:
+        """One split in the library's detection schema, read in this arguments' format."""
+        from .data import load_hub_detection, load_kitti
+
+        if self.resolved_format == "hub":
+            return load_hub_detection(self.dataset_name or self.data_dir, split, bbox_format=self.dataset_bbox_format)
+        if self.resolved_format == "kitti":
+            return load_kitti(
+                self.data_dir,
+                split,
+                classes=[name.strip() for name in self.kitti_classes.split(",") if name.strip()],
+                type_map=json.loads(self.kitti_type_map),
+                skip_invalid=self.kitti_skip_invalid,
+                seed=self.split_seed,
+            )
+        return load_coco_detection(self.data_dir, split)
+
 
 def build_detector(arguments: DetectorArguments, id2label: dict[int, str]) -> GFLForObjectDetection:
     """A new detector from `arguments`, or the saved one it names (whose classes must be `id2label`)."""
     if arguments.model_name_or_path:
-        model = GFLForObjectDetection.from_pretrained(arguments.model_name_or_path)
+        model = GFLForObjectDetection.from_pretrained(arguments.model_name_or_path, use_safetensors=True)
         if model.config.id2label != id2label:
             raise ValueError(
                 f"{arguments.model_name_or_path} was trained on classes {model.config.id2label}, "
@@ -95,12 +199,20 @@ def build_detector(arguments: DetectorArguments, id2label: dict[int, str]) -> GF
 def prepare_datasets(
     data_args: DataArguments, training_args: TrainingArguments
 ) -> tuple[datasets.Dataset, datasets.Dataset]:
-    """Generate the synthetic set if asked, then load the train and eval splits (main process first)."""
-    from .data.synthetic import generate_coco_dataset
+    """Generate the synthetic set if asked, then load the train and eval splits (main process first) in the
+    format `data_args` names or its layout shows (COCO, KITTI or Hub)."""
+    from .data.synthetic import generate_coco_dataset, generate_kitti_dataset
 
     with training_args.main_process_first(desc="preparing the dataset"):
-        if data_args.generate_synthetic:
-            # The main process writes the set; the others find it complete and reuse it.
+        # The main process writes the set; the others find it complete and reuse it.
+        if data_args.generate_synthetic == "kitti":
+            generate_kitti_dataset(
+                data_args.data_dir,
+                num_train=data_args.synthetic_num_train,
+                num_val=data_args.synthetic_num_val,
+                seed=data_args.synthetic_seed,
+            )
+        elif data_args.generate_synthetic:
             generate_coco_dataset(
                 data_args.data_dir,
                 difficulty=data_args.generate_synthetic,
@@ -108,8 +220,8 @@ def prepare_datasets(
                 num_val=data_args.synthetic_num_val,
                 seed=data_args.synthetic_seed,
             )
-        train_dataset = load_coco_detection(data_args.data_dir, data_args.train_split)
-        eval_dataset = load_coco_detection(data_args.data_dir, data_args.eval_split)
+        train_dataset = data_args.load_split(data_args.train_split)
+        eval_dataset = data_args.load_split(data_args.eval_split)
     if data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
     return train_dataset, eval_dataset
@@ -134,11 +246,20 @@ def detection_trainer_kwargs(
     train_dataset: datasets.Dataset | None,
     eval_dataset: datasets.Dataset | None,
     seed: int = 0,
+    skip_bad_images: bool = False,
 ) -> dict[str, Any]:
     """Keyword arguments that make `transformers.Trainer` (or a subclass) train and score a detector:
-    transformed datasets, the padding collator, COCO metrics, the reduction of dense outputs, and the
-    callback that gives each epoch its own (reproducible) augmentation, seeded by `seed`."""
-    from .metrics import coco_ground_truth_from_dataset, make_coco_compute_metrics
+    transformed datasets, the padding collator, COCO metrics (and VOC AP50 and KITTI AP40 for KITTI data, see
+    `liaf_hf.metrics.kitti`), the reduction of dense outputs, and the
+    callback that gives each epoch its own (reproducible) augmentation, seeded by `seed`. An unreadable
+    image raises `DataError` naming it, or is dropped and counted with `skip_bad_images`."""
+    from .metrics import (
+        coco_ground_truth_from_dataset,
+        is_kitti_dataset,
+        kitti_ground_truth_from_dataset,
+        make_coco_compute_metrics,
+        make_kitti_compute_metrics,
+    )
 
     kwargs: dict[str, Any] = {
         "data_collator": DetectionCollator(image_processor),
@@ -146,12 +267,18 @@ def detection_trainer_kwargs(
         "preprocess_logits_for_metrics": DetectionsForMetrics(image_processor),
     }
     if train_dataset is not None:
-        transform = DetectionTransform(image_processor, train=True, seed=seed)
-        kwargs["train_dataset"] = train_dataset.with_transform(transform)
+        transform = DetectionTransform(image_processor, train=True, seed=seed, skip_bad_images=skip_bad_images)
+        kwargs["train_dataset"] = transform.apply_to(train_dataset)
         kwargs["callbacks"] = [AugmentationEpochCallback(transform)]
     if eval_dataset is not None:
-        kwargs["eval_dataset"] = eval_dataset.with_transform(DetectionTransform(image_processor, train=False))
-        kwargs["compute_metrics"] = make_coco_compute_metrics(coco_ground_truth_from_dataset(eval_dataset))
+        eval_transform = DetectionTransform(image_processor, train=False, skip_bad_images=skip_bad_images)
+        kwargs["eval_dataset"] = eval_transform.apply_to(eval_dataset)
+        # KITTI data is scored with VOC AP50 and KITTI AP40 besides COCO AP; any other set with COCO AP.
+        kwargs["compute_metrics"] = (
+            make_kitti_compute_metrics(kitti_ground_truth_from_dataset(eval_dataset))
+            if is_kitti_dataset(eval_dataset)
+            else make_coco_compute_metrics(coco_ground_truth_from_dataset(eval_dataset))
+        )
     return kwargs
 
 
@@ -160,6 +287,9 @@ def configure_for_detection(training_args: TrainingArguments) -> TrainingArgumen
     untouched and keep per batch."""
     training_args.remove_unused_columns = False
     training_args.eval_do_concat_batches = False
+    # Labels hold a different number of boxes per image: several processes can only exchange them as objects
+    # (a tensor gather of unequal shapes aborts the gloo process group).
+    training_args.eval_use_gather_object = True
     if not torch.cuda.is_available():
         # Pinned memory only helps copies to an accelerator; on a CPU-only machine torch warns about it.
         training_args.dataloader_pin_memory = False

@@ -1,4 +1,5 @@
-"""Detection data: a COCO-layout loader into ``datasets.Dataset`` and a generated set of shapes."""
+"""Detection data: COCO-layout, KITTI-layout and Hub-format loaders into ``datasets.Dataset`` (one schema),
+and a generated set of shapes."""
 
 from __future__ import annotations
 
@@ -12,9 +13,12 @@ from liaf_hf.data.coco import (
     label_maps,
     load_coco_detection,
 )
+from liaf_hf.data.hub_formats import load_hub_detection, normalise_detection_dataset
+from liaf_hf.data.kitti import KITTI_CLASSES, is_kitti_root, kitti_detection_features, load_kitti
 
 __all__ = [
     "DIFFICULTIES",
+    "KITTI_CLASSES",
     "SHAPES",
     "SceneObject",
     "SyntheticSpec",
@@ -22,9 +26,15 @@ __all__ = [
     "coco_category_ids",
     "coco_detection_features",
     "generate_coco_dataset",
+    "generate_kitti_dataset",
     "generate_scene",
+    "is_kitti_root",
+    "kitti_detection_features",
     "label_maps",
     "load_coco_detection",
+    "load_hub_detection",
+    "load_kitti",
+    "normalise_detection_dataset",
 ]
 
 _SYNTHETIC_NAMES = {
@@ -33,6 +43,7 @@ _SYNTHETIC_NAMES = {
     "SceneObject",
     "SyntheticSpec",
     "generate_coco_dataset",
+    "generate_kitti_dataset",
     "generate_scene",
 }
 

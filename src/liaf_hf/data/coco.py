@@ -249,14 +249,22 @@ def _require(record: dict[str, Any], key: str, *, where: str, path: Path) -> Any
 
 def _is_number(value: Any) -> bool:
     # JSON true/false arrive as bool, which Python counts as int; a bool box is an upstream bug.
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
-def _integer(record: dict[str, Any], key: str, *, where: str, path: Path) -> int:
+def _integer(record: dict[str, Any], key: str, *, where: str, path: Path, bits: int = 64) -> int:
+    """`record[key]` as an integer that fits a signed integer of `bits` bits (the column it is stored in)."""
     value = _require(record, key, where=where, path=path)
     # Some exporters write ids and sizes as 640.0; accept those but nothing fractional.
     if not _is_number(value) or not float(value).is_integer():
         raise DataError(f"{path}: {where} has '{key}' = {value!r}, expected an integer")
+    if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
+        raise DataError(f"{path}: {where} has '{key}' = {value!r}, outside the {bits}-bit integer range")
     return int(value)
 
 
@@ -288,8 +296,8 @@ def _parse_images(content: dict[str, Any], path: Path) -> dict[int, _CocoImage]:
         file_name = _require(record, "file_name", where=where, path=path)
         if not isinstance(file_name, str) or not file_name:
             raise DataError(f"{path}: {where} has 'file_name' = {file_name!r}, expected a file name")
-        width = _integer(record, "width", where=where, path=path)
-        height = _integer(record, "height", where=where, path=path)
+        width = _integer(record, "width", where=where, path=path, bits=32)
+        height = _integer(record, "height", where=where, path=path, bits=32)
         if width <= 0 or height <= 0:
             raise DataError(f"{path}: {where} has non-positive size {width}x{height}")
         if image_id in images:
@@ -400,7 +408,7 @@ def _check_image_files(
     """Absolute path of every image, after checking that all exist (and match their JSON size)."""
     image_paths = {image_id: (image_dir / image.file_name).absolute() for image_id, image in images.items()}
     missing = [
-        f"{image_paths[image_id]} (image id {image_id})" for image_id in images if not image_paths[image_id].is_file()
+        f"{image_paths[image_id]} (image id {image_id})" for image_id in images if not _is_file(image_paths[image_id])
     ]
     if missing:
         raise DataError(f"{path}: {len(missing)} of {len(images)} image files are missing, first: {_listing(missing)}")
@@ -425,6 +433,13 @@ def _check_image_files(
             f"{path}: {len(wrong_sizes)} images differ in size from their JSON record, first: {_listing(wrong_sizes)}"
         )
     return image_paths
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, or holding a NUL byte
+        return False
 
 
 def _listing(items: list[str]) -> str:

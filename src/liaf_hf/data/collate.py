@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import struct
+import zlib
 from typing import Any
 
+import datasets
 from PIL import Image
 
+from ..errors import DataError
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from .coco import objects_as_rows
+
+logger = logging.getLogger("liaf_hf.data")
+
+# What PIL raises on a corrupt or truncated file, depending on the format and where the damage is
+# (UnidentifiedImageError is an OSError).
+_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = None) -> dict:
@@ -43,21 +54,45 @@ class DetectionTransform:
     them, so a flip drawn from a shared generator would differ between a resumed run and an uninterrupted
     one. `set_epoch` (called by `AugmentationEpochCallback`) gives each epoch fresh flips.
 
+    An image that cannot be decoded (corrupt, truncated, not an image) raises `DataError` naming the file
+    and the image id, or with `skip_bad_images=True` is dropped from its batch, logged and counted in
+    `bad_images_skipped` (in the process that loads the data: with `dataloader_num_workers > 0` the workers'
+    counts stay in the workers, but each drop is still logged). Attach it with `apply_to`, which lets this
+    transform decode the images: `datasets` would otherwise decode them first and fail with PIL's own error.
+
     Args:
         image_processor: the detector's processor.
         train: apply augmentation (a random horizontal flip).
         horizontal_flip_prob: probability of the flip when training.
         seed: seed of the flip decisions.
+        skip_bad_images: drop unreadable images instead of raising.
     """
 
     def __init__(
-        self, image_processor: GFLImageProcessor, *, train: bool, horizontal_flip_prob: float = 0.5, seed: int = 0
+        self,
+        image_processor: GFLImageProcessor,
+        *,
+        train: bool,
+        horizontal_flip_prob: float = 0.5,
+        seed: int = 0,
+        skip_bad_images: bool = False,
     ) -> None:
         self.image_processor = image_processor
         self.train = train
         self.horizontal_flip_prob = horizontal_flip_prob
         self.seed = seed
         self.epoch = 0
+        self.skip_bad_images = skip_bad_images
+        self.bad_images_skipped = 0
+        self._decoder = datasets.Image()
+
+    def apply_to(self, dataset: datasets.Dataset) -> datasets.Dataset:
+        """`dataset.with_transform(self)`, with the image column left undecoded so that this transform
+        decodes each image itself and can name the file that fails."""
+        image_feature = dataset.features.get("image")
+        if isinstance(image_feature, datasets.Image) and image_feature.decode:
+            dataset = dataset.cast_column("image", datasets.Image(decode=False))
+        return dataset.with_transform(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -68,15 +103,33 @@ class DetectionTransform:
             return False
         return random.Random(f"{self.seed}/{self.epoch}/{int(image_id)}").random() < self.horizontal_flip_prob
 
+    def decode(self, value: Any, image_id: int) -> Image.Image | None:
+        """The RGB image of a row's `image` value (a PIL image, or datasets' `{"path", "bytes"}` dict); None
+        when it is unreadable and `skip_bad_images` is on."""
+        try:
+            return self._decoder.decode_example(value).convert("RGB")
+        except _DECODE_ERRORS as error:
+            source = (value.get("path") or "<image bytes>") if isinstance(value, dict) else "<decoded image>"
+            message = f"{source}: cannot decode image id {int(image_id)}: {type(error).__name__}: {error}"
+            if not self.skip_bad_images:
+                raise DataError(message) from error
+            self.bad_images_skipped += 1
+            logger.warning("%s; skipped (%d skipped so far)", message, self.bad_images_skipped)
+            return None
+
     def __call__(self, batch: dict[str, list]) -> dict[str, list]:
         images, annotations = [], []
-        for image, image_id, objects in zip(batch["image"], batch["image_id"], batch["objects"]):
-            image = image.convert("RGB")
+        for value, image_id, objects in zip(batch["image"], batch["image_id"], batch["objects"]):
+            image = self.decode(value, image_id)
+            if image is None:
+                continue
             flip = self.flips(image_id)
             if flip:
                 image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             images.append(image)
             annotations.append(coco_annotation(image_id, objects, flip_width=image.width if flip else None))
+        if not images:
+            return {"pixel_values": [], "labels": []}
         processed = self.image_processor(images=images, annotations=annotations, do_pad=False)
         return {"pixel_values": processed["pixel_values"], "labels": processed["labels"]}
 
@@ -89,6 +142,8 @@ class DetectionCollator:
         self.image_processor = image_processor
 
     def __call__(self, features: list[dict]) -> dict[str, Any]:
+        if not features:
+            raise DataError("every image of this batch was unreadable and skipped; nothing is left to train on")
         batch = self.image_processor.pad([feature["pixel_values"] for feature in features])
         return {
             "pixel_values": batch["pixel_values"],

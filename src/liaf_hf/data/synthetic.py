@@ -15,12 +15,15 @@ for difficulty:
   background noise.
 
 Scene generation (:func:`generate_scene`) knows nothing about file formats, so that other layouts
-can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one.
+can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one and
+:func:`generate_kitti_dataset` a KITTI one (384x128 frames, shapes written as Car, Pedestrian, Cyclist
+and Van, the smallest objects as DontCare), for the KITTI loader and metrics.
 
 Example::
 
     >>> root = generate_coco_dataset("data/shapes", num_train=200, num_val=50)  # doctest: +SKIP
     >>> # python -m liaf_hf.data.synthetic --output data/shapes --difficulty medium
+    >>> # python -m liaf_hf.data.synthetic --output data/kitti-shapes --layout kitti
 """
 
 from __future__ import annotations
@@ -44,7 +47,10 @@ __all__ = [
     "SHAPES",
     "SceneObject",
     "SyntheticSpec",
+    "KITTI_SPEC",
+    "KITTI_TYPE_OF_SHAPE",
     "generate_coco_dataset",
+    "generate_kitti_dataset",
     "generate_scene",
     "main",
 ]
@@ -611,6 +617,139 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
     (annotation_dir / f"instances_{split}.json").write_text(json.dumps(content), encoding="utf-8")
 
 
+# The KITTI-layout set: wide frames, three classes, a look-alike of the first class as the neighbouring
+# type (Van to Car, as in KITTI), and the smallest objects labelled DontCare, as KITTI marks far objects.
+KITTI_SPEC = SyntheticSpec(
+    image_width=448,
+    image_height=128,
+    class_names=("square", "circle", "triangle_up", "square_hole"),
+    max_objects=8,
+    min_size=12,
+    max_size=64,
+    max_aspect_ratio=1.5,
+    max_occlusion=0.4,
+    clutter=3,
+)
+"""Scenes of :func:`generate_kitti_dataset`, drawn 32 px wider on each side than the written frames
+(384x128), so that objects near the left and right edges come out truncated."""
+KITTI_TYPE_OF_SHAPE: dict[str, str] = {
+    "square": "Car",
+    "circle": "Pedestrian",
+    "triangle_up": "Cyclist",
+    "square_hole": "Van",
+}
+"""KITTI type written for each shape of :data:`KITTI_SPEC`."""
+_KITTI_MARGIN = 32
+# Objects whose box is lower than this (in pixels) are written as DontCare regions.
+_KITTI_DONTCARE_HEIGHT = 16
+# Objects more than this share outside the frame are left out, as KITTI labels only what can be seen.
+_KITTI_MAX_TRUNCATION = 0.8
+_KITTI_MANIFEST_NAME = "synthetic_kitti_spec.json"
+# Unused 3D fields: KITTI's own filler values for DontCare (dimensions -1, location -1000, rotation -10).
+_KITTI_NO_3D = "-1 -1 -1 -1000 -1000 -1000 -10"
+
+
+def generate_kitti_dataset(
+    root: str | Path,
+    *,
+    num_train: int = 800,
+    num_val: int = 200,
+    seed: int = 0,
+    spec: SyntheticSpec = KITTI_SPEC,
+    type_of_shape: dict[str, str] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a generated set in KITTI layout under ``root`` and return ``root``.
+
+    Writes ``training/image_2/<000000>.png``, ``training/label_2/<000000>.txt`` (15 fields per object),
+    ``ImageSets/train.txt`` and ``ImageSets/val.txt`` (train images first, then val, numbered on), and a
+    ``synthetic_kitti_spec.json`` manifest. Scenes are drawn by :func:`generate_scene` with ``spec`` and
+    cropped by 32 px on the left and right, so frames are ``spec.image_width - 64`` wide. Each object is
+    written with the type ``type_of_shape`` gives its shape (by default :data:`KITTI_TYPE_OF_SHAPE`:
+    Car, Pedestrian, Cyclist and the look-alike Van); objects lower than 16 px as ``DontCare``. The
+    truncation is the share of the object's box cut off by the crop (objects cut by more than 80% are
+    left out); the occlusion level is 0 when at most 5% of the shape is covered, 1 up to 30%, else 2.
+    Deterministic by seed like :func:`generate_coco_dataset` (one random stream per image).
+
+    Raises:
+        FileExistsError: ``root`` is not empty and holds no set generated with identical settings, and
+            ``overwrite`` is False.
+    """
+    if seed < 0 or num_train < 0 or num_val < 0:
+        raise ValueError("seed, num_train and num_val must be non-negative")
+    type_of_shape = dict(type_of_shape if type_of_shape is not None else KITTI_TYPE_OF_SHAPE)
+    missing = [shape for shape in spec.class_names if shape not in type_of_shape]
+    if missing:
+        raise ValueError(f"type_of_shape names no KITTI type for the shapes {missing}")
+    if spec.image_width <= 2 * _KITTI_MARGIN + 16:
+        raise ValueError(f"spec.image_width must exceed {2 * _KITTI_MARGIN + 16} (the crop margins and 16 px)")
+    root = Path(root)
+    manifest = _manifest(spec, num_train=num_train, num_val=num_val, seed=seed)
+    manifest.update(layout="kitti", type_of_shape=type_of_shape)
+    manifest_path = root / _KITTI_MANIFEST_NAME
+    if _read_json(manifest_path) == manifest:
+        logger.info("%s: reusing the synthetic KITTI set generated with identical settings", root)
+        return root
+    if overwrite:
+        for folder in ("training", "ImageSets"):
+            shutil.rmtree(root / folder, ignore_errors=True)
+        manifest_path.unlink(missing_ok=True)
+    elif root.exists() and any(root.iterdir()):
+        raise FileExistsError(
+            f"{root} is not empty and holds no synthetic KITTI set with these settings; pass overwrite=True "
+            "to replace it"
+        )
+    image_dir, label_dir, split_dir = root / "training" / "image_2", root / "training" / "label_2", root / "ImageSets"
+    for folder in (image_dir, label_dir, split_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    number = 0
+    for split, count in (("train", num_train), ("val", num_val)):
+        names = []
+        for index in range(count):
+            rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEYS[split], index)))
+            image, objects = generate_scene(rng, spec)
+            name = f"{number:06d}"
+            number += 1
+            frame = image.crop((_KITTI_MARGIN, 0, spec.image_width - _KITTI_MARGIN, spec.image_height))
+            frame.save(image_dir / f"{name}.png", format="PNG", compress_level=1)
+            lines = [_kitti_label_line(obj, spec, type_of_shape, frame_width=frame.width) for obj in objects]
+            (label_dir / f"{name}.txt").write_text("".join(line for line in lines if line), encoding="utf-8")
+            names.append(name)
+        (split_dir / f"{split}.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    manifest_path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    return root
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _kitti_label_line(
+    scene_object: SceneObject, spec: SyntheticSpec, type_of_shape: dict[str, str], *, frame_width: int
+) -> str:
+    """The object's KITTI label line (with its newline) in the cropped frame; "" when it is left out."""
+    x1, y1, x2, y2 = scene_object.box_xyxy
+    x1, x2 = x1 - _KITTI_MARGIN, x2 - _KITTI_MARGIN
+    inside_x1, inside_x2 = max(x1, 0.0), min(x2, float(frame_width))
+    if inside_x2 - inside_x1 < 1:
+        return ""
+    truncated = 1.0 - (inside_x2 - inside_x1) / (x2 - x1)
+    if truncated > _KITTI_MAX_TRUNCATION:
+        return ""
+    covered = 1.0 - scene_object.visible_fraction
+    occluded = 0 if covered <= 0.05 else 1 if covered <= 0.3 else 2
+    kitti_type = type_of_shape[spec.class_names[scene_object.category]]
+    if y2 - y1 < _KITTI_DONTCARE_HEIGHT:
+        kitti_type, truncated, occluded = "DontCare", -1.0, -1
+    box = f"{inside_x1:.2f} {y1:.2f} {inside_x2:.2f} {y2:.2f}"
+    return f"{kitti_type} {truncated:.2f} {occluded} -10 {box} {_KITTI_NO_3D}\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command line: ``python -m liaf_hf.data.synthetic --output DIR [--difficulty easy] ...``."""
     parser = argparse.ArgumentParser(description="Generate a synthetic shapes detection set in COCO layout.")
@@ -620,9 +759,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-val", type=int, default=500, help="validation images (default: 500)")
     parser.add_argument("--seed", type=int, default=0, help="non-negative seed (default: 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace a different set already in --output")
+    parser.add_argument(
+        "--layout",
+        default="coco",
+        choices=("coco", "kitti"),
+        help="coco (default), or kitti: the wide-frame KITTI-layout set (ignores --difficulty)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
+        if args.layout == "kitti":
+            print(
+                generate_kitti_dataset(
+                    args.output,
+                    num_train=args.num_train,
+                    num_val=args.num_val,
+                    seed=args.seed,
+                    overwrite=args.overwrite,
+                )
+            )
+            return 0
         root = generate_coco_dataset(
             args.output,
             difficulty=args.difficulty,

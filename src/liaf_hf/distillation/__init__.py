@@ -16,6 +16,7 @@ from .fgd import FGDDistiller, GlobalContextBlock
 from .ld import LDDistiller
 from .liaf import InstanceSelector, LIAFDistiller
 from .mimic import MimicDistiller
+from .pictures import SelectorWeightsCallback, add_selector_pictures
 from .pkd import PKDDistiller
 from .trainer import DistillationModel, DistillationOutput, LIAFDistillationTrainer, inherit_from_teacher, load_teacher
 
@@ -36,6 +37,8 @@ __all__ = [
     "MimicDistiller",
     "NoDistillation",
     "PKDDistiller",
+    "SelectorWeightsCallback",
+    "add_selector_pictures",
     "available_methods",
     "build_distiller",
     "inherit_from_teacher",

@@ -25,7 +25,7 @@ import torch
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell
+from .features import FeatureAligner, check_feature_scale, squared_error_per_cell, take_part_in_feature_scales
 from .masks import gaussian_instance_masks
 
 __all__ = ["AIDDistiller"]
@@ -105,6 +105,7 @@ class AIDDistiller(Distiller):
             if not any(boxes.shape[0] for boxes in batch.boxes):
                 # No instance to imitate; a zero that still reaches the align convs (DDP needs their gradients).
                 result.losses["loss_aid"] = zero_with_graph(*(student_map for _, student_map in levels))
+                take_part_in_feature_scales(levels, feature_scale=self.feature_scale)
                 return result
             level_errors = [
                 self._instance_error(teacher_map, student_map, batch, stride)

@@ -28,6 +28,21 @@ class DistillationArguments:
     )
     inherit: bool = field(default=False, metadata={"help": "Start the student's neck and head from the teacher's."})
     evaluate_teacher_at_start: bool = field(default=True, metadata={"help": "Score the teacher before training."})
+    teacher_metrics_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of the teacher's metrics on the same eval set (its run's eval_results.json or "
+            "summary.json), for the model card when the teacher is not scored at start."
+        },
+    )
+    selector_pictures: bool = field(
+        default=True,
+        metadata={
+            "help": "When the method has instance selectors (liaf, liaf+...), draw their weights over fixed eval "
+            "images at the start and at every evaluation into <output_dir>/selector_weights/ (and TensorBoard)."
+        },
+    )
+    selector_picture_images: int = field(default=6, metadata={"help": "How many eval images the pictures show."})
 
     def __post_init__(self) -> None:
         try:
@@ -40,6 +55,8 @@ class DistillationArguments:
             raise ValueError(f"--method_options is not valid JSON: {error}") from error
         if not isinstance(options, dict):
             raise ValueError(f"--method_options must be a JSON object, got {self.method_options!r}.")
+        if self.selector_picture_images < 1:
+            raise ValueError(f"--selector_picture_images must be at least 1, got {self.selector_picture_images}.")
 
     @property
     def options(self) -> dict:

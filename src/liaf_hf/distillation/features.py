@@ -22,7 +22,14 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
-__all__ = ["FEATURE_SCALES", "FeatureAligner", "check_feature_scale", "squared_error_per_cell"]
+__all__ = [
+    "FEATURE_SCALES",
+    "FeatureAligner",
+    "check_feature_scale",
+    "squared_error_per_cell",
+    "take_part_in_feature_scales",
+    "teacher_mean_square",
+]
 
 #: "teacher": squared errors relative to the teacher's mean squared activation on the level; "none": plain.
 FEATURE_SCALES = ("teacher", "none")
@@ -96,5 +103,28 @@ def squared_error_per_cell(teacher_map: torch.Tensor, student_map: torch.Tensor,
     """
     squared_error = (teacher_map - student_map).square().mean(dim=1)
     if feature_scale == "teacher":
-        squared_error = squared_error / teacher_map.detach().square().mean().clamp(min=1e-12)
+        squared_error = squared_error / teacher_mean_square(teacher_map).clamp(min=1e-12)
     return squared_error
+
+
+def teacher_mean_square(teacher_map: torch.Tensor) -> torch.Tensor:
+    """The mean squared activation of a (B, C, H, W) teacher map over the whole batch, all processes included
+    (sums and counts are reduced, since processes may pad to different sizes), so that several processes
+    scale their losses alike and train like one process on the whole batch."""
+    total = torch.stack(
+        [
+            teacher_map.detach().float().square().sum(),
+            torch.tensor(float(teacher_map.numel()), device=teacher_map.device),
+        ]
+    )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return total[0] / total[1]
+
+
+def take_part_in_feature_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:
+    """For a step in which this process skips `squared_error_per_cell` (its images hold no instance): join the
+    other processes' reductions of the teacher scale, one per level, so none of them waits for this one."""
+    if feature_scale == "teacher" and torch.distributed.is_available() and torch.distributed.is_initialized():
+        for teacher_map, _ in levels:
+            teacher_mean_square(teacher_map)

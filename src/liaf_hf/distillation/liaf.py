@@ -31,7 +31,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell
+from .features import FeatureAligner, check_feature_scale, squared_error_per_cell, take_part_in_feature_scales
 from .masks import foreground_background_masks, gaussian_instance_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
@@ -402,8 +402,10 @@ class LIAFDistiller(Distiller):
         result = DistillationResult()
         with torch.autocast(device_type=device.type, enabled=False):
             # Aligned once per step and shared by the instance and background terms.
-            levels = self.aligner.levels(student, teacher) if layout.max_count or self.beta > 0 else []
+            levels = self.aligner.levels(student, teacher)
             if layout.max_count == 0:
+                if self.beta <= 0:
+                    take_part_in_feature_scales(levels, feature_scale=self.feature_scale)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer
@@ -23,6 +24,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput
+from ..trainers import DetectionTrainer, require_safetensors_checkpoint
 from .base import DistillationBatch, Distiller, build_distiller
 
 logger = logging.getLogger("liaf_hf.distillation")
@@ -48,15 +50,21 @@ class DistillationOutput(ModelOutput):
 
 def load_teacher(teacher: GFLForObjectDetection | str | os.PathLike) -> GFLForObjectDetection:
     """The teacher, loaded strictly when given as a path: any missing, unexpected or mismatched weight is
-    an error, since a teacher that silently kept random weights makes distillation worse than none."""
+    an error, since a teacher that silently kept random weights makes distillation worse than none. Weights
+    are read only from `model.safetensors`: a pickled `pytorch_model.bin` from elsewhere could run code."""
     if isinstance(teacher, GFLForObjectDetection):
         return teacher
     path = Path(teacher)
     if not (path / "config.json").is_file():
         raise ValueError(f"Teacher directory {path} has no config.json; expected a saved GFL model.")
+    if not (path / SAFE_WEIGHTS_NAME).is_file():
+        raise ValueError(
+            f"Teacher directory {path} has no {SAFE_WEIGHTS_NAME}; only safetensors weights are loaded, "
+            "never pickled files such as pytorch_model.bin."
+        )
     try:
-        model, info = GFLForObjectDetection.from_pretrained(path, output_loading_info=True)
-    except (OSError, ValueError, RuntimeError) as error:
+        model, info = GFLForObjectDetection.from_pretrained(path, output_loading_info=True, use_safetensors=True)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as error:
         raise ValueError(f"Could not load the teacher from {path}: {error}") from error
     problems = {key: info.get(key) for key in ("missing_keys", "unexpected_keys", "mismatched_keys") if info.get(key)}
     if problems:
@@ -136,12 +144,36 @@ class DistillationModel(nn.Module):
                     pixel_mask=pixel_mask,
                     labels=labels if self.distiller.needs_teacher_loss else None,
                 )
+        batch = self.distillation_batch(pixel_values, pixel_mask, labels, student_output)
+        result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
+        loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
+        return DistillationOutput(
+            loss=loss, loss_dict={**student_output.loss_dict, **result.losses}, stats=dict(result.stats)
+        )
+
+    def distillation_batch(
+        self,
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None,
+        labels: list[dict],
+        student_output: GFLObjectDetectionOutput,
+    ) -> DistillationBatch:
+        """What the distiller knows about a batch besides the outputs: boxes in xyxy input pixels, classes,
+        ignore regions, sizes, strides and the training progress (and the student's positive anchors when
+        the method reads them).
+
+        Args:
+            pixel_values: (B, 3, H, W) padded images.
+            pixel_mask: (B, H, W), 1 on real pixels; None when nothing is padded.
+            labels: one dict per image, `class_labels` (n,) and `boxes` (n, 4) normalised cxcywh.
+            student_output: the student's output on `pixel_values` (its FPN maps size the positive mask).
+        """
         valid_sizes = self.student.valid_sizes(pixel_values, pixel_mask)
         instances = self.student.labels_in_pixels(labels, valid_sizes)
         positive_mask = None
         if self.distiller.needs_positive_mask:
             positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, labels)
-        batch = DistillationBatch(
+        return DistillationBatch(
             boxes=[boxes for _, boxes, _ in instances],
             class_labels=[class_labels for class_labels, _, _ in instances],
             ignore_boxes=[ignore if ignore is not None else boxes.new_zeros((0, 4)) for _, boxes, ignore in instances],
@@ -152,14 +184,9 @@ class DistillationModel(nn.Module):
             teacher_strides=list(self.teacher.strides),
             positive_mask=positive_mask,
         )
-        result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
-        loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
-        return DistillationOutput(
-            loss=loss, loss_dict={**student_output.loss_dict, **result.losses}, stats=dict(result.stats)
-        )
 
 
-class LIAFDistillationTrainer(Trainer):
+class LIAFDistillationTrainer(DetectionTrainer):
     """`transformers.Trainer` that distils `teacher` into `model` (the student) with a registered
     distillation method.
 
@@ -174,11 +201,10 @@ class LIAFDistillationTrainer(Trainer):
         inherit: start the student's neck and head from the teacher's where shapes match.
         evaluate_teacher_at_start: score the teacher on the eval set when training starts and log it as
             `teacher_*` beside the student's `eval_*` metrics.
-        **kwargs: everything `transformers.Trainer` takes (args, datasets, collator, compute_metrics, ...).
+        **kwargs: everything `DetectionTrainer` takes: `nonfinite_loss` ("error" stops on a NaN or inf loss
+            component naming it and the step, "skip" skips and counts such steps) and every
+            `transformers.Trainer` argument (args, datasets, collator, compute_metrics, ...).
     """
-
-    # The student's loss is a per-batch mean; Trainer divides it by the accumulation steps.
-    loss_is_scaled_for_ga = False
 
     def __init__(
         self,
@@ -253,21 +279,12 @@ class LIAFDistillationTrainer(Trainer):
         self.distillation_model.progress = self.state.global_step / max(1, self.state.max_steps)
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(**inputs)
-        if isinstance(outputs, DistillationOutput) and not torch.isfinite(outputs.loss):
-            # Stop before the optimizer spreads NaN into every weight; name what went wrong and when.
-            bad = [name for name, value in outputs.loss_dict.items() if not torch.isfinite(value).all()]
-            raise FloatingPointError(
-                f"Non-finite training loss at step {self.state.global_step + 1}: "
-                f"{', '.join(bad) if bad else 'the total'} is not finite "
-                f"({', '.join(f'{name}={float(value):.4g}' for name, value in outputs.loss_dict.items())})."
-            )
+    def record_loss_components(self, outputs) -> None:
+        # Called by DetectionTrainer.compute_loss for finite training losses only.
         if isinstance(outputs, DistillationOutput):
             for name, value in {**outputs.loss_dict, **outputs.stats}.items():
                 self._component_sums[name] += float(value.detach())
             self._component_steps += 1
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         # Training logs carry "loss"; add each component averaged over the same interval.
@@ -304,6 +321,7 @@ class LIAFDistillationTrainer(Trainer):
             save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata={"format": "pt"})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        require_safetensors_checkpoint(resume_from_checkpoint)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         student_file = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
         distiller_file = os.path.join(resume_from_checkpoint, DISTILLER_WEIGHTS_NAME)

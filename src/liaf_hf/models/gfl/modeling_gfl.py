@@ -129,13 +129,17 @@ def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor) -> torch.Ten
     return torchvision.ops.generalized_box_iou_loss(pred_boxes.float(), target_boxes.float(), reduction="none")
 
 
-def _mean_over_processes(value: torch.Tensor) -> torch.Tensor:
-    """Average a scalar over training processes, so every process normalises its loss by the same count."""
+def _mean_over_processes(value: torch.Tensor, *, floor: float = 1.0) -> torch.Tensor:
+    """A loss normaliser: the scalar summed over training processes and floored at `floor`, then divided by
+    the number of processes, so every process divides by the same count and the gradients DDP averages equal
+    one process's on the whole batch. (mmdetection floors the per-process mean instead, which halves the
+    loss of two processes whenever the total is below 2, as early in training when few scores are high.)"""
+    world_size = 1
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         value = value.clone()
         torch.distributed.all_reduce(value)
-        value = value / torch.distributed.get_world_size()
-    return value
+        world_size = torch.distributed.get_world_size()
+    return value.clamp(min=floor) / world_size
 
 
 # --------------------------------------------------------------------------------------------------
@@ -773,15 +777,13 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             quality_targets.reshape(-1),
             beta=self.config.qfl_beta,
         )
-        qfl_normaliser = _mean_over_processes(torch.tensor(float(num_positives), device=flat_logits.device)).clamp(
-            min=1.0
-        )
+        qfl_normaliser = _mean_over_processes(torch.tensor(float(num_positives), device=flat_logits.device))
         loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
 
         # Box losses weigh each positive by the detached predicted quality, so confident locations count
         # more (the paper's code does this; it keeps poorly classified positives from dominating).
         quality_weights = flat_logits[positive_batch, positive_anchor].detach().float().sigmoid().max(dim=1).values
-        box_normaliser = _mean_over_processes(quality_weights.sum().detach()).clamp(min=1.0)
+        box_normaliser = _mean_over_processes(quality_weights.sum().detach())
         if num_positives > 0:
             loss_giou = (giou_loss(positive_pred_boxes, positive_boxes) * quality_weights).sum()
             strides = anchor_strides[positive_anchor][:, None]

@@ -1,0 +1,378 @@
+"""What does distillation cost per training step, and what does the distilled student cost at inference?
+
+    python benchmarks/step_cost.py                       # cpu preset: every method
+    python benchmarks/step_cost.py --methods none liaf --rounds 5
+
+Times, on one fixed batch of generated images and in one process (configurations interleaved round by
+round, so machine noise hits them alike; the median round is reported):
+- the plain student's training step (forward, loss, backward, gradient clipping, AdamW step),
+- the teacher's forward alone (eval mode, no gradients),
+- the distillation step of each method (what `LIAFDistillationTrainer` runs: student step, teacher forward,
+  the method's loss and its own parameters' updates),
+and reports each distillation step against the floor no implementation can beat: student step + teacher
+forward. Peak memory of each step is measured in a fresh subprocess per configuration: on the CPU the
+resident-set high-water mark during the steps (reset after building the models, so weights shared by all
+configurations cancel), on a GPU `torch.cuda.max_memory_allocated`. Last, a distilled student saved as
+users get it is reloaded and compared with a plain student: parameters and inference latency.
+
+Models start from random weights: the step's cost does not depend on what the weights have learnt.
+Prints tables and writes benchmarks/results/step_cost_<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
+from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
+from liaf_hf.distillation import available_methods, build_distiller  # noqa: E402
+from liaf_hf.distillation.trainer import DistillationModel  # noqa: E402
+
+PRESETS = {
+    # The settings of the demo and of distill_gain's cpu preset.
+    "cpu": {"image_size": 128, "batch_size": 16, "channels": 64, "difficulty": "easy"},
+    # distill_gain's gpu preset.
+    "gpu": {"image_size": 256, "batch_size": 32, "channels": 128, "difficulty": "medium"},
+}
+DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"]
+STUDENT_STEP, TEACHER_FORWARD, FLOOR = "student step", "teacher forward", "student step + teacher forward"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--student_backbone", default="resnet18")
+    parser.add_argument("--teacher_backbone", default="resnet50")
+    parser.add_argument("--steps", type=int, default=5, help="Timed steps per configuration and round.")
+    parser.add_argument("--rounds", type=int, default=3, help="Rounds over all configurations (median reported).")
+    parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per configuration first.")
+    parser.add_argument("--memory_steps", type=int, default=3, help="Steps per memory measurement.")
+    parser.add_argument("--no_memory", action="store_true", help="Skip the memory subprocesses.")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="JSON file (default: results/step_cost_<preset>.json).")
+    parser.add_argument("--measure_memory_of", default=None, help=argparse.SUPPRESS)  # internal: one config
+    args = parser.parse_args(argv)
+    for key, value in PRESETS[args.preset].items():
+        setattr(args, key, value)
+    args.methods = args.methods or [m for m in DEFAULT_METHODS if all(p in available_methods() for p in m.split("+"))]
+    args.output = args.output or str(ROOT / "benchmarks" / "results" / f"step_cost_{args.preset}.json")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------- setup
+
+
+def detector(backbone: str, args: argparse.Namespace, id2label: dict[int, str]) -> GFLForObjectDetection:
+    """A GFL sized like the demo's: `channels`-wide FPN and head, two stacked convs."""
+    config = GFLConfig(
+        backbone=backbone,
+        fpn_channels=args.channels,
+        head_channels=args.channels,
+        head_stacked_convs=2,
+        id2label=id2label,
+        label2id={name: index for index, name in id2label.items()},
+    )
+    return GFLForObjectDetection(config)
+
+
+def fixed_batch(args: argparse.Namespace, processor: GFLImageProcessor, spec: SyntheticSpec) -> dict:
+    """`batch_size` generated images with their labels, processed and padded as the Trainer's collator does."""
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for index in range(args.batch_size):
+        image, objects = generate_scene(rng, spec)
+        images.append(image)
+        annotations.append(
+            {
+                "image_id": index,
+                "annotations": [
+                    {"bbox": [x1, y1, x2 - x1, y2 - y1], "category_id": obj.category, "iscrowd": 0}
+                    for obj in objects
+                    for x1, y1, x2, y2 in [obj.box_xyxy]
+                ],
+            }
+        )
+    processed = processor(images=images, annotations=annotations, do_pad=False)
+    padded = processor.pad(processed["pixel_values"])
+    device = torch.device(args.device)
+    labels = [{key: value.to(device) for key, value in label.items()} for label in processed["labels"]]
+    return {
+        "pixel_values": padded["pixel_values"].to(device),
+        "pixel_mask": padded["pixel_mask"].to(device),
+        "labels": labels,
+    }
+
+
+def training_step(module: torch.nn.Module, batch: dict) -> Callable[[], None]:
+    """One optimisation step as the Trainer takes it (AdamW, gradient clipping at GFL's 35)."""
+    parameters = [p for p in module.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(parameters, lr=1e-4, weight_decay=1e-4)
+    module.train()
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss = module(**batch).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 35.0)
+        optimizer.step()
+
+    return step
+
+
+def build_configurations(args: argparse.Namespace) -> tuple[dict[str, Callable[[], None]], dict]:
+    """Every timed configuration as a no-argument step function, plus what the inference check needs."""
+    torch.manual_seed(0)
+    spec = SyntheticSpec.preset(args.difficulty)
+    id2label = dict(enumerate(spec.class_names))
+    processor = GFLImageProcessor(size={"shortest_edge": args.image_size, "longest_edge": args.image_size})
+    batch = fixed_batch(args, processor, spec)
+    device = torch.device(args.device)
+    initial_student = detector(args.student_backbone, args, id2label)
+    teacher = detector(args.teacher_backbone, args, id2label).to(device).eval().requires_grad_(False)
+
+    configurations: dict[str, Callable[[], None]] = {}
+    student = copy.deepcopy(initial_student).to(device)
+    configurations[STUDENT_STEP] = training_step(student, batch)
+
+    @torch.no_grad()
+    def teacher_forward() -> None:
+        teacher(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+
+    configurations[TEACHER_FORWARD] = teacher_forward
+    student_step = configurations[STUDENT_STEP]
+
+    def floor_step() -> None:
+        student_step()
+        teacher_forward()
+
+    configurations[FLOOR] = floor_step
+    models = {}
+    for method in args.methods:
+        distiller = build_distiller(method, student_config=initial_student.config, teacher_config=teacher.config)
+        model = DistillationModel(student=copy.deepcopy(initial_student), teacher=teacher, distiller=distiller).to(
+            device
+        )
+        models[method] = model
+        configurations[f"distill: {method}"] = training_step(model, batch)
+    return configurations, {"batch": batch, "models": models, "student": student, "processor": processor}
+
+
+# ------------------------------------------------------------------------------------------------ timing
+
+
+def synchronise(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_configurations(configurations: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict:
+    """Median seconds per step of each configuration over `rounds` interleaved rounds."""
+    for step in configurations.values():
+        for _ in range(args.warmup):
+            step()
+    per_round: dict[str, list[float]] = {name: [] for name in configurations}
+    for round_index in range(args.rounds):
+        for name, step in configurations.items():
+            synchronise(args.device)
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                step()
+            synchronise(args.device)
+            per_round[name].append((time.perf_counter() - started) / args.steps)
+        print(f"round {round_index + 1}/{args.rounds} done", flush=True)
+    return {
+        name: {"median_s": statistics.median(times), "rounds_s": [round(t, 4) for t in times]}
+        for name, times in per_round.items()
+    }
+
+
+# ------------------------------------------------------------------------------------------------ memory
+
+
+def _resident_high_water_mark_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def _resident_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS in /proc/self/status")
+
+
+def measure_memory_here(args: argparse.Namespace) -> dict:
+    """Peak extra memory of `args.measure_memory_of`'s steps in this (fresh) process."""
+    configurations, _ = build_configurations(args)
+    step = configurations[args.measure_memory_of]
+    if args.device.startswith("cuda"):
+        torch.cuda.synchronize()
+        baseline = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(args.memory_steps):
+            step()
+        torch.cuda.synchronize()
+        return {"peak_extra_bytes": torch.cuda.max_memory_allocated() - baseline, "kind": "cuda allocated"}
+    baseline = _resident_bytes()
+    # Writing 5 to clear_refs resets the high-water mark, so building the models does not count.
+    Path("/proc/self/clear_refs").write_text("5")
+    for _ in range(args.memory_steps):
+        step()
+    return {"peak_extra_bytes": _resident_high_water_mark_bytes() - baseline, "kind": "cpu resident set"}
+
+
+def measure_memory(name: str, argv: list[str]) -> dict:
+    """Run `measure_memory_here` for one configuration in a fresh interpreter."""
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as result:
+        command = [sys.executable, __file__, *argv, "--measure_memory_of", name, "--output", result.name]
+        subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
+        return json.loads(Path(result.name).read_text())
+
+
+# --------------------------------------------------------------------------------------------- inference
+
+
+@torch.no_grad()
+def inference_latency(models: dict[str, GFLForObjectDetection], batch: dict, processor, args) -> dict:
+    """Median seconds per batch (forward and post-processing) of each model, interleaved over rounds."""
+    target_sizes = [label["orig_size"].tolist() for label in batch["labels"]]
+    times: dict[str, list[float]] = {name: [] for name in models}
+    for model in models.values():
+        model.eval()(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])  # warm-up
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            synchronise(args.device)
+            started = time.perf_counter()
+            for _ in range(args.steps):
+                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+                processor.post_process_object_detection(outputs, target_sizes=target_sizes)
+            synchronise(args.device)
+            times[name].append((time.perf_counter() - started) / args.steps)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
+def saved_student_comparison(context: dict, args: argparse.Namespace) -> dict:
+    """Save the plain student and a distilled one as users get them, reload both, and compare."""
+    distilled_method = "liaf" if "liaf" in context["models"] else next(iter(context["models"]))
+    with tempfile.TemporaryDirectory() as folder:
+        plain_dir, distilled_dir = Path(folder) / "plain", Path(folder) / "distilled"
+        context["student"].save_pretrained(plain_dir)
+        context["models"][distilled_method].student.save_pretrained(distilled_dir)
+        plain = GFLForObjectDetection.from_pretrained(plain_dir).to(args.device)
+        distilled = GFLForObjectDetection.from_pretrained(distilled_dir).to(args.device)
+        files = {
+            "plain": sorted(p.name for p in plain_dir.iterdir()),
+            "distilled": sorted(p.name for p in distilled_dir.iterdir()),
+        }
+        same_tensors = plain.state_dict().keys() == distilled.state_dict().keys()
+    latency = inference_latency({"plain": plain, "distilled": distilled}, context["batch"], context["processor"], args)
+    return {
+        "distilled_method": distilled_method,
+        "parameters": {
+            "plain": sum(p.numel() for p in plain.parameters()),
+            "distilled": sum(p.numel() for p in distilled.parameters()),
+        },
+        "same_tensor_names": same_tensors,
+        "saved_files": files,
+        "latency_s_per_batch": latency,
+    }
+
+
+# -------------------------------------------------------------------------------------------------- main
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    if args.device == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    if args.measure_memory_of:
+        Path(args.output).write_text(json.dumps(measure_memory_here(args)))
+        return
+
+    configurations, context = build_configurations(args)
+    timings = time_configurations(configurations, args)
+    floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
+    memory = {}
+    if not args.no_memory:
+        for name in configurations:
+            memory[name] = measure_memory(name, argv)
+            print(f"memory of {name}: {memory[name]['peak_extra_bytes'] / 2**20:.0f} MiB", flush=True)
+    inference = saved_student_comparison(context, args)
+
+    floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
+    rows = []
+    for name, timing in timings.items():
+        row = {"configuration": name, "seconds_per_step": timing["median_s"], "rounds_s": timing["rounds_s"]}
+        if name.startswith("distill: "):
+            row["ratio_to_floor"] = timing["median_s"] / floor
+        if memory:
+            row["peak_extra_MiB"] = memory[name]["peak_extra_bytes"] / 2**20
+            if name.startswith("distill: ") and floor_memory:
+                row["memory_ratio_to_floor"] = memory[name]["peak_extra_bytes"] / floor_memory
+        rows.append(row)
+
+    lines = [
+        f"Step cost, {args.student_backbone} student / {args.teacher_backbone} teacher, batch {args.batch_size} at "
+        f"{args.image_size}px, {args.device}; floor = student step + teacher forward = {floor:.3f} s",
+        "| configuration | s/step | x floor | peak extra MiB | memory x floor |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ratio = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else "-"
+        mib = f"{row['peak_extra_MiB']:.0f}" if "peak_extra_MiB" in row else "-"
+        mem_ratio = f"{row['memory_ratio_to_floor']:.2f}" if "memory_ratio_to_floor" in row else "-"
+        lines.append(f"| {row['configuration']} | {row['seconds_per_step']:.3f} | {ratio} | {mib} | {mem_ratio} |")
+    latency = inference["latency_s_per_batch"]
+    lines += [
+        "",
+        f"Saved students ({inference['distilled_method']} vs plain): parameters "
+        f"{inference['parameters']['distilled']:,} vs {inference['parameters']['plain']:,}; same tensors: "
+        f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
+        f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
+    ]
+    table = "\n".join(lines)
+    print(table)
+
+    result = {
+        "command": "python benchmarks/step_cost.py " + " ".join(argv),
+        "date": date.today().isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        },
+        "settings": {k: v for k, v in vars(args).items() if k not in ("output", "measure_memory_of")},
+        "floor_seconds_per_step": floor,
+        "rows": rows,
+        "inference": inference,
+        "table": table,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(f"Wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
