@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
 
     result = {
-        "command": "python benchmarks/step_cost.py " + " ".join(argv),
+        "command": " ".join(["python benchmarks/step_cost.py", *argv]),
         "date": date.today().isoformat(),
         "machine": {
             "cpus": os.cpu_count(),
