@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +18,7 @@ from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.kitti import is_kitti_root, load_kitti, write_kitti_split
 from liaf_hf.data.synthetic import generate_kitti_dataset
 from liaf_hf.errors import DataError
+from tiny import load_example, tiny_detector_flags
 
 NO_3D = "-1 -1 -1 -1000 -1000 -1000 -10"
 LABELS = {
@@ -273,20 +272,7 @@ def test_box_past_the_image_border_is_clipped_and_empty_boxes_counted(tmp_path, 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"kitti_example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the example's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_detector_flags(prefix: str) -> list[str]:
-    sizes = {
-        "backbone": "resnet18", "fpn_channels": 16, "head_channels": 16, "head_stacked_convs": 1,
-        "head_norm_groups": 4, "num_fpn_levels": 3,
-    }  # fmt: skip
-    return [part for name, value in sizes.items() for part in (f"--{prefix}{name}", str(value))]
+KITTI_SIZES = {"backbone": "resnet18", "num_fpn_levels": 3}
 
 
 def test_teacher_and_distilled_student_train_and_score_on_the_generated_kitti_set(tmp_path):
@@ -301,11 +287,11 @@ def test_teacher_and_distilled_student_train_and_score_on_the_generated_kitti_se
         "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1",
     ]  # fmt: skip
     teacher_metrics = load_example("train_detector").main(
-        common + tiny_detector_flags("") + ["--output_dir", str(teacher_dir), "--max_steps", "3"]
+        common + tiny_detector_flags("", **KITTI_SIZES) + ["--output_dir", str(teacher_dir), "--max_steps", "3"]
     )
     student_metrics = load_example("distill").main(
         common
-        + tiny_detector_flags("student_")
+        + tiny_detector_flags("student_", **KITTI_SIZES)
         + ["--output_dir", str(student_dir), "--max_steps", "2"]
         + ["--teacher_model_name_or_path", str(teacher_dir), "--method", "liaf"]
     )

@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import TrainerCallback, TrainingArguments
 
-from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.synthetic import generate_coco_dataset
 from liaf_hf.distillation import (
@@ -18,6 +18,7 @@ from liaf_hf.distillation import (
     inherit_from_teacher,
 )
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
+from tiny import tiny_detector
 
 
 class StopAfter(TrainerCallback):
@@ -31,19 +32,6 @@ class StopAfter(TrainerCallback):
             control.should_training_stop = True
             control.should_save = True
         return control
-
-
-def tiny_detector(id2label, *, backbone="resnet18", channels=32, seed=0) -> GFLForObjectDetection:
-    torch.manual_seed(seed)
-    config = GFLConfig(
-        backbone=backbone,
-        fpn_channels=channels,
-        head_channels=channels,
-        head_stacked_convs=1,
-        head_norm_groups=8,
-        id2label=id2label,
-    )
-    return GFLForObjectDetection(config)
 
 
 @pytest.fixture(scope="module")

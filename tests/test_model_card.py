@@ -1,11 +1,9 @@
 """Model cards and Hub upload: the card's content and metadata, the exact folder that would be uploaded, the
 push with only the network calls mocked, and the example scripts writing the card and pushing the student."""
 
-import importlib.util
 import json
 import re
 import shutil
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +17,7 @@ import liaf_hf
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
 from liaf_hf.hub import prepare_upload_folder, push_student, take_over_push_to_hub, upload_file_names
 from liaf_hf.model_card import count_parameters, read_metrics_file, template_path, write_model_card
+from tiny import load_example, tiny_detector_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "circle", 1: "square"}
@@ -347,19 +346,6 @@ def test_take_over_push_to_hub_switches_the_trainers_pushing_off(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------- scripts
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the example's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
-
-
-def tiny_detector_flags(prefix: str) -> list[str]:
-    sizes = {"fpn_channels": 16, "head_channels": 16, "head_stacked_convs": 1, "head_norm_groups": 4}
-    return [part for name, value in sizes.items() for part in (f"--{prefix}{name}", str(value))]
 
 
 def test_scripts_write_the_card_and_push_only_the_student(tmp_path, monkeypatch):

@@ -4,6 +4,7 @@ the teacher's metrics on the distilled student's card."""
 import importlib.util
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -23,20 +24,11 @@ from liaf_hf.distillation.pictures import (
 )
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
 from liaf_hf.visualize import draw_instance_weights, weight_colour, weight_legend
+from tiny import tiny_config as shared_tiny_config
+
+tiny_config = partial(shared_tiny_config, num_fpn_levels=3)
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_config(id2label, *, backbone="resnet18", channels=32) -> GFLConfig:
-    return GFLConfig(
-        backbone=backbone,
-        fpn_channels=channels,
-        head_channels=channels,
-        head_stacked_convs=1,
-        head_norm_groups=8,
-        num_fpn_levels=3,
-        id2label=id2label,
-    )
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import TrainerCallback, TrainingArguments
 
-from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
@@ -20,22 +21,12 @@ from liaf_hf.distillation import DistillationResult, Distiller, LIAFDistillation
 from liaf_hf.errors import DataError
 from liaf_hf.trainers import DetectionTrainer
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
+from tiny import tiny_detector as shared_tiny_detector
+
+# Three FPN levels: these tests train for real, and P6-P7 would only add time.
+tiny_detector = partial(shared_tiny_detector, num_fpn_levels=3)
 
 TINY_SPEC = SyntheticSpec(image_width=64, image_height=64, min_size=10, max_size=24, max_objects=3)
-
-
-def tiny_detector(id2label, *, backbone="resnet18", channels=32, seed=0) -> GFLForObjectDetection:
-    torch.manual_seed(seed)
-    config = GFLConfig(
-        backbone=backbone,
-        fpn_channels=channels,
-        head_channels=channels,
-        head_stacked_convs=1,
-        head_norm_groups=8,
-        num_fpn_levels=3,
-        id2label=id2label,
-    )
-    return GFLForObjectDetection(config)
 
 
 def make_shapes(root: Path, *, num_train: int = 8, num_val: int = 2) -> Path:

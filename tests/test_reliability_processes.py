@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from liaf_hf import GFLConfig, GFLForObjectDetection
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
+from tiny import tiny_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = SyntheticSpec(image_width=64, image_height=64, min_size=10, max_size=24, max_objects=3)
@@ -55,18 +55,8 @@ def common_flags(data_dir: Path, output_dir: Path) -> list[str]:
 
 
 def save_detector(directory: Path, backbone: str, *, channels: int = 48, seed: int = 1, **config) -> Path:
-    torch.manual_seed(seed)
-    config = GFLConfig(
-        backbone=backbone,
-        fpn_channels=channels,
-        head_channels=channels,
-        head_stacked_convs=1,
-        head_norm_groups=8,
-        num_fpn_levels=3,
-        id2label=CLASS_NAMES,
-        **config,
-    )
-    GFLForObjectDetection(config).save_pretrained(directory)
+    model = tiny_detector(CLASS_NAMES, backbone=backbone, channels=channels, seed=seed, num_fpn_levels=3, **config)
+    model.save_pretrained(directory)
     return directory
 
 

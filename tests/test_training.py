@@ -1,8 +1,6 @@
 """Training with transformers.Trainer: the example script end to end, and a detector that really learns."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import torch
@@ -13,16 +11,9 @@ from liaf_hf.data import load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
 from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_dataset
+from tiny import load_example
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_example(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses resolve the example's annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_train_detector_example_trains_scores_and_saves(tmp_path):

@@ -1,0 +1,64 @@
+"""What many test files share: detectors small enough to train in seconds on two cores, the flags that build
+them in the example scripts, and loading an example script as a module."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import torch
+
+from liaf_hf import GFLConfig, GFLForObjectDetection
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(
+    id2label: dict[int, str],
+    *,
+    backbone: str = "resnet18",
+    channels: int = 32,
+    norm_groups: int = 8,
+    num_fpn_levels: int = 5,
+    **overrides,
+) -> GFLConfig:
+    """A GFL config with `channels`-wide FPN and head, one stacked conv per head branch."""
+    return GFLConfig(
+        backbone=backbone,
+        fpn_channels=channels,
+        head_channels=channels,
+        head_stacked_convs=1,
+        head_norm_groups=norm_groups,
+        num_fpn_levels=num_fpn_levels,
+        id2label=id2label,
+        **overrides,
+    )
+
+
+def tiny_detector(id2label: dict[int, str], *, seed: int = 0, **config) -> GFLForObjectDetection:
+    """A freshly initialised `tiny_config` detector, its weights drawn from `seed`."""
+    torch.manual_seed(seed)
+    return GFLForObjectDetection(tiny_config(id2label, **config))
+
+
+def tiny_detector_flags(prefix: str = "", *, channels: int = 16, norm_groups: int = 4, **more) -> list[str]:
+    """Example-script flags (`--<prefix>fpn_channels ...`) that build a tiny detector; `more` adds flags."""
+    sizes = {
+        "fpn_channels": channels,
+        "head_channels": channels,
+        "head_stacked_convs": 1,
+        "head_norm_groups": norm_groups,
+        **more,
+    }
+    return [part for name, value in sizes.items() for part in (f"--{prefix}{name}", str(value))]
+
+
+def load_example(name: str) -> ModuleType:
+    """`examples/<name>.py` as a module (the examples are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the example's annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
