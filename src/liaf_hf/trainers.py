@@ -194,12 +194,13 @@ def check_processes_are_one_run(args: TrainingArguments) -> None:
         )
 
 
-def require_safetensors_checkpoint(checkpoint: str | os.PathLike) -> None:
-    """Refuse a checkpoint whose weights are not in `model.safetensors`: a pickled `pytorch_model.bin` can
-    run code when loaded, and a run of this library never writes one."""
+def require_safetensors_checkpoint(checkpoint: str | os.PathLike, *, what: str = "Checkpoint") -> None:
+    """Refuse a checkpoint (or, with `what`, another saved model such as a teacher) whose weights are not in
+    `model.safetensors`: a pickled `pytorch_model.bin` can run code when loaded, and a run of this library
+    never writes one."""
     if not os.path.isfile(os.path.join(checkpoint, SAFE_WEIGHTS_NAME)):
         found = sorted(os.listdir(checkpoint)) if os.path.isdir(checkpoint) else "no such directory"
         raise ValueError(
-            f"Checkpoint {checkpoint} has no {SAFE_WEIGHTS_NAME} (found: {found}); only safetensors weights are "
+            f"{what} {checkpoint} has no {SAFE_WEIGHTS_NAME} (found: {found}); only safetensors weights are "
             "loaded, never pickled files such as pytorch_model.bin."
         )

@@ -57,11 +57,7 @@ def load_teacher(teacher: GFLForObjectDetection | str | os.PathLike) -> GFLForOb
     path = Path(teacher)
     if not (path / "config.json").is_file():
         raise ValueError(f"Teacher directory {path} has no config.json; expected a saved GFL model.")
-    if not (path / SAFE_WEIGHTS_NAME).is_file():
-        raise ValueError(
-            f"Teacher directory {path} has no {SAFE_WEIGHTS_NAME}; only safetensors weights are loaded, "
-            "never pickled files such as pytorch_model.bin."
-        )
+    require_safetensors_checkpoint(path, what="Teacher directory")
     try:
         model, info = GFLForObjectDetection.from_pretrained(path, output_loading_info=True, use_safetensors=True)
     except (OSError, ValueError, RuntimeError, SafetensorError) as error:
