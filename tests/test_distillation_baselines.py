@@ -210,6 +210,25 @@ def test_fgd_terms_on_constant_maps():
     assert float(result.losses["loss_fgd_global"].detach()) == pytest.approx(5e-6 * channels * cells * 0.25, rel=1e-5)
 
 
+def test_fgd_losses_do_not_depend_on_the_size_of_the_teachers_activations():
+    """With the default feature_scale="teacher", a teacher whose maps are 30 times larger (and a student that
+    matches it in the same proportion) gives the same four losses; with "none" the squared terms grow 900-fold,
+    as they do with FGD's own code, which is what swamps the detection loss with a large-activation teacher."""
+    torch.manual_seed(0)
+    teacher = [torch.randn(2, 8, s, s) for s in SIZES]
+    student = [torch.randn(2, 8, s, s) for s in SIZES]
+    batch = make_batch([[[0, 0, 32, 32]], [[8, 8, 40, 24]]])
+    scaled = dict(student=output([30 * s for s in student]), teacher=output([30 * t for t in teacher]), batch=batch)
+    distiller = build_distiller("fgd", student_config=config(), teacher_config=config())
+    plain = distiller(student=output(student), teacher=output(teacher), batch=batch).losses
+    large = distiller(**scaled).losses
+    for name in ("loss_fgd_fg", "loss_fgd_bg", "loss_fgd_attention", "loss_fgd_global"):
+        assert float(large[name].detach()) == pytest.approx(float(plain[name].detach()), rel=1e-4), name
+    raw = build_distiller("fgd", student_config=config(), teacher_config=config(), feature_scale="none")
+    raw.load_state_dict(distiller.state_dict())
+    assert float(raw(**scaled).losses["loss_fgd_fg"].detach()) > 100 * float(plain["loss_fgd_fg"].detach())
+
+
 def test_fgd_attention_term_for_one_stronger_channel():
     """Student channel 0 is 2, the others 1, the teacher 1 everywhere: the spatial attentions are uniform and
     equal, the student's channel attention at tau = 0.5 is C e^4 / (e^4 + (C - 1) e^2) on channel 0 and

@@ -15,6 +15,15 @@ the batch's images and summed over levels, are
     loss_fgd_attention = gamma  ( sum_c |A_C(S)(c) - A_C(T)(c)| + sum_p |A_S(S)(p) - A_S(T)(p)| )
     loss_fgd_global    = lambda sum_{c, p} (G_S(S)(c, p) - G_T(T)(c, p))^2
 
+With `feature_scale="teacher"` (the default) both maps of a level are first divided by the teacher's RMS
+activation on it, sqrt(E_l) (over the batch, every process included, no gradient), so the terms, the
+attention's temperature and the published weights see features of unit mean square whatever the teacher;
+`"none"` uses the raw maps, as FGD's code does. Why: FGD's weights were set for one trained R101 teacher's
+256-channel FPN. On our generated set a trained ResNet-50 teacher's maps are large enough that the raw
+foreground term starts near 3,000 against a GFL loss near 1 and the student learns little else (28.6 AP
+below the plain student in benchmarks/results/distill_gain_cpu_baselines.json); the temperature of 0.5 on
+such maps also turns the attention into a one-hot. The other feature methods scale the same way.
+
 where G_S and G_T are two GcBlock-style global context modules (`GlobalContextBlock`, one pair per level,
 trained with the student; the teacher's map itself gets no gradient). M_fg(p) = 1 / (cells of the box) for
 the cells of each ground-truth box (the maximum where boxes overlap), 0 elsewhere; M_bg = 1 / (background
@@ -31,7 +40,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
-from .features import FeatureAligner
+from .features import FeatureAligner, check_feature_scale, teacher_mean_square
 from .masks import box_cell_masks, foreground_background_masks
 
 __all__ = ["FGDDistiller", "GlobalContextBlock", "fgd_attention", "fgd_masks"]
@@ -121,7 +130,8 @@ class FGDDistiller(Distiller):
 
     The default weights are FGD's for GFL (yzd-v/FGD, `fgd_gfl_r101_distill_gfl_r50_fpn_1x_coco.py`: alpha
     1e-3, beta 5e-4, gamma 5e-4, lambda 5e-6, temperature 0.5), calibrated there for 256-channel FPNs: the
-    terms are sums over channels, so they scale with the FPN width.
+    terms are sums over channels, so they scale with the FPN width. With `feature_scale="teacher"` they apply to
+    maps in units of the teacher's RMS activation (see the module docstring).
 
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
@@ -131,6 +141,8 @@ class FGDDistiller(Distiller):
         background_weight: beta, weight of `loss_fgd_bg`.
         attention_weight: gamma, weight of `loss_fgd_attention`.
         global_weight: lambda, weight of `loss_fgd_global`.
+        feature_scale: `"teacher"`: divide both maps of a level by the teacher's RMS activation on it before
+            every term; `"none"`: FGD's raw maps (set the weights from the teacher's activations then).
     """
 
     def __init__(
@@ -143,9 +155,11 @@ class FGDDistiller(Distiller):
         background_weight: float = 5e-4,
         attention_weight: float = 5e-4,
         global_weight: float = 5e-6,
+        feature_scale: str = "teacher",
     ) -> None:
         super().__init__()
         check_pair("FGD", student_config, teacher_config)
+        check_feature_scale(feature_scale)
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}.")
         for name, value in (
@@ -161,6 +175,7 @@ class FGDDistiller(Distiller):
         self.background_weight = background_weight
         self.attention_weight = attention_weight
         self.global_weight = global_weight
+        self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
         num_levels, channels = teacher_config.num_fpn_levels, teacher_config.fpn_channels
         self.student_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
@@ -196,6 +211,9 @@ class FGDDistiller(Distiller):
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
             for level, (teacher_map, student_map) in enumerate(self.aligner.levels(student, teacher)):
                 batch_size, _, height, width = teacher_map.shape
+                if self.feature_scale == "teacher":
+                    teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
+                    teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
                 foreground, background = self._level_masks(
                     batch, feature_size=(height, width), stride=batch.strides[level], device=teacher_map.device
                 )
