@@ -32,15 +32,17 @@ from liaf_hf.distillation import available_methods  # noqa: E402
 
 PRESETS = {
     # Two CPU cores, under two hours for 8 methods x 3 seeds (about 4 minutes per distillation run, 11 for the
-    # teacher when it is not cached): the demo's data and model sizes with a shorter student schedule.
+    # teacher when it is not cached): the demo's data and model sizes. Students at batch 8 for 400 steps: at
+    # the same cost per run, 200 steps of batch 16 left the plain student at AP 0.25 against 0.44 (one seed).
     "cpu": {
         "difficulty": "easy", "image_size": 128, "num_train": 2000, "num_val": 500, "channels": 64,
-        "teacher_backbone": "resnet50", "teacher_steps": 600, "student_steps": 200,
+        "teacher_backbone": "resnet50", "teacher_steps": 600, "student_steps": 400, "batch_size": 8,
+        "teacher_batch_size": 16,
     },
     # A machine with a GPU: harder set, larger images and a longer schedule (not yet run by us).
     "gpu": {
         "difficulty": "medium", "image_size": 256, "num_train": 10000, "num_val": 2000, "channels": 128,
-        "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000,
+        "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000, "teacher_batch_size": 16,
     },
 }  # fmt: skip
 METRICS = ("AP", "AP50", "APs", "APm", "APl")
@@ -65,6 +67,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher_steps", type=int, default=None, help="Overrides the preset's.")
     parser.add_argument("--student_steps", type=int, default=None, help="Overrides the preset's.")
     parser.add_argument("--image_size", type=int, default=None, help="Overrides the preset's.")
+    parser.add_argument("--teacher_batch_size", type=int, default=None, help="Overrides the preset's.")
     add_setting_arguments(parser)
     args = parser.parse_args()
     given = {
@@ -81,7 +84,7 @@ def parse_args() -> argparse.Namespace:
         / "distill_gain"
         / (
             f"{args.teacher_backbone}-{args.teacher_steps}steps-to-{args.student_backbone}-{args.student_steps}steps-"
-            f"{args.difficulty}-{args.image_size}px-{args.num_train}images-{args.channels}ch"
+            f"batch{args.batch_size}-{args.difficulty}-{args.image_size}px-{args.num_train}images-{args.channels}ch"
         )
     )
     args.data_dir = args.data_dir or str(ROOT / "data" / f"shapes-{args.difficulty}")
@@ -106,7 +109,7 @@ def summarise(values: list[float]) -> dict[str, float]:
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
-    teacher_dir = train_teacher(args)
+    teacher_dir = train_teacher(argparse.Namespace(**{**vars(args), "batch_size": args.teacher_batch_size}))
     teacher = json.loads((teacher_dir / "summary.json").read_text())
     runs = []
     # Seed by seed, so a run stopped part way still compares every method on the seeds it finished.

@@ -110,7 +110,7 @@ def train_teacher(args: argparse.Namespace) -> Path:
     """Train the teacher once; a later demo with the same settings reuses it."""
     teacher_dir = Path(args.teacher_cache_dir) / (
         f"{args.teacher_backbone}-{args.teacher_steps}steps-{args.difficulty}-{args.image_size}px-"
-        f"{args.num_train}images-{args.channels}ch"
+        f"{args.num_train}images-{args.channels}ch" + (f"-batch{args.batch_size}" if args.batch_size != 16 else "")
     )
     if (teacher_dir / "summary.json").is_file() and (teacher_dir / "model.safetensors").is_file():
         print(f"Reusing the teacher in {teacher_dir}")
