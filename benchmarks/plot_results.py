@@ -1,7 +1,7 @@
 """Charts of the benchmark results: each results JSON gets a PNG of the same name beside it.
 
     python benchmarks/plot_results.py                                    # every file in benchmarks/results/
-    python benchmarks/plot_results.py benchmarks/results/distill_gain_cpu_seeds.json
+    python benchmarks/plot_results.py benchmarks/results/distill_gain_cpu.json
 
 - `distill_gain*.json` (benchmarks/distill_gain.py): student AP per method as bars, the mean over seeds with
   the standard deviation as error bars and each seed as a dot where there are several; the teacher's AP

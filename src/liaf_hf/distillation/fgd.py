@@ -21,7 +21,7 @@ attention's temperature and the published weights see features of unit mean squa
 `"none"` uses the raw maps, as FGD's code does. Why: FGD's weights were set for one trained R101 teacher's
 256-channel FPN. On our generated set a trained ResNet-50 teacher's maps are large enough that the raw
 foreground term starts near 3,000 against a GFL loss near 1 and the student learns little else (28.6 AP
-below the plain student in benchmarks/results/distill_gain_cpu_baselines.json); the temperature of 0.5 on
+below the plain student in benchmarks/results/distill_gain_cpu400_baselines.json); the temperature of 0.5 on
 such maps also turns the attention into a one-hot. The other feature methods scale the same way.
 
 where G_S and G_T are two GcBlock-style global context modules (`GlobalContextBlock`, one pair per level,

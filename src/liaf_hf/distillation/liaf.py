@@ -178,8 +178,8 @@ class LIAFDistiller(Distiller):
             they seek the instances the student has not learned, balanced by the entropy term. `"joint"`:
             the selectors minimise `loss_liaf` with the student; they then collapse onto the easiest
             instance of each image (weight entropy near 0). The student minimises the same weighted loss
-            either way. Measured with benchmarks/distill_gain.py (cpu preset, ResNet-50 teacher AP 0.776,
-            ResNet-18 student, one seed): plain student AP 0.663, joint 0.698, robust 0.717.
+            either way. Measured with benchmarks/distill_gain.py (ResNet-50 teacher AP 0.776, ResNet-18
+            student at batch 16 for 400 steps, one seed; BENCHMARKS.md): plain student AP 0.663, joint 0.698, robust 0.717.
         use_progress: give the selector the training progress t = step / total steps.
         use_student_quality: give the selector the student's predicted quality for the instance's class,
             the mask-weighted mean of sigmoid(class logit) on the level.
