@@ -69,15 +69,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--image_size", type=int, default=None, help="Overrides the preset's.")
     parser.add_argument("--teacher_batch_size", type=int, default=None, help="Overrides the preset's.")
     add_setting_arguments(parser)
+    # The preset supplies defaults; a flag given on the command line wins over it.
+    preset, _ = parser.parse_known_args()
+    parser.set_defaults(**PRESETS[preset.preset])
     args = parser.parse_args()
-    given = {
-        action.dest
-        for action in parser._actions
-        if any(arg == f"--{action.dest}" or arg.startswith(f"--{action.dest}=") for arg in sys.argv[1:])
-    }
-    for key, value in PRESETS[args.preset].items():
-        if key not in given:
-            setattr(args, key, value)
     args.output_dir = args.output_dir or str(
         ROOT
         / "runs"
