@@ -161,7 +161,9 @@ class LIAFDistiller(Distiller):
             teacher's (measured: 1.07-1.17 for fresh ResNet-18 students of 32, 64 and 128 FPN channels
             against a trained 64-channel ResNet-18 teacher, shapes-v2, whose GFL loss is then 2.3). With
             `feature_scale="none"` set alpha from the teacher's activations (that teacher's plain d runs
-            into the thousands on P7).
+            into the thousands on P7). A stronger term can pay: on benchmarks/distill_gain.py's cpu preset (three
+            seeds, BENCHMARKS.md, "The strength test") alpha 10 gains 23.3 AP over the plain student where
+            alpha 1 gains 12.9.
         beta: weight of the background term `loss_liaf_bg` (the same relative squared error, uniform over
             the valid cells outside every box and ignore region, averaged over images and levels); 0 turns
             it off.
@@ -179,7 +181,8 @@ class LIAFDistiller(Distiller):
             the selectors minimise `loss_liaf` with the student; they then collapse onto the easiest
             instance of each image (weight entropy near 0). The student minimises the same weighted loss
             either way. Measured with benchmarks/distill_gain.py (ResNet-50 teacher AP 0.776, ResNet-18
-            student at batch 16 for 400 steps, one seed; BENCHMARKS.md): plain student AP 0.663, joint 0.698, robust 0.717.
+            student at batch 16 for 400 steps, one seed; BENCHMARKS.md): plain student AP 0.663, joint
+            0.698, robust 0.717.
         use_progress: give the selector the training progress t = step / total steps.
         use_student_quality: give the selector the student's predicted quality for the instance's class,
             the mask-weighted mean of sigmoid(class logit) on the level.
