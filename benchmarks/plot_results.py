@@ -162,11 +162,7 @@ def plot_distill_gain(path: Path) -> Path:
         axes.legend(loc="upper left", fontsize=9, frameon=True, framealpha=0.95)
     axes.grid(axis="y", color="#dddddd", zorder=0)
     axes.spines[["top", "right"]].set_visible(False)
-    figure.tight_layout()
-    output = path.with_suffix(".png")
-    figure.savefig(output)
-    plt.close(figure)
-    return output
+    return _save_beside(figure, path)
 
 
 # ------------------------------------------------------------------------------------ detector capacity
@@ -222,6 +218,11 @@ def plot_detector_capacity(path: Path) -> Path:
         lines.legend(fontsize=9, frameon=False)
         lines.grid(color="#dddddd")
         lines.spines[["top", "right"]].set_visible(False)
+    return _save_beside(figure, path)
+
+
+def _save_beside(figure, path: Path) -> Path:
+    """Write `figure` as a PNG of the same name beside the results file `path`, close it, return its path."""
     figure.tight_layout()
     output = path.with_suffix(".png")
     figure.savefig(output)

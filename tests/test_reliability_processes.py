@@ -210,6 +210,16 @@ TOLERANCE = 5e-5
 NEAR = 1e-6
 
 
+def run_on_one_and_two_processes(script: str, flags, tmp_path: Path) -> tuple[float, float]:
+    """Run `script` once on one process with a batch of 8 and once on two with 4 each (the same global batch),
+    then `compare_runs` the two; `flags(output_dir, batch)` builds the command line."""
+    launch(script, flags(tmp_path / "one", 8), processes=1)
+    launch(script, flags(tmp_path / "two", 4), processes=2)
+    largest, share = compare_runs(tmp_path / "one", tmp_path / "two")
+    print(f"one vs two processes: largest weight difference {largest:.3g}, share above {NEAR}: {share:.3g}")
+    return largest, share
+
+
 def test_two_processes_train_the_detector_like_one_process(data_dir, student_dir, tmp_path):
     def flags(output_dir: Path, batch: int) -> list[str]:
         return [
@@ -218,10 +228,7 @@ def test_two_processes_train_the_detector_like_one_process(data_dir, student_dir
             "--save_strategy", "steps", "--save_steps", "2", "--do_eval", "--per_device_eval_batch_size", "1",
         ]  # fmt: skip
 
-    launch("train_detector.py", flags(tmp_path / "one", 8), processes=1)
-    launch("train_detector.py", flags(tmp_path / "two", 4), processes=2)
-    largest, share = compare_runs(tmp_path / "one", tmp_path / "two")
-    print(f"one vs two processes: largest weight difference {largest:.3g}, share above {NEAR}: {share:.3g}")
+    largest, share = run_on_one_and_two_processes("train_detector.py", flags, tmp_path)
     assert largest < TOLERANCE and share < 1e-5, (largest, share)
 
 
@@ -241,10 +248,7 @@ def test_two_processes_distil_like_one_process(data_dir, student_dir, tmp_path):
             "--save_strategy", "steps", "--save_steps", "2",
         ]  # fmt: skip
 
-    launch("distill.py", flags(tmp_path / "one", 8), processes=1)
-    launch("distill.py", flags(tmp_path / "two", 4), processes=2)
-    largest, share = compare_runs(tmp_path / "one", tmp_path / "two")
-    print(f"one vs two processes: largest weight difference {largest:.3g}, share above {NEAR}: {share:.3g}")
+    largest, share = run_on_one_and_two_processes("distill.py", flags, tmp_path)
     assert largest < TOLERANCE and share < 1e-5, (largest, share)
     # The align convs are trained and synchronised with the student. The selectors also train under DDP, but
     # their diversity term (the Dice overlap of the K selectors' scores over the batch's instances) is, like
