@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from demo import add_setting_arguments, train_student, train_teacher  # noqa: E402
-from liaf_hf.distillation import available_methods  # noqa: E402
+from liaf_hf.distillation import available_methods, method_settings  # noqa: E402
 
 PRESETS = {
     # Two CPU cores, under two hours for 8 methods x 3 seeds (about 4 minutes per distillation run, 11 for the
@@ -97,6 +97,18 @@ def parse_method(spec: str) -> tuple[str, str, dict]:
     return label, method, json.loads(options) if options else {}
 
 
+def trained_with(summary_file: Path, settings: dict) -> bool:
+    """Whether the run in `summary_file` finished with exactly these method settings (defaults included):
+    a run recorded before a default changed, or without its settings, is trained again."""
+    if not summary_file.is_file():
+        return False
+    recorded = json.loads(summary_file.read_text()).get("method_settings")
+    if recorded != json.loads(json.dumps(settings)):  # as JSON stores them (tuples read back as lists)
+        print(f"Training {summary_file.parent.name} again: its recorded settings {recorded} are not {settings}.")
+        return False
+    return True
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -114,7 +126,7 @@ def main() -> None:
             name = f"{label}-seed{seed}"
             student_dir = Path(args.output_dir) / f"student-{args.student_backbone}-{name}"
             summary_file = student_dir / "summary.json"
-            if not (args.reuse and summary_file.is_file()):
+            if not (args.reuse and trained_with(summary_file, method_settings(method, options))):
                 run_started = time.perf_counter()
                 train_student(args, teacher_dir, method, json.dumps(options), name=name, seed=seed)
                 summary = json.loads(summary_file.read_text())

@@ -29,7 +29,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
-from liaf_hf.distillation import LIAFDistillationTrainer
+from liaf_hf.distillation import LIAFDistillationTrainer, method_settings
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.pictures import PICTURES_DIR, add_selector_pictures
 from liaf_hf.hub import take_over_push_to_hub
@@ -104,12 +104,15 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"teacher_{name}": value for name, value in teacher_file_metrics.items()
     }
     if training_args.process_index == 0:
+        # Defaults included, so the run's settings stay known if a default changes later.
+        settings = method_settings(distill_args.method, distill_args.options)
         write_run_summary(
             training_args.output_dir,
             model=student,
             metrics={**teacher_metrics, **metrics},
             method=distill_args.method,
             method_options=distill_args.options,
+            method_settings=settings,
             student_backbone=student.config.backbone,
         )
         if training_args.do_train:
@@ -120,7 +123,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
                 dataset_id=card_args.dataset_id,
                 dataset_split=data_args.eval_split,
                 method=distill_args.method,
-                method_options=distill_args.options,
+                method_options=settings,
                 inherit=distill_args.inherit,
                 teacher_name=distill_args.teacher_model_name_or_path,
                 teacher_config=trainer.teacher.config,

@@ -17,6 +17,7 @@ from liaf_hf.distillation import (
     PKDDistiller,
     build_distiller,
     method_parts,
+    method_settings,
 )
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.base import DistillationBatch
@@ -369,6 +370,17 @@ def test_combined_method_is_parsed_and_gets_options_per_part():
     assert distiller.parts["liaf"].alpha == 2.0 and distiller.parts["ld"].weight == 0.5
     assert distiller.needs_teacher and distiller.needs_positive_mask and not distiller.needs_teacher_loss
     assert build_distiller("mimic+aid", student_config=config(), teacher_config=config()).needs_teacher_loss
+
+
+def test_method_settings_are_what_the_built_distiller_uses():
+    settings = method_settings("liaf+ld", {"ld": {"weight": 0.5}})
+    built = build_distiller("liaf+ld", student_config=config(), teacher_config=config(), ld={"weight": 0.5})
+    assert settings["ld"]["weight"] == 0.5 == built.parts["ld"].weight
+    # The options left out appear with the values the distiller was built with.
+    assert settings["ld"]["temperature"] == built.parts["ld"].temperature
+    assert settings["liaf"]["alpha"] == built.parts["liaf"].alpha
+    assert settings["liaf"]["objective"] == built.parts["liaf"].objective
+    assert method_settings("none") == {}
 
 
 def test_combined_losses_are_the_union_of_the_parts():

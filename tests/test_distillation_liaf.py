@@ -132,6 +132,25 @@ def test_robust_objective_reverses_the_selector_gradient_only():
     assert torch.allclose(grads["robust"][1], grads["joint"][1])
 
 
+def test_alpha_sets_the_pull_on_the_student_but_not_how_the_selectors_choose():
+    """The selectors' gradient from the feature and entropy terms scales with alpha as a whole, so under a
+    scale-free optimiser (Adam) they pick the same instances at any alpha; the student's pull scales too."""
+    teacher, student_features = random_features(seed=7), random_features(seed=8)
+    grads = {}
+    for alpha in (1.0, 10.0):
+        torch.manual_seed(0)
+        distiller = build_distiller(
+            "liaf", student_config=config(), teacher_config=config(), alpha=alpha, diversity_weight=0.0
+        )
+        student = output(student_features, requires_grad=True)
+        result = distiller(student=student, teacher=output(teacher), batch=make_batch(TWO_IMAGES))
+        (result.losses["loss_liaf"] + result.losses["loss_liaf_entropy"]).backward()
+        grads[alpha] = (distiller.selector.selector_vectors.grad.clone(), student.fpn_features[0].grad.clone())
+    assert grads[1.0][0].abs().max() > 0
+    assert torch.allclose(grads[10.0][0], 10 * grads[1.0][0], rtol=1e-4, atol=1e-7)
+    assert torch.allclose(grads[10.0][1], 10 * grads[1.0][1], rtol=1e-4, atol=1e-7)
+
+
 def test_diversity_term_is_the_dice_overlap_of_the_selectors():
     distiller = build_distiller(
         "liaf", student_config=config(), teacher_config=config(), num_selectors=2, diversity_weight=1.0

@@ -15,6 +15,7 @@ from transformers import pipeline
 
 import liaf_hf
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
+from liaf_hf.distillation import method_settings
 from liaf_hf.hub import prepare_upload_folder, push_student, take_over_push_to_hub, upload_file_names
 from liaf_hf.model_card import count_parameters, read_metrics_file, template_path, write_model_card
 from tiny import load_example, tiny_detector_flags
@@ -384,3 +385,7 @@ def test_scripts_write_the_card_and_push_only_the_student(tmp_path, monkeypatch)
     assert f"teacher `{plain_dir}`" in card and "`liaf` method" in card
     assert "| student without distillation |" in card
     assert 'model="me/tiny-liaf", trust_remote_code=True' in card
+    # The card and the summary name every setting the run used, the defaults it did not set included.
+    assert '"alpha": ' in card and '"entropy_weight": ' in card
+    summary = json.loads((student_dir / "summary.json").read_text())
+    assert summary["method_settings"] == json.loads(json.dumps(method_settings("liaf")))

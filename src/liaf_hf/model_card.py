@@ -191,7 +191,8 @@ def write_model_card(
         dataset_name: the dataset it was trained and evaluated on, as shown in the card.
         method: the distillation method (`"liaf"`, `"liaf+ld"`, ...); `"none"` for a detector trained without
             distillation.
-        method_options: the method's options as given to the trainer.
+        method_options: the method's options, best with its defaults filled in
+            (`liaf_hf.distillation.method_settings`), so the card says what the run used.
         inherit: whether the student's neck and head started from the teacher's.
         teacher_name: the teacher's Hub id or path; required unless `method` is `"none"` (where a given
             teacher is listed in the results for reference).

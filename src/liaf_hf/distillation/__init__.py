@@ -10,6 +10,7 @@ from .base import (
     available_methods,
     build_distiller,
     method_parts,
+    method_settings,
     register_distiller,
 )
 from .fgd import FGDDistiller, GlobalContextBlock
@@ -44,5 +45,6 @@ __all__ = [
     "inherit_from_teacher",
     "load_teacher",
     "method_parts",
+    "method_settings",
     "register_distiller",
 ]

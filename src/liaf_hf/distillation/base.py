@@ -14,6 +14,7 @@ entry keeps its defaults.
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -119,6 +120,29 @@ def method_parts(name: str) -> list[str]:
     if len(set(parts)) != len(parts):
         raise ValueError(f"Distillation method {name!r} names a part more than once.")
     return parts
+
+
+#: What every factory receives besides the options.
+_PAIR_ARGUMENTS = ("student_config", "teacher_config")
+
+
+def method_settings(name: str, options: dict | None = None) -> dict:
+    """Every option of method `name` as `build_distiller(name, **options)` would use it: the constructor's
+    defaults updated with `options` (per part for a combined method: `{"liaf": {...}, "ld": {...}}`).
+
+    What a run records, so its settings stay known when a default changes later.
+    """
+    options = dict(options or {})
+    parts = method_parts(name)
+    if len(parts) > 1:
+        return {part: method_settings(part, options.get(part, {})) for part in parts}
+    factory = _REGISTRY[parts[0]]
+    defaults = {
+        parameter.name: parameter.default
+        for parameter in inspect.signature(factory).parameters.values()
+        if parameter.default is not inspect.Parameter.empty and parameter.name not in _PAIR_ARGUMENTS
+    }
+    return {**defaults, **options}
 
 
 def build_distiller(name: str, *, student_config: GFLConfig, teacher_config: GFLConfig, **options) -> Distiller:

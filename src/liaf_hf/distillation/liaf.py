@@ -169,11 +169,13 @@ class LIAFDistiller(Distiller):
             it off.
         diversity_weight: lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors'
             score vectors over all (level, instance) pairs of the batch.
-        entropy_weight: `robust` only: weight of `loss_liaf_entropy` = log n - H(w / n), the gap between
-            the weights' entropy and the uniform one per image and level (averaged over levels and images,
-            like `loss_liaf`). The selector's optimum is then w_j proportional to
-            exp(alpha d_j / entropy_weight): with the default 0.1, instances whose d differ by 0.1 (d is
-            about 1 at the start) get weights in the ratio e.
+        entropy_weight: `robust` only: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)),
+            the gap between the weights' entropy and the uniform one per image and level (averaged over
+            levels and images, like `loss_liaf`). The selector's optimum is then w_j proportional to
+            exp(d_j / entropy_weight): with the default 0.1, instances whose d differ by 0.1 (d is about 1
+            at the start) get weights in the ratio e. The term scales with alpha so that alpha sets how
+            strongly the student is pulled and entropy_weight how sharply the selectors pick, apart: a
+            fixed entropy weight made the selection ten times sharper at alpha 10 than at alpha 1.
         num_selectors: K.
         embed_dim: D, width of the selectors' embedding.
         objective: `"robust"` (default): the selectors receive the reversed gradient of `loss_liaf`, so
@@ -453,4 +455,4 @@ class LIAFDistiller(Distiller):
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
         if self.objective == "robust":
-            result.losses["loss_liaf_entropy"] = self.entropy_weight * entropy_gap / num_levels
+            result.losses["loss_liaf_entropy"] = self.alpha * self.entropy_weight * entropy_gap / num_levels
