@@ -300,13 +300,15 @@ def test_ld_without_positives_gives_a_zero_that_reaches_the_box_branch():
 
 def test_aid_scales_the_instance_error_by_the_teachers_loss():
     """Each Gaussian mask sums to 1, so a constant offset c gives d = c^2 for every instance."""
-    distiller = build_distiller("aid", student_config=config(), teacher_config=config(), feature_scale="none")
+    distiller = build_distiller(
+        "aid", student_config=config(), teacher_config=config(), weight=3.0, feature_scale="none"
+    )
     teacher = random_maps(8, seed=8)
     student = [t - 0.5 for t in teacher]
     result = distiller(
         student=output(student), teacher=output(teacher, loss=torch.tensor(2.0)), batch=make_batch(TWO_IMAGES)
     )
-    assert float(result.losses["loss_aid"]) == pytest.approx(math.exp(-0.1 * 2.0) * 0.25, rel=1e-5)
+    assert float(result.losses["loss_aid"]) == pytest.approx(3.0 * math.exp(-0.1 * 2.0) * 0.25, rel=1e-5)
     assert float(result.stats["aid/teaching_weight"]) == pytest.approx(math.exp(-0.2), rel=1e-6)
 
 

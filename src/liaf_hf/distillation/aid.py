@@ -38,7 +38,7 @@ class AIDDistiller(Distiller):
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
-        weight: weight of `loss_aid`. The default, 1.0, is LIAF's `alpha` for the same feature term, so the
+        weight: weight of `loss_aid`. The default, 10.0, is LIAF's `alpha` for the same feature term, so the
             two compare at equal strength (no published value exists for this pairing).
         decay: the 0.1 in exp(-0.1 L_T) (docs/method.md).
         feature_scale: `"teacher"`: divide each level's squared errors by the teacher's mean squared
@@ -52,7 +52,7 @@ class AIDDistiller(Distiller):
         *,
         student_config: GFLConfig,
         teacher_config: GFLConfig,
-        weight: float = 1.0,
+        weight: float = 10.0,
         decay: float = 0.1,
         feature_scale: str = "teacher",
     ) -> None:
