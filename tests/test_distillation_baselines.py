@@ -172,7 +172,7 @@ def test_ld_gradients_reach_the_student_distributions_at_positives_only():
 def test_mimic_is_the_mean_squared_error():
     teacher = random_maps(8, seed=6)
     student = [t - 0.5 for t in teacher]
-    plain = build_distiller("mimic", student_config=config(), teacher_config=config(), feature_scale="none")
+    plain = build_distiller("mimic", student_config=config(), teacher_config=config(), weight=1.0, feature_scale="none")
     result = plain(student=output(student), teacher=output(teacher), batch=make_batch(TWO_IMAGES))
     assert float(result.losses["loss_mimic"]) == pytest.approx(0.25, rel=1e-5)
     scaled = build_distiller("mimic", student_config=config(), teacher_config=config(), weight=2.0)
