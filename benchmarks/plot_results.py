@@ -153,11 +153,11 @@ def plot_distill_gain(path: Path) -> Path:
     axes.set_ylabel(f"COCO AP (axis from {low:.2f})")
     seeds_text = f"mean ± std over {max_seeds} seeds (dots: seeds)" if max_seeds > 1 else "one seed"
     student = settings.get("student_backbone", "student")
-    preset = f", preset {settings['preset']}" if "preset" in settings else ""
+    setting = f", preset {settings['preset']}" if "preset" in settings else ""
     if "difficulty" in settings:
-        preset += f", {settings['difficulty']} set"
+        setting += f", {settings['difficulty']} set"
     axes.set_title(
-        f"Distilling into a GFL {student}: student AP by method{preset}\n{seeds_text}; bar text: AP (gain over alone)",
+        f"Distilling into a GFL {student}: student AP by method{setting}\n{seeds_text}; bar text: AP (gain over alone)",
         fontsize=10.5,
     )
     if teacher_ap is not None or plain_ap is not None:
