@@ -43,6 +43,7 @@ PRESETS = {
     "gpu": {
         "difficulty": "medium", "image_size": 256, "num_train": 10000, "num_val": 2000, "channels": 128,
         "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000, "teacher_batch_size": 16,
+        "dataloader_num_workers": 8,
     },
 }  # fmt: skip
 METRICS = ("AP", "AP50", "APs", "APm", "APl")

@@ -64,6 +64,9 @@ def add_setting_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--teacher_cache_dir", default=str(ROOT / "runs" / "teachers"), help="Trained teachers, kept by settings."
     )
+    parser.add_argument(
+        "--dataloader_num_workers", type=int, default=0, help="Processes preparing batches (a GPU needs several)."
+    )
 
 
 def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed: int = 0) -> list[str]:
@@ -79,6 +82,7 @@ def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed
         "--learning_rate", "2e-3", "--weight_decay", "1e-4", "--warmup_steps", str(min(100, steps // 10)),
         "--lr_scheduler_type", "cosine", "--max_grad_norm", "35", "--logging_steps", "50",
         "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--disable_tqdm", "true",
+        "--dataloader_num_workers", str(args.dataloader_num_workers),
     ]  # fmt: skip
 
 
