@@ -119,6 +119,43 @@ class TestATSSAssigner:
         assert not result.ignored[[0, 1, 4, 5]].any()
         assert result.gt_index[5].item() == 0 and not result.ignored[5]
 
+    def test_a_padded_batch_is_assigned_as_each_image_alone(self):
+        # Images with 0, 1, 3 and 7 boxes (padded to 7), their own padding and ignore regions, over two levels.
+        generator = torch.Generator().manual_seed(0)
+        anchors = torch.cat([grid_anchors(8, 8, 16), grid_anchors(4, 16, 32)])
+        counts, ignore_counts = [0, 1, 3, 7], [0, 2, 0, 1]
+
+        def random_boxes(count: int) -> torch.Tensor:
+            corners = torch.rand(count, 2, generator=generator) * 48
+            return torch.cat([corners, corners + 8 + torch.rand(count, 2, generator=generator) * 24], dim=1)
+
+        gt = [random_boxes(count) for count in counts]
+        ignore = [random_boxes(count) for count in ignore_counts]
+        valid = torch.rand(4, anchors.shape[0], generator=generator) > 0.2
+        assigner = ATSSAssigner(topk=3)
+
+        def padded(boxes: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            width = max(len(b) for b in boxes)
+            stacked = torch.zeros(len(boxes), width, 4)
+            for index, b in enumerate(boxes):
+                stacked[index, : len(b)] = b
+            return stacked, torch.arange(width)[None] < torch.tensor([len(b) for b in boxes])[:, None]
+
+        gt_boxes, gt_valid = padded(gt)
+        ignore_boxes, ignore_valid = padded(ignore)
+        batch = assigner.assign_batch(
+            anchors=anchors, num_anchors_per_level=[64, 16], gt_boxes=gt_boxes, gt_valid=gt_valid,
+            ignore_boxes=ignore_boxes, ignore_valid=ignore_valid, anchor_valid=valid,
+        )  # fmt: skip
+        for index in range(4):
+            alone = assigner.assign(
+                anchors=anchors, num_anchors_per_level=[64, 16], gt_boxes=gt[index],
+                ignore_boxes=ignore[index], anchor_valid=valid[index],
+            )  # fmt: skip
+            assert torch.equal(batch.gt_index[index], alone.gt_index), index
+            assert torch.equal(batch.ignored[index], alone.ignored), index
+        assert (batch.gt_index[0] == -1).all() and batch.gt_index[3].max() > 0
+
     def test_no_ground_truth_means_all_negative(self):
         result = ATSSAssigner().assign(anchors=grid_anchors(), num_anchors_per_level=[16], gt_boxes=torch.zeros(0, 4))
         assert (result.gt_index == -1).all()

@@ -72,6 +72,43 @@ def test_unknown_class_label_is_refused_with_its_value():
     labels = [{"class_labels": torch.tensor([7]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
     with pytest.raises(ValueError, match=r"labels\[0\].*\[7\].*3 classes"):
         model(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
+    # The batch is checked at once; the message still names the image at fault.
+    labels = example_labels() + [{"class_labels": torch.tensor([0, -1]), "boxes": torch.full((2, 4), 0.2)}]
+    with pytest.raises(ValueError, match=r"labels\[2\].*\[-1\]"):
+        model(pixel_values=torch.randn(3, 3, 64, 64), labels=labels)
+    nan_box = torch.tensor([[0.5, math.nan, 0.2, 0.2]])
+    labels = example_labels() + [{"class_labels": torch.tensor([0]), "boxes": nan_box}]
+    with pytest.raises(ValueError, match=r"labels\[2\]\['boxes'\] contains NaN"):
+        model(pixel_values=torch.randn(3, 3, 64, 64), labels=labels)
+
+
+def test_assignment_in_chunks_of_images_matches_one_pass(monkeypatch):
+    """Large batches are assigned a few images at a time to bound memory; that must not change the result."""
+    from liaf_hf.models.gfl import modeling_gfl
+
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(small_config()).train()
+    labels = example_labels() + [
+        {
+            "class_labels": torch.tensor([0, 2, 1]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.3, 0.4], [0.7, 0.6, 0.4, 0.3], [0.5, 0.5, 0.1, 0.1]]),
+            "ignore_boxes": torch.tensor([[0.8, 0.2, 0.3, 0.3]]),
+        }
+    ]
+    pixels = torch.randn(3, 3, 64, 96)
+    mask = torch.ones(3, 64, 96, dtype=torch.long)
+    mask[1, :, 64:] = 0  # the second image is narrower
+    with torch.no_grad():
+        one_pass = model(pixel_values=pixels, pixel_mask=mask, labels=labels)
+        sizes = model.valid_sizes(pixels, mask)
+        positives = model.positive_anchor_mask(one_pass.fpn_features, sizes, labels)
+        monkeypatch.setattr(modeling_gfl, "ASSIGNMENT_CHUNK_ELEMENTS", 1)  # one image per pass
+        chunked = model(pixel_values=pixels, pixel_mask=mask, labels=labels)
+        chunked_positives = model.positive_anchor_mask(chunked.fpn_features, sizes, labels)
+    assert positives[0].any() and positives[2].any() and not positives[1].any()
+    assert torch.equal(positives, chunked_positives)
+    for name, value in one_pass.loss_dict.items():
+        assert torch.equal(value, chunked.loss_dict[name]), name
 
 
 def test_mismatched_labels_are_refused():

@@ -44,6 +44,29 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1], dim=-1)
 
 
+def _padded(tensors: list[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image lists `(n_i, ...)` stacked as `(B, max n_i, ...)` with zeros after each list's end, and the
+    `(B, max n_i)` mask of real entries (a handful of kernel launches whatever B is)."""
+    counts = [len(tensor) for tensor in tensors]
+    width = max(counts, default=0)
+    flat = torch.cat(tensors)
+    stacked = flat.new_zeros((len(tensors), width, *flat.shape[1:]))
+    # Where each entry goes, worked out in Python and sent to the device in one copy.
+    places = [(row, column) for row, count in enumerate(counts) for column in range(count)]
+    rows, columns = torch.tensor(places, dtype=torch.long).reshape(-1, 2).to(like.device).unbind(1)
+    stacked[rows, columns] = flat
+    valid = torch.zeros(len(tensors), width, dtype=torch.bool, device=like.device)
+    valid[rows, columns] = True
+    return stacked, valid
+
+
+def _to_pixels(boxes: torch.Tensor, counts: list[int], scales: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(N, 4) normalised cxcywh boxes of several images, `counts[i]` of them from image i, to xyxy pixels
+    with image i's `scales[i]` (w, h, w, h); returned split per image."""
+    image_of_box = torch.tensor([image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long)
+    return (box_cxcywh_to_xyxy(boxes) * scales[image_of_box.to(scales.device)]).split(counts)
+
+
 def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     """IoU of each box in `boxes1` (N, 4) xyxy with the box at the same index in `boxes2` (N, 4): (N,)."""
     top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
@@ -55,12 +78,26 @@ def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-
 
 
 def box_intersection_over_first(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Intersection of every pair divided by the area of the box from `boxes1`: (N, 4), (M, 4) -> (N, M)."""
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    """Intersection of every pair divided by the area of the box from `boxes1`: (N, 4), (..., M, 4) ->
+    (..., N, M)."""
+    overlap = _pairwise_intersection(boxes1, boxes2)
     area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=1e-6).prod(dim=1)
     return overlap / area1[:, None]
+
+
+def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    """IoU of every pair of xyxy boxes: (N, 4), (..., M, 4) -> (..., N, M) (a batch of box lists against one
+    set of anchors in one call)."""
+    overlap = _pairwise_intersection(boxes1, boxes2)
+    area1 = (boxes1[:, 2:] - boxes1[:, :2]).prod(dim=1)
+    area2 = (boxes2[..., 2:] - boxes2[..., :2]).prod(dim=-1)
+    return overlap / (area1[:, None] + area2[..., None, :] - overlap)
+
+
+def _pairwise_intersection(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
+    top_left = torch.maximum(boxes1[:, None, :2], boxes2[..., None, :, :2])
+    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[..., None, :, 2:])
+    return (bottom_right - top_left).clamp(min=0).prod(dim=-1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -147,13 +184,17 @@ def _mean_over_processes(value: torch.Tensor, *, floor: float = 1.0) -> torch.Te
 # --------------------------------------------------------------------------------------------------
 
 
+#: Most (image, anchor, box) elements one assignment pass holds (2**24 float32: 64 MB per tensor).
+ASSIGNMENT_CHUNK_ELEMENTS = 1 << 24
+
+
 @dataclass
 class AnchorAssignment:
-    """Result of assigning one image's anchors.
+    """Result of assigning anchors, for one image (A,) or a batch (B, A).
 
     Attributes:
-        gt_index: (A,) index of the ground-truth box each anchor is positive for, -1 for negatives.
-        ignored: (A,) anchors that are neither positive nor negative (inside an ignore region or in the
+        gt_index: (..., A) index of the ground-truth box each anchor is positive for, -1 for negatives.
+        ignored: (..., A) anchors that are neither positive nor negative (inside an ignore region or in the
             padding), so the classification loss skips them.
     """
 
@@ -168,6 +209,9 @@ class ATSSAssigner:
     are candidates; those whose IoU with the box reaches the candidates' mean + standard deviation and
     whose centre lies inside the box become positives. An anchor claimed by several boxes goes to the one
     it overlaps most.
+
+    `assign_batch` assigns a batch of images in one pass over padded box lists: on a GPU a pass per image
+    costs about a hundred kernel launches per image, which made the assignment most of a training step.
     """
 
     def __init__(self, *, topk: int = 9, ignore_iof_threshold: float = 0.5) -> None:
@@ -183,7 +227,7 @@ class ATSSAssigner:
         ignore_boxes: torch.Tensor | None = None,
         anchor_valid: torch.Tensor | None = None,
     ) -> AnchorAssignment:
-        """Assign anchors to ground-truth boxes.
+        """Assign one image's anchors to its ground-truth boxes.
 
         Args:
             anchors: (A, 4) anchor boxes, xyxy in pixels, levels concatenated in order.
@@ -191,57 +235,102 @@ class ATSSAssigner:
             gt_boxes: (G, 4) ground-truth boxes, xyxy in pixels.
             ignore_boxes: (I, 4) regions to ignore, xyxy in pixels.
             anchor_valid: (A,) False for anchors whose centre lies in the padding.
+
+        Returns:
+            `gt_index` and `ignored` of shape (A,).
         """
+        batched = self.assign_batch(
+            anchors=anchors,
+            num_anchors_per_level=num_anchors_per_level,
+            gt_boxes=gt_boxes[None],
+            ignore_boxes=None if ignore_boxes is None else ignore_boxes[None],
+            anchor_valid=None if anchor_valid is None else anchor_valid[None],
+        )
+        return AnchorAssignment(gt_index=batched.gt_index[0], ignored=batched.ignored[0])
+
+    def assign_batch(
+        self,
+        *,
+        anchors: torch.Tensor,
+        num_anchors_per_level: list[int],
+        gt_boxes: torch.Tensor,
+        gt_valid: torch.Tensor | None = None,
+        ignore_boxes: torch.Tensor | None = None,
+        ignore_valid: torch.Tensor | None = None,
+        anchor_valid: torch.Tensor | None = None,
+    ) -> AnchorAssignment:
+        """Assign the anchors of B images (the same anchors for each) to each image's boxes.
+
+        Args:
+            anchors: (A, 4) anchor boxes, xyxy in pixels, levels concatenated in order.
+            num_anchors_per_level: number of anchors of each level, summing to A.
+            gt_boxes: (B, G, 4) each image's ground-truth boxes, xyxy in pixels, padded to the longest list.
+            gt_valid: (B, G) False at padding; None when no list is padded.
+            ignore_boxes: (B, I, 4) regions to ignore, xyxy in pixels, padded likewise.
+            ignore_valid: (B, I) False at padding; None when no list is padded.
+            anchor_valid: (B, A) False for anchors whose centre lies in the image's padding.
+
+        Returns:
+            `gt_index` and `ignored` of shape (B, A).
+        """
+        batch_size, num_gt = gt_boxes.shape[:2]
         num_anchors = anchors.shape[0]
         device = anchors.device
-        gt_index = torch.full((num_anchors,), -1, dtype=torch.long, device=device)
-        ignored = torch.zeros(num_anchors, dtype=torch.bool, device=device)
+        ignored = torch.zeros(batch_size, num_anchors, dtype=torch.bool, device=device)
         if anchor_valid is not None:
             ignored |= ~anchor_valid
-        if ignore_boxes is not None and ignore_boxes.numel() > 0:
-            iof = box_intersection_over_first(anchors, ignore_boxes)
-            ignored |= iof.max(dim=1).values > self.ignore_iof_threshold
-        num_gt = gt_boxes.shape[0]
+        if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
+            iof = box_intersection_over_first(anchors, ignore_boxes)  # (B, A, I)
+            if ignore_valid is not None:
+                iof = iof.masked_fill(~ignore_valid[:, None, :], 0.0)
+            ignored |= iof.max(dim=2).values > self.ignore_iof_threshold
         if num_gt == 0:
+            gt_index = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=device)
             return AnchorAssignment(gt_index=gt_index, ignored=ignored)
 
-        overlaps = torchvision.ops.box_iou(anchors, gt_boxes)
-        anchor_centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5
-        gt_centres = (gt_boxes[:, :2] + gt_boxes[:, 2:]) * 0.5
-        distances = torch.cdist(anchor_centres, gt_centres)
+        overlaps = pairwise_box_iou(anchors, gt_boxes)  # (B, A, G)
+        anchor_centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5  # (A, 2)
+        gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) * 0.5  # (B, G, 2)
+        distances = torch.hypot(
+            anchor_centres[None, :, None, 0] - gt_centres[:, None, :, 0],
+            anchor_centres[None, :, None, 1] - gt_centres[:, None, :, 1],
+        )  # (B, A, G)
         if anchor_valid is not None:
-            distances = distances.masked_fill(~anchor_valid[:, None], float("inf"))
+            distances = distances.masked_fill(~anchor_valid[:, :, None], float("inf"))
 
         candidates = []
         start = 0
         for level_count in num_anchors_per_level:
             k = min(self.topk, level_count)
-            _, level_candidates = distances[start : start + level_count].topk(k, dim=0, largest=False)
+            _, level_candidates = distances[:, start : start + level_count].topk(k, dim=1, largest=False)
             candidates.append(level_candidates + start)
             start += level_count
-        candidates = torch.cat(candidates, dim=0)  # (K, G)
-        gt_columns = torch.arange(num_gt, device=device).expand_as(candidates)
-        candidate_overlaps = overlaps[candidates, gt_columns]
+        candidates = torch.cat(candidates, dim=1)  # (B, K, G)
+        candidate_overlaps = overlaps.gather(1, candidates)
         # A single candidate has no spread (its unbiased std would be NaN and reject everything).
-        spread = candidate_overlaps.std(dim=0) if candidates.shape[0] > 1 else torch.zeros_like(candidate_overlaps[0])
-        threshold = candidate_overlaps.mean(dim=0) + spread
-        is_positive = candidate_overlaps >= threshold[None, :]
-
-        candidate_centres = anchor_centres[candidates]  # (K, G, 2)
-        edge_distances = torch.cat(
-            [candidate_centres - gt_boxes[None, :, :2], gt_boxes[None, :, 2:] - candidate_centres], dim=2
+        spread = (
+            candidate_overlaps.std(dim=1) if candidates.shape[1] > 1 else torch.zeros_like(candidate_overlaps[:, 0])
         )
-        is_positive &= edge_distances.min(dim=2).values > 0.01
+        threshold = candidate_overlaps.mean(dim=1) + spread  # (B, G)
+        is_positive = candidate_overlaps >= threshold[:, None, :]
 
-        claimed = torch.full_like(overlaps, -math.inf)
-        claimed[candidates[is_positive], gt_columns[is_positive]] = overlaps[
-            candidates[is_positive], gt_columns[is_positive]
-        ]
-        best_overlap, best_gt = claimed.max(dim=1)
+        candidate_centres = anchor_centres[candidates]  # (B, K, G, 2)
+        edge_distances = torch.cat(
+            [candidate_centres - gt_boxes[:, None, :, :2], gt_boxes[:, None, :, 2:] - candidate_centres], dim=3
+        )
+        is_positive &= edge_distances.min(dim=3).values > 0.01
+        if gt_valid is not None:
+            is_positive &= gt_valid[:, None, :]
+
+        # A box's candidates are distinct anchors (top-k within a level, levels disjoint), so the scatter
+        # writes each (image, anchor, box) at most once.
+        claimed = torch.full_like(overlaps, -math.inf).scatter_(
+            1, candidates, candidate_overlaps.masked_fill(~is_positive, -math.inf)
+        )
+        best_overlap, best_gt = claimed.max(dim=2)
         positive = best_overlap > -math.inf
-        gt_index[positive] = best_gt[positive]
-        ignored &= ~positive
-        return AnchorAssignment(gt_index=gt_index, ignored=ignored)
+        gt_index = torch.where(positive, best_gt, -1)
+        return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,7 +664,20 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self, fpn_features: list[torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         """Centres of every level's grid cells in input pixels: (A, 2) as (x, y), their strides (A,), and
-        each level's (H_l, W_l)."""
+        each level's (H_l, W_l). Kept per input shape and device: they depend on nothing else, and building
+        them costs a few kernel launches per level on every forward (read-only: callers must not modify
+        them in place)."""
+        key = (tuple(tuple(feature.shape[-2:]) for feature in fpn_features), fpn_features[0].device)
+        cache = self.__dict__.setdefault("_anchor_point_cache", {})
+        if key not in cache:
+            if len(cache) >= 16:  # many input sizes (multi-scale training): keep the memory bounded
+                cache.clear()
+            cache[key] = self._build_anchor_points(fpn_features)
+        return cache[key]
+
+    def _build_anchor_points(
+        self, fpn_features: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, int]]]:
         points, strides, shapes = [], [], []
         for feature, stride in zip(fpn_features, self.strides):
             height, width = feature.shape[-2:]
@@ -605,23 +707,59 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
     def labels_in_pixels(
         self, labels: list[dict], valid_sizes: torch.Tensor
-    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Check each image's labels and convert their boxes to xyxy input pixels."""
-        converted = []
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
+        """Check each image's labels and convert their boxes to xyxy input pixels.
+
+        The values are checked and converted for the whole batch at once: a check per image would stop a GPU
+        once per image (each `if tensor` waits for it), and a conversion per image costs a few kernel
+        launches per image.
+
+        Returns:
+            per image `(class_labels (n,), boxes (n, 4) xyxy pixels, ignore_boxes (m, 4) xyxy pixels or None)`.
+        """
         num_classes = self.config.num_labels
+        device = valid_sizes.device
         if len(labels) != valid_sizes.shape[0]:
             raise ValueError(f"Got {len(labels)} label dicts for a batch of {valid_sizes.shape[0]} images.")
+        class_list, box_list, ignore_list = [], [], []
         for index, target in enumerate(labels):
             if "class_labels" not in target or "boxes" not in target:
                 raise ValueError(
                     f"labels[{index}] needs 'class_labels' and 'boxes' (normalised cxcywh); got keys {sorted(target)}."
                 )
-            class_labels = torch.as_tensor(target["class_labels"], device=valid_sizes.device).long().reshape(-1)
-            boxes = torch.as_tensor(target["boxes"], device=valid_sizes.device).float().reshape(-1, 4)
+            class_labels = torch.as_tensor(target["class_labels"], device=device).long().reshape(-1)
+            boxes = torch.as_tensor(target["boxes"], device=device).float().reshape(-1, 4)
             if class_labels.shape[0] != boxes.shape[0]:
                 raise ValueError(
                     f"labels[{index}] has {class_labels.shape[0]} class_labels but {boxes.shape[0]} boxes."
                 )
+            ignore = target.get("ignore_boxes")
+            class_list.append(class_labels)
+            box_list.append(boxes)
+            if ignore is not None:
+                ignore = torch.as_tensor(ignore, device=device).float().reshape(-1, 4)
+            ignore_list.append(ignore)
+        all_classes, all_boxes = torch.cat(class_list), torch.cat(box_list)
+        if all_classes.numel():
+            bad = (all_classes < 0) | (all_classes >= num_classes) | ~torch.isfinite(all_boxes).all(dim=1)
+            if bad.any():  # the batch's only wait for the device
+                self._raise_for_bad_labels(class_list, box_list)
+        scales = valid_sizes.float().flip(1).repeat(1, 2)  # (B, 4): (w, h, w, h)
+        boxes = _to_pixels(all_boxes, [len(b) for b in box_list], scales)
+        given = [index for index, ignore in enumerate(ignore_list) if ignore is not None]
+        ignores: list[torch.Tensor | None] = [None] * len(labels)
+        if given:
+            converted = _to_pixels(
+                torch.cat([ignore_list[i] for i in given]), [len(ignore_list[i]) for i in given], scales[given]
+            )
+            for index, ignore in zip(given, converted):
+                ignores[index] = ignore
+        return list(zip(class_list, boxes, ignores))
+
+    def _raise_for_bad_labels(self, class_list: list[torch.Tensor], box_list: list[torch.Tensor]) -> None:
+        """Name the first image whose class labels or boxes are unusable (only called when one is)."""
+        num_classes = self.config.num_labels
+        for index, (class_labels, boxes) in enumerate(zip(class_list, box_list)):
             if class_labels.numel() and (class_labels.min() < 0 or class_labels.max() >= num_classes):
                 bad = class_labels[(class_labels < 0) | (class_labels >= num_classes)].unique().tolist()
                 raise ValueError(
@@ -630,15 +768,6 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 )
             if not torch.isfinite(boxes).all():
                 raise ValueError(f"labels[{index}]['boxes'] contains NaN or infinite values.")
-            scale = valid_sizes[index].flip(0).repeat(2)  # (w, h, w, h)
-            ignore = target.get("ignore_boxes")
-            ignore = (
-                box_cxcywh_to_xyxy(torch.as_tensor(ignore, device=valid_sizes.device).float().reshape(-1, 4)) * scale
-                if ignore is not None
-                else None
-            )
-            converted.append((class_labels, box_cxcywh_to_xyxy(boxes) * scale, ignore))
-        return converted
 
     def _assign_anchors(
         self,
@@ -648,7 +777,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         num_anchors_per_level: list[int],
         valid_sizes: torch.Tensor,
         targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-    ) -> list[AnchorAssignment]:
+    ) -> AnchorAssignment:
         """ATSS assignment of every image's anchors: squares `anchor_scale` strides wide centred on the
         anchor points; anchors centred in an image's padding are never positive.
 
@@ -658,24 +787,40 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             num_anchors_per_level: anchors per level, summing to A.
             valid_sizes: (B, 2) unpadded (height, width) per image.
             targets: per image, what `labels_in_pixels` returns (boxes xyxy in input pixels).
+
+        Returns:
+            `gt_index` (B, A), indices into each image's own box list, and `ignored` (B, A).
         """
         half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
         anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
-        assignments = []
-        for image_index, (_, gt_boxes, ignore_boxes) in enumerate(targets):
-            anchor_valid = (anchor_points[:, 0] < valid_sizes[image_index, 1]) & (
-                anchor_points[:, 1] < valid_sizes[image_index, 0]
+        anchor_valid = (anchor_points[None, :, 0] < valid_sizes[:, 1:2]) & (
+            anchor_points[None, :, 1] < valid_sizes[:, 0:1]
+        )  # (B, A)
+        gt_boxes, gt_valid = _padded([boxes for _, boxes, _ in targets], anchors)
+        ignore_boxes, ignore_valid = _padded(
+            [ignore if ignore is not None else anchors.new_zeros((0, 4)) for _, _, ignore in targets], anchors
+        )
+        # The (image, anchor, box) tensors are built in chunks of images that keep each under ~64 MB, so a
+        # large batch of large images with many boxes cannot exhaust memory; a small batch is one chunk.
+        per_image = anchors.shape[0] * max(gt_boxes.shape[1], ignore_boxes.shape[1], 1)
+        chunk = max(1, ASSIGNMENT_CHUNK_ELEMENTS // per_image)
+        parts = [
+            self.assigner.assign_batch(
+                anchors=anchors,
+                num_anchors_per_level=num_anchors_per_level,
+                gt_boxes=gt_boxes[start : start + chunk],
+                gt_valid=gt_valid[start : start + chunk],
+                ignore_boxes=ignore_boxes[start : start + chunk],
+                ignore_valid=ignore_valid[start : start + chunk],
+                anchor_valid=anchor_valid[start : start + chunk],
             )
-            assignments.append(
-                self.assigner.assign(
-                    anchors=anchors,
-                    num_anchors_per_level=num_anchors_per_level,
-                    gt_boxes=gt_boxes,
-                    ignore_boxes=ignore_boxes,
-                    anchor_valid=anchor_valid,
-                )
-            )
-        return assignments
+            for start in range(0, len(targets), chunk)
+        ]
+        if len(parts) == 1:
+            return parts[0]
+        return AnchorAssignment(
+            gt_index=torch.cat([part.gt_index for part in parts]), ignored=torch.cat([part.ignored for part in parts])
+        )
 
     def positive_anchor_mask(
         self, fpn_features: Sequence[torch.Tensor], valid_sizes: torch.Tensor, labels: list[dict]
@@ -701,7 +846,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             valid_sizes=valid_sizes,
             targets=self.labels_in_pixels(labels, valid_sizes),
         )
-        return torch.stack([assignment.gt_index >= 0 for assignment in assignments])
+        return assignments.gt_index >= 0
 
     def loss(
         self,
@@ -734,7 +879,6 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         """
         reg_max = self.config.reg_max
         num_classes = self.config.num_labels
-        num_anchors = anchor_points.shape[0]
         targets = self.labels_in_pixels(labels, valid_sizes)
         assignments = self._assign_anchors(
             anchor_points=anchor_points,
@@ -744,26 +888,17 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             targets=targets,
         )
 
-        cls_targets, quality_targets, cls_weights = [], [], []
-        positive_batch, positive_anchor, positive_boxes = [], [], []
-        for image_index, ((class_labels, gt_boxes, _), assignment) in enumerate(zip(targets, assignments)):
-            positive = assignment.gt_index >= 0
-            image_cls_targets = torch.full_like(assignment.gt_index, num_classes)
-            image_cls_targets[positive] = class_labels[assignment.gt_index[positive]]
-            cls_targets.append(image_cls_targets)
-            cls_weights.append((~assignment.ignored).float())
-            anchor_ids = positive.nonzero(as_tuple=True)[0]
-            positive_batch.append(torch.full_like(anchor_ids, image_index))
-            positive_anchor.append(anchor_ids)
-            positive_boxes.append(gt_boxes[assignment.gt_index[anchor_ids]])
-            quality_targets.append(torch.zeros(num_anchors, device=anchor_points.device))
-
-        cls_targets = torch.stack(cls_targets)  # (B, A)
-        cls_weights = torch.stack(cls_weights)
-        quality_targets = torch.stack(quality_targets)
-        positive_batch = torch.cat(positive_batch)
-        positive_anchor = torch.cat(positive_anchor)
-        positive_boxes = torch.cat(positive_boxes)
+        gt_index = assignments.gt_index  # (B, A)
+        positive = gt_index >= 0
+        positive_batch, positive_anchor = positive.nonzero(as_tuple=True)
+        positive_gt = gt_index[positive_batch, positive_anchor]
+        gt_boxes, _ = _padded([boxes for _, boxes, _ in targets], boxes_xyxy)
+        gt_classes, _ = _padded([class_labels for class_labels, _, _ in targets], gt_index)
+        positive_boxes = gt_boxes[positive_batch, positive_gt]
+        cls_targets = torch.full_like(gt_index, num_classes)  # (B, A)
+        cls_targets[positive_batch, positive_anchor] = gt_classes[positive_batch, positive_gt]
+        cls_weights = (~assignments.ignored).float()
+        quality_targets = torch.zeros(gt_index.shape, device=anchor_points.device)
         num_positives = positive_anchor.numel()
 
         positive_pred_boxes = boxes_xyxy[positive_batch, positive_anchor]
