@@ -8,7 +8,12 @@ import torch
 from liaf_hf import GFLConfig
 from liaf_hf.distillation import LIAFDistiller, build_distiller
 from liaf_hf.distillation.base import DistillationBatch
-from liaf_hf.distillation.masks import box_cell_masks, foreground_background_masks, gaussian_instance_masks
+from liaf_hf.distillation.masks import (
+    box_cell_masks,
+    foreground_background_masks,
+    gaussian_instance_masks,
+    multi_level_gaussian_masks,
+)
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 SIZES = (8, 4, 2)
@@ -236,6 +241,23 @@ def test_box_smaller_than_a_cell_keeps_one_cell():
     assert float(masks[0, 2, 2]) == pytest.approx(1.0)
     cells = box_cell_masks(torch.tensor([[65.0, 65.0, 67.0, 67.0]]), feature_size=(4, 4), stride=32)
     assert cells.sum() == 1 and bool(cells[0, 2, 2])
+
+
+def test_all_levels_masks_at_once_equal_each_level_alone():
+    """LIAF-KD computes every level's masks in one pass; each level's block must be that level's masks,
+    including the fallback cell of boxes smaller than a cell and boxes near or past the grid's edge."""
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(40, 2, generator=generator) * 120
+    boxes = torch.cat([corners, corners + torch.rand(40, 2, generator=generator) ** 3 * 100], dim=1)
+    boxes = torch.cat([boxes, torch.tensor([[65.0, 65.0, 67.0, 67.0], [120.0, 90.0, 200.0, 140.0]])])
+    sizes, strides = [(12, 16), (6, 8), (3, 4), (2, 2), (1, 1)], [8, 16, 32, 64, 128]
+    together = multi_level_gaussian_masks(boxes, feature_sizes=sizes, strides=strides)
+    alone = [
+        gaussian_instance_masks(boxes, feature_size=size, stride=stride).flatten(1)
+        for size, stride in zip(sizes, strides)
+    ]
+    assert torch.allclose(together, torch.cat(alone, dim=1), atol=1e-6)
+    assert torch.allclose(together[:, :192].sum(dim=1), torch.ones(len(boxes)))
 
 
 def test_background_excludes_boxes_and_padding():

@@ -26,6 +26,7 @@ __all__ = [
     "FEATURE_SCALES",
     "FeatureAligner",
     "check_feature_scale",
+    "level_mean_squares",
     "squared_error_per_cell",
     "take_part_in_feature_scales",
     "teacher_mean_square",
@@ -117,6 +118,26 @@ def teacher_mean_square(teacher_map: torch.Tensor) -> torch.Tensor:
             torch.tensor(float(teacher_map.numel()), device=teacher_map.device),
         ]
     )
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return total[0] / total[1]
+
+
+def level_mean_squares(teacher_flat: torch.Tensor, level_indicator: torch.Tensor) -> torch.Tensor:
+    """`teacher_mean_square` of every level at once, from the levels' cells side by side.
+
+    Args:
+        teacher_flat: (B, C, P) every level's teacher map flattened and concatenated along the cells.
+        level_indicator: (P, L) float, 1 where cell p belongs to level l.
+
+    Returns:
+        (L,) each level's mean squared activation over the batch, its cells and channels, all processes
+        included (one reduction for all levels).
+    """
+    batch_size, channels = teacher_flat.shape[:2]
+    sums = teacher_flat.detach().float().square().sum(dim=(0, 1)) @ level_indicator  # (L,)
+    counts = level_indicator.sum(dim=0) * (batch_size * channels)
+    total = torch.stack([sums, counts])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(total)
     return total[0] / total[1]

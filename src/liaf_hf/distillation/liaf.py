@@ -31,8 +31,8 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell, take_part_in_feature_scales
-from .masks import foreground_background_masks, gaussian_instance_masks
+from .features import FeatureAligner, check_feature_scale, level_mean_squares, squared_error_per_cell
+from .masks import foreground_background_masks, multi_level_gaussian_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
 
@@ -110,16 +110,27 @@ class _InstanceLayout:
     counts: torch.Tensor  # (B,) float
     max_count: int
 
+    instance_mask: torch.Tensor  # (B, n_max) bool, True for real instances
+
     @classmethod
     def from_batch(cls, batch: DistillationBatch, *, device: torch.device) -> _InstanceLayout:
         counts = [int(boxes.shape[0]) for boxes in batch.boxes]
+        # Each instance's (image, slot), listed in Python and sent in one copy.
+        places = torch.tensor(
+            [(image, slot) for image, count in enumerate(counts) for slot in range(count)], dtype=torch.long
+        )
+        image_index, slot = places.reshape(-1, 2).to(device).unbind(1)
+        max_count = max(counts, default=0)
+        instance_mask = torch.zeros(len(counts), max_count, dtype=torch.bool, device=device)
+        instance_mask[image_index, slot] = True
         return cls(
             boxes=torch.cat([boxes.reshape(-1, 4) for boxes in batch.boxes]).to(device=device, dtype=torch.float32),
             class_labels=torch.cat([labels.reshape(-1) for labels in batch.class_labels]).to(device).long(),
-            image_index=torch.repeat_interleave(torch.arange(len(counts)), torch.tensor(counts)).to(device),
-            slot=torch.cat([torch.arange(count) for count in counts]).to(device),
+            image_index=image_index,
+            slot=slot,
             counts=torch.tensor(counts, dtype=torch.float32, device=device),
-            max_count=max(counts, default=0),
+            max_count=max_count,
+            instance_mask=instance_mask,
         )
 
     def pad(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
@@ -129,11 +140,42 @@ class _InstanceLayout:
         return padded
 
 
+@dataclass
+class _LevelGrid:
+    """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
+    each level's cells row by row)."""
+
+    spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
+    level_of_cell: torch.Tensor  # (P,) long
+    indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
+
+    @classmethod
+    def of(cls, sizes: list[tuple[int, int]], *, device: torch.device) -> _LevelGrid:
+        cells = [height * width for height, width in sizes]
+        starts = [sum(cells[:level]) for level in range(len(cells))]
+        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+        return cls(
+            spans=[(start, start + count) for start, count in zip(starts, cells)],
+            level_of_cell=level_of_cell,
+            indicator=nn.functional.one_hot(level_of_cell, len(cells)).float(),
+        )
+
+
+@dataclass
+class _Selection:
+    """Every level's selection, levels stacked first (see `LevelSelection` for one level's fields)."""
+
+    discrepancy: torch.Tensor  # (L, B, n_max)
+    scores: torch.Tensor  # (L, B, n_max, K)
+    weights: torch.Tensor  # (L, B, n_max)
+
+
 def _image_entropy(weights: torch.Tensor, instance_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(B,) entropy of each image's weights normalised to a distribution p_j = w_j / n_i ((B, n_max) in)."""
+    """(..., B) entropy of each image's weights normalised to a distribution p_j = w_j / n_i; `weights` is
+    (..., B, n_max), `instance_mask` (B, n_max), `counts` (B,)."""
     probabilities = weights / counts.clamp(min=1)[:, None]
     logs = torch.where(instance_mask, probabilities.clamp(min=1e-12).log(), torch.zeros_like(probabilities))
-    return -(probabilities * logs).sum(dim=1)
+    return -(probabilities * logs).sum(dim=-1)
 
 
 def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
@@ -274,7 +316,7 @@ class LIAFDistiller(Distiller):
         return squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale)
 
     def _weights(self, logits: torch.Tensor, layout: _InstanceLayout) -> torch.Tensor:
-        """(N, K) selector logits -> (B, n_max) weights averaging 1 over each image's instances.
+        """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances.
 
         Both normalisations are n_i softmax_j(s_j) over the image's instances, with s_j = log mean_k
         sigmoid(logit_kj) for `"mean"` (that is m_j / mean_i m_i) and s_j = mean_k logit_kj for `"softmax"`.
@@ -282,50 +324,11 @@ class LIAFDistiller(Distiller):
         score towards 0, and the ratio of underflowed sigmoids is 0 / 0.
         """
         if self.normalise == "mean":
-            instance_scores = torch.logsumexp(nn.functional.logsigmoid(logits), dim=1) - math.log(logits.shape[1])
+            instance_scores = torch.logsumexp(nn.functional.logsigmoid(logits), dim=2) - math.log(logits.shape[2])
         else:
-            instance_scores = logits.mean(dim=1)
-        real = layout.pad(torch.ones_like(instance_scores))
-        return layout.pad(instance_scores, fill=-1e9).softmax(dim=1) * real * layout.counts[:, None]
-
-    def _select_level(
-        self,
-        *,
-        teacher_map: torch.Tensor,
-        student_map: torch.Tensor,
-        student_class_logits: torch.Tensor | None,
-        stride: int,
-        progress: float,
-        layout: _InstanceLayout,
-    ) -> LevelSelection:
-        height, width = teacher_map.shape[-2:]
-        masks = gaussian_instance_masks(layout.boxes, feature_size=(height, width), stride=stride).flatten(1)
-        padded_masks = layout.pad(masks)  # (B, n_max, P)
-        teacher_flat = teacher_map.flatten(2)  # (B, C, P)
-        student_flat = student_map.flatten(2)
-        squared_error = self._squared_error(teacher_map, student_map).flatten(1)  # (B, P)
-        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None]).squeeze(2)  # (B, n_max)
-
-        index = (layout.image_index, layout.slot)
-        teacher_descriptors = torch.bmm(padded_masks, teacher_flat.transpose(1, 2))[index]  # (N, C)
-        student_descriptors = torch.bmm(padded_masks, student_flat.detach().transpose(1, 2))[index]
-        scalars = [discrepancy.detach()[index].log1p()]
-        if self.use_progress:
-            scalars.append(torch.full_like(scalars[0], float(progress)))
-        if self.use_student_quality:
-            if student_class_logits is None:
-                raise ValueError("use_student_quality needs the student's class_logits in its output.")
-            class_scores = student_class_logits.detach().float().sigmoid().flatten(2)  # (B, classes, P)
-            scalars.append((class_scores[layout.image_index, layout.class_labels] * masks).sum(dim=1))
-        logits = self.selector(teacher_descriptors, student_descriptors, torch.stack(scalars, dim=1))
-
-        instance_mask = layout.pad(torch.ones_like(logits[:, 0])) > 0
-        return LevelSelection(
-            discrepancy=discrepancy,
-            scores=layout.pad(logits.sigmoid()),
-            weights=self._weights(logits, layout),
-            instance_mask=instance_mask,
-        )
+            instance_scores = logits.mean(dim=2)
+        padded = layout.pad(instance_scores.t(), fill=-1e9).permute(2, 0, 1)  # (L, B, n_max)
+        return padded.softmax(dim=2) * layout.instance_mask * layout.counts[:, None]
 
     def select(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -337,7 +340,13 @@ class LIAFDistiller(Distiller):
         layout = _InstanceLayout.from_batch(batch, device=teacher.fpn_features[0].device)
         with torch.autocast(device_type=layout.counts.device.type, enabled=False):
             levels = self.aligner.levels(student, teacher)
-            return self._select(levels=levels, student=student, batch=batch, layout=layout)
+            selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
+        return [
+            LevelSelection(discrepancy=discrepancy, scores=scores, weights=weights, instance_mask=layout.instance_mask)
+            for discrepancy, scores, weights in zip(
+                selection.discrepancy.unbind(), selection.scores.unbind(), selection.weights.unbind()
+            )
+        ]
 
     def _select(
         self,
@@ -346,23 +355,54 @@ class LIAFDistiller(Distiller):
         student: GFLObjectDetectionOutput,
         batch: DistillationBatch,
         layout: _InstanceLayout,
-    ) -> list[LevelSelection]:
-        """`levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them."""
+    ) -> _Selection:
+        """Every level's selection, computed for all levels together.
+
+        `levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them.
+        The levels' cells are laid side by side (P = sum_l H_l W_l) and the selectors score every level's
+        instances in one pass: a pass per level cost some hundred tensor operations per level, forward and
+        backward, each a kernel launch on a GPU, where launches rather than arithmetic set a step's time.
+        """
         if layout.max_count == 0:
             raise ValueError("The batch has no instances to select from.")
-        selections = []
-        for level, ((teacher_map, student_map), stride) in enumerate(zip(levels, batch.strides)):
-            selections.append(
-                self._select_level(
-                    teacher_map=teacher_map,
-                    student_map=student_map,
-                    student_class_logits=student.class_logits[level] if self.use_student_quality else None,
-                    stride=stride,
-                    progress=batch.progress,
-                    layout=layout,
-                )
-            )
-        return selections
+        num_levels = len(levels)
+        sizes = [tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels]
+        grid = _LevelGrid.of(sizes, device=layout.counts.device)
+        masks = multi_level_gaussian_masks(layout.boxes, feature_sizes=sizes, strides=batch.strides)  # (N, P)
+        padded_masks = layout.pad(masks)  # (B, n_max, P)
+        teacher_flat = torch.cat([teacher_map.flatten(2) for teacher_map, _ in levels], dim=2)  # (B, C, P)
+        student_flat = torch.cat([student_map.flatten(2) for _, student_map in levels], dim=2)
+        squared_error = (teacher_flat - student_flat).square().mean(dim=1)  # (B, P)
+        if self.feature_scale == "teacher":
+            scale = level_mean_squares(teacher_flat, grid.indicator).clamp(min=1e-12)  # (L,)
+            squared_error = squared_error / scale[grid.level_of_cell]
+        # d_lj for every level at once: each level's cells of the mask against that level's errors.
+        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
+
+        index = (layout.image_index, layout.slot)
+        teacher_descriptors, student_descriptors = [], []
+        detached_student = student_flat.detach()
+        for start, end in grid.spans:  # (B, n_max, P_l) @ (B, P_l, C): no gradient flows through these
+            level_masks = padded_masks[:, :, start:end]
+            teacher_descriptors.append(torch.bmm(level_masks, teacher_flat[:, :, start:end].transpose(1, 2))[index])
+            student_descriptors.append(torch.bmm(level_masks, detached_student[:, :, start:end].transpose(1, 2))[index])
+        scalars = [discrepancy.detach()[:, layout.image_index, layout.slot].log1p()]  # (L, N)
+        if self.use_progress:
+            scalars.append(torch.full_like(scalars[0], float(batch.progress)))
+        if self.use_student_quality:
+            if student.class_logits is None:
+                raise ValueError("use_student_quality needs the student's class_logits in its output.")
+            class_logits = torch.cat([logits.detach().flatten(2) for logits in student.class_logits], dim=2)
+            class_scores = class_logits.float().sigmoid()[layout.image_index, layout.class_labels]  # (N, P)
+            scalars.append(((class_scores * masks) @ grid.indicator).t())
+        logits = self.selector(
+            torch.cat(teacher_descriptors), torch.cat(student_descriptors), torch.stack(scalars, dim=2).flatten(0, 1)
+        ).view(num_levels, layout.boxes.shape[0], -1)  # (L, N, K), level by level
+        return _Selection(
+            discrepancy=discrepancy,
+            scores=layout.pad(logits.sigmoid().transpose(0, 1)).permute(2, 0, 1, 3),
+            weights=self._weights(logits, layout),
+        )
 
     # --------------------------------------------------------------------------------------------- losses
 
@@ -409,8 +449,12 @@ class LIAFDistiller(Distiller):
             # Aligned once per step and shared by the instance and background terms.
             levels = self.aligner.levels(student, teacher)
             if layout.max_count == 0:
-                if self.beta <= 0:
-                    take_part_in_feature_scales(levels, feature_scale=self.feature_scale)
+                if self.feature_scale == "teacher":
+                    # Join the other processes' reduction of the levels' teacher scales (one for all levels),
+                    # so none of them waits for this one.
+                    sizes = [tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels]
+                    teacher_flat = torch.cat([teacher_map.flatten(2) for teacher_map, _ in levels], dim=2)
+                    level_mean_squares(teacher_flat, _LevelGrid.of(sizes, device=device).indicator)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero
@@ -418,41 +462,42 @@ class LIAFDistiller(Distiller):
                 if self.objective == "robust":
                     result.losses["loss_liaf_entropy"] = zero.clone()
             else:
-                selections = self._select(levels=levels, student=student, batch=batch, layout=layout)
-                self._instance_losses(selections, layout, result)
+                selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
+                self._instance_losses(selection, layout, result)
             if self.beta > 0:
                 result.losses["loss_liaf_bg"] = self.beta * self._background_loss(levels=levels, batch=batch)
         return result
 
-    def _instance_losses(
-        self, selections: list[LevelSelection], layout: _InstanceLayout, result: DistillationResult
-    ) -> None:
+    def _instance_losses(self, selection: _Selection, layout: _InstanceLayout, result: DistillationResult) -> None:
         """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
         has_instances = layout.counts > 0
-        feature_loss, entropy_gap = 0.0, 0.0
-        for level, selection in enumerate(selections):
-            weights = selection.weights
-            if self.objective == "robust":
-                weights = _ReverseGradient.apply(weights)
-            per_image = (weights * selection.discrepancy).sum(dim=1) / layout.counts.clamp(min=1)
-            feature_loss = feature_loss + per_image[has_instances].mean()
-
-            entropy = _image_entropy(selection.weights, selection.instance_mask, layout.counts)[has_instances]
-            if self.objective == "robust":
-                entropy_gap = entropy_gap + (layout.counts[has_instances].log() - entropy).mean()
-            real_weights = selection.weights[selection.instance_mask].detach()
-            result.stats[f"liaf/weight_mean_l{level}"] = real_weights.mean()
-            result.stats[f"liaf/weight_min_l{level}"] = real_weights.min()
-            result.stats[f"liaf/weight_max_l{level}"] = real_weights.max()
-            result.stats[f"liaf/weight_entropy_l{level}"] = entropy.detach().mean()
-            result.stats[f"liaf/discrepancy_l{level}"] = selection.discrepancy[selection.instance_mask].detach().mean()
-
-        num_levels = len(selections)
+        instance_mask = layout.instance_mask
+        num_levels = selection.weights.shape[0]
+        weights = selection.weights
+        if self.objective == "robust":
+            weights = _ReverseGradient.apply(weights)
+        per_image = (weights * selection.discrepancy).sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
+        feature_loss = per_image[:, has_instances].mean(dim=1).sum()
+        entropy = _image_entropy(selection.weights, instance_mask, layout.counts)[:, has_instances]  # (L, B')
         result.losses["loss_liaf"] = self.alpha * feature_loss / num_levels
-        all_scores = torch.cat([selection.scores[selection.instance_mask] for selection in selections])  # (M, K)
+        all_scores = selection.scores[:, instance_mask].flatten(0, 1)  # (L * M, K), level by level
         if all_scores.shape[1] > 1:
             result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
         if self.objective == "robust":
+            entropy_gap = (layout.counts[has_instances].log() - entropy).mean(dim=1).sum()
             result.losses["loss_liaf_entropy"] = self.alpha * self.entropy_weight * entropy_gap / num_levels
+
+        real_weights = selection.weights[:, instance_mask].detach()  # (L, M)
+        per_level = {
+            "weight_mean": real_weights.mean(dim=1),
+            "weight_min": real_weights.amin(dim=1),
+            "weight_max": real_weights.amax(dim=1),
+            "weight_entropy": entropy.detach().mean(dim=1),
+            "discrepancy": selection.discrepancy[:, instance_mask].detach().mean(dim=1),
+        }
+        per_level = {name: values.unbind() for name, values in per_level.items()}
+        for level in range(num_levels):
+            for name, values in per_level.items():
+                result.stats[f"liaf/{name}_l{level}"] = values[level]

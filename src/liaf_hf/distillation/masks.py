@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["box_cell_masks", "foreground_background_masks", "gaussian_instance_masks"]
+__all__ = ["box_cell_masks", "foreground_background_masks", "gaussian_instance_masks", "multi_level_gaussian_masks"]
 
 #: The Gaussian's standard deviation, as a share of the box's side: the window reaches half a side beyond
 #: each edge, which is then three standard deviations away (value exp(-4.5) ~ 0.011 at the window's edge).
@@ -97,6 +97,69 @@ def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int
     profile_x = profile_x / profile_x.sum(dim=1, keepdim=True)
     profile_y = profile_y / profile_y.sum(dim=1, keepdim=True)
     return profile_y[:, :, None] * profile_x[:, None, :]
+
+
+def multi_level_gaussian_masks(
+    boxes: torch.Tensor, *, feature_sizes: list[tuple[int, int]], strides: list[int]
+) -> torch.Tensor:
+    """`gaussian_instance_masks` of every level at once, the levels' cells side by side.
+
+    Equal to concatenating `gaussian_instance_masks(boxes, feature_size=size, stride=stride).flatten(1)` over
+    the levels (up to float rounding), in a fixed number of tensor operations whatever the number of levels:
+    both axes' profiles of all levels are computed together, and the per-level steps (the fallback to the
+    nearest cell, the normalisation) act on all levels through each cell's level index.
+
+    Args:
+        boxes: (n, 4) boxes, xyxy in pixels of the padded input.
+        feature_sizes: (H_l, W_l) of each level.
+        strides: each level's stride in input pixels.
+
+    Returns:
+        (n, sum_l H_l W_l) float32; each level's block (its cells row by row) sums to 1.
+    """
+    boxes = boxes.float().reshape(-1, 4)
+    device = boxes.device
+    num_levels = len(feature_sizes)
+
+    def axis(sizes: list[int], low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+        """The normalised profiles (n, sum_l sizes[l]) of one axis on every level."""
+        # The cells' centres and levels, listed in Python and sent in one copy.
+        cells = [
+            ((index + 0.5) * stride, level)
+            for level, (size, stride) in enumerate(zip(sizes, strides))
+            for index in range(size)
+        ]
+        points, level_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
+        level_of_cell = level_of_cell.long()
+        indicator = torch.nn.functional.one_hot(level_of_cell, num_levels).float()  # (cells, L)
+        side = (high - low).clamp(min=0)
+        centre = (low + high) * 0.5
+        sigma = (side * GAUSSIAN_SIGMA_PER_SIDE).clamp(min=1e-6)
+        outside = torch.maximum(low[:, None] - points[None, :], points[None, :] - high[:, None]).clamp(min=0)
+        profile = torch.exp(-0.5 * (outside / sigma[:, None]).square())
+        in_window = (points[None, :] - centre[:, None]).abs() <= side[:, None]
+        profile = torch.where(in_window, profile, torch.zeros_like(profile))
+        # A level whose window holds no cell centre takes the cell nearest the box's centre on that level.
+        level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
+        level_sizes = torch.tensor(sizes, device=device)
+        offsets = torch.tensor([sum(sizes[:level]) for level in range(num_levels)], device=device)
+        nearest = torch.minimum((centre[:, None] / level_strides).floor().long().clamp(min=0), level_sizes - 1)
+        nearest = nearest + offsets  # (n, L) column of each level's nearest cell
+        rows = torch.arange(profile.shape[0], device=device)[:, None].expand_as(nearest)
+        empty = (profile @ indicator) <= 0  # (n, L)
+        profile[rows, nearest] = torch.where(empty, torch.ones_like(profile[rows, nearest]), profile[rows, nearest])
+        return profile / (profile @ indicator)[:, level_of_cell]
+
+    profile_x = axis([width for _, width in feature_sizes], boxes[:, 0], boxes[:, 2])
+    profile_y = axis([height for height, _ in feature_sizes], boxes[:, 1], boxes[:, 3])
+    # Each cell of each level, row by row: its row's entry in profile_y and its column's in profile_x.
+    row_offset, column_offset, rows, columns = 0, 0, [], []
+    for height, width in feature_sizes:
+        rows += [row_offset + row for row in range(height) for _ in range(width)]
+        columns += [column_offset + column for _ in range(height) for column in range(width)]
+        row_offset, column_offset = row_offset + height, column_offset + width
+    places = torch.tensor([rows, columns], dtype=torch.long).to(device)
+    return profile_y[:, places[0]] * profile_x[:, places[1]]
 
 
 def box_cell_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
