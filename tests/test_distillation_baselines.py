@@ -21,7 +21,7 @@ from liaf_hf.distillation import (
 )
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.base import DistillationBatch
-from liaf_hf.distillation.fgd import fgd_masks
+from liaf_hf.distillation.fgd import fgd_batch_masks, fgd_masks
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 # The generated shapes set and the saved teacher of the trainer tests, built once for this module too.
@@ -245,6 +245,23 @@ def test_fgd_attention_term_for_one_stronger_channel():
     strong, weak = channels * math.exp(4) / denominator, channels * math.exp(2) / denominator
     gap = abs(strong - 1) + (channels - 1) * abs(weak - 1)
     assert float(result.losses["loss_fgd_attention"]) == pytest.approx(5e-4 * 3 * gap, rel=1e-5)
+
+
+def test_fgd_masks_of_a_batch_are_each_image_alone():
+    """FGD builds a level's masks for the whole batch at once; no image may see another's boxes or padding."""
+    boxes = [
+        torch.tensor([[0.0, 0.0, 40.0, 40.0], [30.0, 30.0, 34.0, 34.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[8.0, 40.0, 60.0, 60.0]]),
+    ]
+    ignore = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.tensor([[40.0, 0.0, 64.0, 24.0]])]
+    sizes = torch.tensor([[64.0, 64.0], [48.0, 32.0], [64.0, 40.0]])
+    foreground, background = fgd_batch_masks(boxes, ignore, feature_size=(8, 8), stride=8, valid_sizes=sizes)
+    for image in range(3):
+        alone = fgd_masks(boxes[image], ignore[image], feature_size=(8, 8), stride=8, valid_size=sizes[image])
+        assert torch.equal(foreground[image], alone[0]) and torch.equal(background[image], alone[1]), image
+    assert foreground[1].sum() == 0 and background[1].sum() == pytest.approx(1.0)
+    assert background[2][:, 5:].sum() == 0  # the third image is 40 px wide: columns from 40 px are padding
 
 
 def test_fgd_masks_weigh_small_boxes_more_and_keep_ignore_regions_out():

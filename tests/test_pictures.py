@@ -1,9 +1,7 @@
 """Pictures of distillation: the selector-weights callback, the drawing of weights, the benchmark charts, and
 the teacher's metrics on the distilled student's card."""
 
-import importlib.util
 import json
-import sys
 from functools import partial
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from liaf_hf.distillation.pictures import (
 )
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
 from liaf_hf.visualize import draw_instance_weights, weight_colour, weight_legend
+from tiny import load_script
 from tiny import tiny_config as shared_tiny_config
 
 tiny_config = partial(shared_tiny_config, num_fpn_levels=3)
@@ -175,14 +174,6 @@ def test_boxes_take_the_colour_of_their_weight():
 
 
 # ----------------------------------------------------------------------------------------- scripts
-
-
-def load_script(path: Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def gain_results(rows: list[tuple[str, list[float]]]) -> dict:

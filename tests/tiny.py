@@ -57,8 +57,13 @@ def tiny_detector_flags(prefix: str = "", *, channels: int = 16, norm_groups: in
 
 def load_example(name: str) -> ModuleType:
     """`examples/<name>.py` as a module (the examples are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f"example_{name}", ROOT / "examples" / f"{name}.py")
+    return load_script(ROOT / "examples" / f"{name}.py", f"example_{name}")
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at `path` as a module called `name`."""
+    spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve the example's annotations through sys.modules
+    sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
