@@ -49,11 +49,11 @@ def _with_fallback(profile: torch.Tensor, centre: torch.Tensor, *, stride: int) 
     return torch.where(empty, nearest, profile)
 
 
-def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor, *, stride: int) -> torch.Tensor:
-    """One axis of the instance mask: (n,) box edges and (size,) cell centres -> (n, size).
+def _gaussian_window(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """One axis of the instance mask before its fallback: (n,) box edges and (size,) cell centres -> (n, size).
 
     1 between the edges, exp(-distance^2 / (2 sigma^2)) beyond them out to the window (twice the side,
-    centred on the box), 0 beyond the window; a box whose window holds no cell centre gets the nearest cell.
+    centred on the box), 0 beyond the window.
     """
     side = (high - low).clamp(min=0)
     centre = (low + high) * 0.5
@@ -61,8 +61,12 @@ def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tenso
     outside = torch.maximum(low[:, None] - points[None, :], points[None, :] - high[:, None]).clamp(min=0)
     profile = torch.exp(-0.5 * (outside / sigma[:, None]).square())
     in_window = (points[None, :] - centre[:, None]).abs() <= side[:, None]
-    profile = torch.where(in_window, profile, torch.zeros_like(profile))
-    return _with_fallback(profile, centre, stride=stride)
+    return torch.where(in_window, profile, torch.zeros_like(profile))
+
+
+def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor, *, stride: int) -> torch.Tensor:
+    """`_gaussian_window`, with the nearest cell for a box whose window holds no cell centre."""
+    return _with_fallback(_gaussian_window(low, high, points), (low + high) * 0.5, stride=stride)
 
 
 def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
@@ -132,13 +136,8 @@ def multi_level_gaussian_masks(
         points, level_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
         level_of_cell = level_of_cell.long()
         indicator = torch.nn.functional.one_hot(level_of_cell, num_levels).float()  # (cells, L)
-        side = (high - low).clamp(min=0)
+        profile = _gaussian_window(low, high, points)
         centre = (low + high) * 0.5
-        sigma = (side * GAUSSIAN_SIGMA_PER_SIDE).clamp(min=1e-6)
-        outside = torch.maximum(low[:, None] - points[None, :], points[None, :] - high[:, None]).clamp(min=0)
-        profile = torch.exp(-0.5 * (outside / sigma[:, None]).square())
-        in_window = (points[None, :] - centre[:, None]).abs() <= side[:, None]
-        profile = torch.where(in_window, profile, torch.zeros_like(profile))
         # A level whose window holds no cell centre takes the cell nearest the box's centre on that level.
         level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
         level_sizes = torch.tensor(sizes, device=device)
