@@ -39,7 +39,8 @@ PRESETS = {
         "teacher_backbone": "resnet50", "teacher_steps": 600, "student_steps": 400, "batch_size": 8,
         "teacher_batch_size": 16,
     },
-    # A machine with a GPU: harder set, larger images and a longer schedule (not yet run by us).
+    # A machine with a GPU: harder set, larger images and a longer schedule. Run in full it takes about 3 hours
+    # on one H200 (speeds of a shortened run on a lent one, BENCHMARKS.md); only the shortened run is done.
     "gpu": {
         "difficulty": "medium", "image_size": 256, "num_train": 10000, "num_val": 2000, "channels": 128,
         "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000, "teacher_batch_size": 16,
