@@ -112,12 +112,13 @@ def teacher_mean_square(teacher_map: torch.Tensor) -> torch.Tensor:
     """The mean squared activation of a (B, C, H, W) teacher map over the whole batch, all processes included
     (sums and counts are reduced, since processes may pad to different sizes), so that several processes
     scale their losses alike and train like one process on the whole batch."""
-    total = torch.stack(
-        [
-            teacher_map.detach().float().square().sum(),
-            torch.tensor(float(teacher_map.numel()), device=teacher_map.device),
-        ]
-    )
+    count = torch.tensor(float(teacher_map.numel()), device=teacher_map.device)
+    return _mean_over_processes(teacher_map.detach().float().square().sum(), count)
+
+
+def _mean_over_processes(sums: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """sums / counts, each summed over all processes first (one reduction for both)."""
+    total = torch.stack([sums, counts])
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.all_reduce(total)
     return total[0] / total[1]
@@ -136,11 +137,7 @@ def level_mean_squares(teacher_flat: torch.Tensor, level_indicator: torch.Tensor
     """
     batch_size, channels = teacher_flat.shape[:2]
     sums = teacher_flat.detach().float().square().sum(dim=(0, 1)) @ level_indicator  # (L,)
-    counts = level_indicator.sum(dim=0) * (batch_size * channels)
-    total = torch.stack([sums, counts])
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(total)
-    return total[0] / total[1]
+    return _mean_over_processes(sums, level_indicator.sum(dim=0) * (batch_size * channels))
 
 
 def take_part_in_feature_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:

@@ -41,7 +41,7 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
 from .features import FeatureAligner, check_feature_scale, teacher_mean_square
-from .masks import box_cell_masks
+from .masks import _cell_centres, box_cell_masks
 
 __all__ = ["FGDDistiller", "GlobalContextBlock", "fgd_attention", "fgd_batch_masks", "fgd_masks"]
 
@@ -131,8 +131,8 @@ def fgd_batch_masks(
     valid = torch.ones(len(boxes), height * width, dtype=torch.bool, device=device)
     if valid_sizes is not None:
         valid_sizes = valid_sizes.to(device=device, dtype=torch.float32)
-        ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * stride
-        xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * stride
+        ys = _cell_centres(height, stride, device=device)
+        xs = _cell_centres(width, stride, device=device)
         valid_rows = ys[None, :, None] < valid_sizes[:, 0, None, None]
         valid = (valid_rows & (xs[None, None, :] < valid_sizes[:, 1, None, None])).flatten(1)
     background = (valid & ~covered).float()

@@ -145,20 +145,30 @@ class _LevelGrid:
     """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
     each level's cells row by row)."""
 
+    sizes: list[tuple[int, int]]  # each level's (H_l, W_l)
     spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
     level_of_cell: torch.Tensor  # (P,) long
     indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
 
     @classmethod
-    def of(cls, sizes: list[tuple[int, int]], *, device: torch.device) -> _LevelGrid:
+    def of(cls, maps: list[torch.Tensor]) -> _LevelGrid:
+        """The grid of the levels' (B, C, H_l, W_l) maps, finest first."""
+        sizes = [tuple(level_map.shape[-2:]) for level_map in maps]
         cells = [height * width for height, width in sizes]
         starts = [sum(cells[:level]) for level in range(len(cells))]
-        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)])
+        level_of_cell = level_of_cell.to(maps[0].device)
         return cls(
+            sizes=sizes,
             spans=[(start, start + count) for start, count in zip(starts, cells)],
             level_of_cell=level_of_cell,
             indicator=nn.functional.one_hot(level_of_cell, len(cells)).float(),
         )
+
+    @staticmethod
+    def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
+        return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
 
 
 @dataclass
@@ -366,12 +376,12 @@ class LIAFDistiller(Distiller):
         if layout.max_count == 0:
             raise ValueError("The batch has no instances to select from.")
         num_levels = len(levels)
-        sizes = [tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels]
-        grid = _LevelGrid.of(sizes, device=layout.counts.device)
-        masks = multi_level_gaussian_masks(layout.boxes, feature_sizes=sizes, strides=batch.strides)  # (N, P)
+        teacher_maps, student_maps = [list(maps) for maps in zip(*levels)]
+        grid = _LevelGrid.of(teacher_maps)
+        masks = multi_level_gaussian_masks(layout.boxes, feature_sizes=grid.sizes, strides=batch.strides)  # (N, P)
         padded_masks = layout.pad(masks)  # (B, n_max, P)
-        teacher_flat = torch.cat([teacher_map.flatten(2) for teacher_map, _ in levels], dim=2)  # (B, C, P)
-        student_flat = torch.cat([student_map.flatten(2) for _, student_map in levels], dim=2)
+        teacher_flat = _LevelGrid.side_by_side(teacher_maps)  # (B, C, P)
+        student_flat = _LevelGrid.side_by_side(student_maps)
         squared_error = (teacher_flat - student_flat).square().mean(dim=1)  # (B, P)
         if self.feature_scale == "teacher":
             scale = level_mean_squares(teacher_flat, grid.indicator).clamp(min=1e-12)  # (L,)
@@ -452,9 +462,8 @@ class LIAFDistiller(Distiller):
                 if self.feature_scale == "teacher":
                     # Join the other processes' reduction of the levels' teacher scales (one for all levels),
                     # so none of them waits for this one.
-                    sizes = [tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels]
-                    teacher_flat = torch.cat([teacher_map.flatten(2) for teacher_map, _ in levels], dim=2)
-                    level_mean_squares(teacher_flat, _LevelGrid.of(sizes, device=device).indicator)
+                    teacher_maps = [teacher_map for teacher_map, _ in levels]
+                    level_mean_squares(_LevelGrid.side_by_side(teacher_maps), _LevelGrid.of(teacher_maps).indicator)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero

@@ -44,7 +44,7 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return torch.stack([(x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1], dim=-1)
 
 
-def _padded(tensors: list[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image lists `(n_i, ...)` stacked as `(B, max n_i, ...)` with zeros after each list's end, and the
     `(B, max n_i)` mask of real entries (a handful of kernel launches whatever B is)."""
     counts = [len(tensor) for tensor in tensors]
@@ -53,9 +53,9 @@ def _padded(tensors: list[torch.Tensor], like: torch.Tensor) -> tuple[torch.Tens
     stacked = flat.new_zeros((len(tensors), width, *flat.shape[1:]))
     # Where each entry goes, worked out in Python and sent to the device in one copy.
     places = [(row, column) for row, count in enumerate(counts) for column in range(count)]
-    rows, columns = torch.tensor(places, dtype=torch.long).reshape(-1, 2).to(like.device).unbind(1)
+    rows, columns = torch.tensor(places, dtype=torch.long).reshape(-1, 2).to(flat.device).unbind(1)
     stacked[rows, columns] = flat
-    valid = torch.zeros(len(tensors), width, dtype=torch.bool, device=like.device)
+    valid = torch.zeros(len(tensors), width, dtype=torch.bool, device=flat.device)
     valid[rows, columns] = True
     return stacked, valid
 
@@ -796,9 +796,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         anchor_valid = (anchor_points[None, :, 0] < valid_sizes[:, 1:2]) & (
             anchor_points[None, :, 1] < valid_sizes[:, 0:1]
         )  # (B, A)
-        gt_boxes, gt_valid = _padded([boxes for _, boxes, _ in targets], anchors)
+        gt_boxes, gt_valid = _padded([boxes for _, boxes, _ in targets])
         ignore_boxes, ignore_valid = _padded(
-            [ignore if ignore is not None else anchors.new_zeros((0, 4)) for _, _, ignore in targets], anchors
+            [ignore if ignore is not None else anchors.new_zeros((0, 4)) for _, _, ignore in targets]
         )
         # The (image, anchor, box) tensors are built in chunks of images that keep each under ~64 MB, so a
         # large batch of large images with many boxes cannot exhaust memory; a small batch is one chunk.
@@ -891,12 +891,13 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         gt_index = assignments.gt_index  # (B, A)
         positive = gt_index >= 0
         positive_batch, positive_anchor = positive.nonzero(as_tuple=True)
-        positive_gt = gt_index[positive_batch, positive_anchor]
-        gt_boxes, _ = _padded([boxes for _, boxes, _ in targets], boxes_xyxy)
-        gt_classes, _ = _padded([class_labels for class_labels, _, _ in targets], gt_index)
-        positive_boxes = gt_boxes[positive_batch, positive_gt]
+        # Each positive's box and class in the batch's concatenated lists: its image's offset plus its index.
+        counts = [len(boxes) for _, boxes, _ in targets]
+        offsets = torch.tensor([sum(counts[:image]) for image in range(len(counts))]).to(gt_index.device)
+        positive_gt = offsets[positive_batch] + gt_index[positive_batch, positive_anchor]
+        positive_boxes = torch.cat([boxes for _, boxes, _ in targets])[positive_gt]
         cls_targets = torch.full_like(gt_index, num_classes)  # (B, A)
-        cls_targets[positive_batch, positive_anchor] = gt_classes[positive_batch, positive_gt]
+        cls_targets[positive_batch, positive_anchor] = torch.cat([labels for labels, _, _ in targets])[positive_gt]
         cls_weights = (~assignments.ignored).float()
         quality_targets = torch.zeros(gt_index.shape, device=anchor_points.device)
         num_positives = positive_anchor.numel()
