@@ -69,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per configuration first.")
     parser.add_argument("--memory_steps", type=int, default=3, help="Steps per memory measurement.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the memory subprocesses.")
+    parser.add_argument(
+        "--operations_only",
+        action="store_true",
+        help="Only count each configuration's operations, kernels and device waits (no timing, memory or "
+        "inference): what a CPU can say about a GPU preset's cost.",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default: results/step_cost_<preset>.json).")
     parser.add_argument("--measure_memory_of", default=None, help=argparse.SUPPRESS)  # internal: one config
@@ -218,28 +224,72 @@ def time_configurations(configurations: dict[str, Callable[[], None]], args: arg
     }
 
 
+# Tensor operations that make the host wait for the device before it can go on (on a GPU): reading a value
+# back, and everything whose output size depends on the data.
+_WAITING_OPERATIONS = frozenset(
+    {"_local_scalar_dense", "nonzero", "masked_select", "_unique", "_unique2", "unique_dim", "unique_consecutive"}
+)
+# Those that only allocate: no kernel runs.
+_ALLOCATING_OPERATIONS = frozenset({"empty", "empty_like", "new_empty", "empty_strided", "new_empty_strided"})
+
+
+def _is_view(func) -> bool:
+    """True for operations that only make a new view of their input's storage (no kernel runs): their
+    outputs alias an input without writing to it (`view`, `permute`, `detach`, ...)."""
+    returns = func._schema.returns
+    return bool(returns) and all(
+        result.alias_info is not None and not result.alias_info.is_write for result in returns
+    )
+
+
+def _indexes_with_a_mask(func, args) -> bool:
+    """Boolean-mask indexing (`x[mask]`, `x[mask] = y`): the output's size is the mask's count, so the host
+    waits for the device to count it."""
+    if func.overloadpacket.__name__ not in ("index", "index_put", "index_put_") or len(args) < 2:
+        return False
+    return any(
+        isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1] or ()
+    )
+
+
 class _OperationCounter(TorchDispatchMode):
-    """Counts the tensor operations (ATen calls, backward included) run while it is active."""
+    """Counts the tensor operations (ATen calls, backward included) run while it is active: all of them,
+    those that run a kernel (not views, not bare allocations), and those that make the host wait for the
+    device (on a GPU: a value read back, a boolean mask's count)."""
 
     def __init__(self) -> None:
         super().__init__()
-        self.count = 0
+        self.operations = 0
+        self.kernels = 0
+        self.device_waits = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += 1
+        self.operations += 1
+        name = func.overloadpacket.__name__
+        if not _is_view(func) and name not in _ALLOCATING_OPERATIONS:
+            self.kernels += 1
+        if name in _WAITING_OPERATIONS or _indexes_with_a_mask(func, args):
+            self.device_waits += 1
         return func(*args, **(kwargs or {}))
 
 
-def count_operations(configurations: dict[str, Callable[[], None]]) -> dict[str, int]:
-    """Tensor operations in each configuration's forward and backward passes. On a GPU each is at least one
-    kernel launch, and at these sizes launches rather than arithmetic set the step's time (the gpu preset
-    on an H200: 7,638 operations in 0.091 s for the floor before the batched assignment), so the count is
-    the step's GPU cost as a CPU can measure it."""
+def count_operations(configurations: dict[str, Callable[[], None]]) -> dict[str, dict[str, int]]:
+    """Tensor operations, kernels and device waits in each configuration's forward and backward passes.
+
+    On a GPU each kernel is a launch, and at these sizes launches rather than arithmetic set the step's time
+    (the gpu preset on an H200: 0.091 s for the floor's 6,913 operations before the batched assignment);
+    each wait stops the host from queueing work ahead of the device. So the counts are the step's GPU cost
+    as a CPU can measure it. A tensor read back only by a CPU check (e.g. `one_hot`'s range check, skipped
+    on a GPU) counts as a wait here too."""
     counts = {}
     for name, step in configurations.items():
         with _OperationCounter() as counter:
             step.forward_backward()
-        counts[name] = counter.count
+        counts[name] = {
+            "operations": counter.operations,
+            "kernels": counter.kernels,
+            "device_waits": counter.device_waits,
+        }
     return counts
 
 
@@ -353,28 +403,34 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     configurations, context = build_configurations(args)
-    timings = time_configurations(configurations, args)
-    floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
+    if args.operations_only:
+        for step in configurations.values():  # caches (anchor points) filled as in a timed step
+            step.forward_backward()
+        timings = None
+        floor = None
+    else:
+        timings = time_configurations(configurations, args)
+        floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
     operations = count_operations(configurations)
     memory = {}
-    if not args.no_memory:
+    if not args.no_memory and not args.operations_only:
         for name in configurations:
             memory[name] = measure_memory(name, argv)
             print(f"memory of {name}: {memory[name]['peak_extra_bytes'] / 2**20:.0f} MiB", flush=True)
-    inference = saved_student_comparison(context, args)
+    inference = None if args.operations_only else saved_student_comparison(context, args)
 
     floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
     rows = []
-    for name, timing in timings.items():
-        row = {
-            "configuration": name,
-            "seconds_per_step": timing["median_s"],
-            "rounds_s": timing["rounds_s"],
-            "operations": operations[name],
-        }
+    for name in configurations:
+        row = {"configuration": name, **operations[name]}
+        if timings:
+            row["seconds_per_step"] = timings[name]["median_s"]
+            row["rounds_s"] = timings[name]["rounds_s"]
         if name.startswith("distill: "):
-            row["ratio_to_floor"] = timing["median_s"] / floor
-            row["operations_ratio_to_floor"] = operations[name] / operations[FLOOR]
+            if timings:
+                row["ratio_to_floor"] = timings[name]["median_s"] / floor
+            row["operations_ratio_to_floor"] = operations[name]["operations"] / operations[FLOOR]["operations"]
+            row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
         if memory:
             row["peak_extra_MiB"] = memory[name]["peak_extra_bytes"] / 2**20
             if name.startswith("distill: ") and floor_memory:
@@ -383,27 +439,30 @@ def main(argv: list[str] | None = None) -> None:
 
     lines = [
         f"Step cost, {args.student_backbone} student / {args.teacher_backbone} teacher, batch {args.batch_size} at "
-        f"{args.image_size}px, {args.device}; floor = student step + teacher forward = {floor:.3f} s",
-        "| configuration | s/step | x floor | operations | x floor | peak extra MiB | memory x floor |",
-        "|---|---|---|---|---|---|---|",
+        f"{args.image_size}px, {args.device}; floor = student step + teacher forward"
+        + (f" = {floor:.3f} s" if floor else ""),
+        "| configuration | s/step | x floor | kernels | x floor | device waits | peak extra MiB | memory x floor |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
+        seconds = f"{row['seconds_per_step']:.3f}" if "seconds_per_step" in row else "-"
         ratio = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else "-"
         mib = f"{row['peak_extra_MiB']:.0f}" if "peak_extra_MiB" in row else "-"
         mem_ratio = f"{row['memory_ratio_to_floor']:.2f}" if "memory_ratio_to_floor" in row else "-"
-        op_ratio = f"{row['operations_ratio_to_floor']:.2f}" if "operations_ratio_to_floor" in row else "-"
+        kernel_ratio = f"{row['kernels_ratio_to_floor']:.2f}" if "kernels_ratio_to_floor" in row else "-"
         lines.append(
-            f"| {row['configuration']} | {row['seconds_per_step']:.3f} | {ratio} | {row['operations']:,} | {op_ratio} "
-            f"| {mib} | {mem_ratio} |"
+            f"| {row['configuration']} | {seconds} | {ratio} | {row['kernels']:,} | {kernel_ratio} "
+            f"| {row['device_waits']} | {mib} | {mem_ratio} |"
         )
-    latency = inference["latency_s_per_batch"]
-    lines += [
-        "",
-        f"Saved students ({inference['distilled_method']} vs plain): parameters "
-        f"{inference['parameters']['distilled']:,} vs {inference['parameters']['plain']:,}; same tensors: "
-        f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
-        f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
-    ]
+    if inference:
+        latency = inference["latency_s_per_batch"]
+        lines += [
+            "",
+            f"Saved students ({inference['distilled_method']} vs plain): parameters "
+            f"{inference['parameters']['distilled']:,} vs {inference['parameters']['plain']:,}; same tensors: "
+            f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
+            f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
+        ]
     table = "\n".join(lines)
     print(table)
 

@@ -27,17 +27,42 @@ def test_cpu_memory_peak_counts_the_tensors_alive_at_once():
     assert 16 * MIB <= peak_of(one_after_the_other, 2) < 17 * MIB
 
 
-def test_operation_count_covers_forward_and_backward():
-    weight = torch.ones(3, requires_grad=True)
+def counted(forward_backward):
+    """A configuration as step_cost.py counts it: a step function whose `forward_backward` is `forward_backward`."""
 
     def step() -> None:
-        pass
+        forward_backward()
+
+    step.forward_backward = forward_backward
+    return step
+
+
+def test_operation_count_covers_forward_and_backward():
+    weight = torch.ones(3, requires_grad=True)
 
     def forward_backward() -> None:
         (weight * 2).sum().backward()
 
-    step.forward_backward = forward_backward
-    counts = step_cost().count_operations({"tiny": step})
+    counts = step_cost().count_operations({"tiny": counted(forward_backward)})
     # mul and sum forward; backward at least expands the sum's gradient and multiplies it by 2
-    assert counts["tiny"] >= 4
-    assert counts["tiny"] < 20
+    assert 4 <= counts["tiny"]["operations"] < 20
+    assert 3 <= counts["tiny"]["kernels"] <= counts["tiny"]["operations"]
+    assert counts["tiny"]["device_waits"] == 0
+
+
+def test_views_are_not_kernels_and_mask_indexing_waits_for_the_device():
+    values = torch.arange(12.0)
+
+    def views_only() -> None:
+        values.view(3, 4).t().unsqueeze(0).detach()
+
+    def waits() -> None:
+        mask = values > 5  # one kernel
+        values[mask].sum().item()  # a mask's count, a kernel, a value read back
+
+    counts = step_cost().count_operations({"views": counted(views_only), "waits": counted(waits)})
+    assert counts["views"]["operations"] == 4
+    assert counts["views"]["kernels"] == 0
+    assert counts["views"]["device_waits"] == 0
+    assert counts["waits"]["device_waits"] == 2
+    assert counts["waits"]["kernels"] >= 3

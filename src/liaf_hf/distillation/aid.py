@@ -6,7 +6,8 @@ After Lan and Tian, "Adaptive Instance Distillation for Object Detection in Auto
 the teacher there, through a fixed decreasing function, so the teacher teaches where it is itself right.
 This is the kind of filter LIAF-KD claims to beat, and the feature term is LIAF's with every instance
 weighted 1, so the two differ only in the weighting. For FPN level l, teacher map T_l, aligned student map
-S_l and the Gaussian mask G_lj of instance j (`masks.gaussian_instance_masks`, sums to 1):
+S_l and the Gaussian mask G_lj of instance j (`masks.gaussian_instance_masks`, sums to 1; all levels at once
+in `instances.InstanceDiscrepancy`, as LIAF-KD computes them):
 
     d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l)           (masked instance MSE)
     w = exp(-decay * L_T)                                               (L_T: the teacher's GFL loss)
@@ -25,8 +26,8 @@ import torch
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell, take_part_in_feature_scales
-from .masks import gaussian_instance_masks
+from .features import FeatureAligner, check_feature_scale
+from .instances import InstanceDiscrepancy, InstanceLayout, take_part_in_level_scales
 
 __all__ = ["AIDDistiller"]
 
@@ -66,22 +67,6 @@ class AIDDistiller(Distiller):
         self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
 
-    def _instance_error(
-        self, teacher_map: torch.Tensor, student_map: torch.Tensor, batch: DistillationBatch, stride: int
-    ) -> torch.Tensor:
-        """() mean over the images with instances of their instances' mean d_lj on one level."""
-        height, width = teacher_map.shape[-2:]
-        device = teacher_map.device
-        counts = torch.tensor([boxes.shape[0] for boxes in batch.boxes], device=device)
-        boxes = torch.cat([boxes.reshape(-1, 4) for boxes in batch.boxes]).to(device=device, dtype=torch.float32)
-        image_index = torch.repeat_interleave(torch.arange(len(batch.boxes), device=device), counts)
-        masks = gaussian_instance_masks(boxes, feature_size=(height, width), stride=stride)  # (N, H, W)
-        squared_error = squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale)
-        discrepancy = (masks * squared_error[image_index]).sum(dim=(1, 2))  # (N,)
-        per_image = torch.zeros(len(batch.boxes), device=device).index_add(0, image_index, discrepancy)
-        has_instances = counts > 0
-        return (per_image[has_instances] / counts[has_instances]).mean()
-
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
     ) -> DistillationResult:
@@ -102,16 +87,17 @@ class AIDDistiller(Distiller):
         result = DistillationResult(stats={"aid/teacher_loss": teacher_loss, "aid/teaching_weight": teaching_weight})
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
             levels = self.aligner.levels(student, teacher)
-            if not any(boxes.shape[0] for boxes in batch.boxes):
+            layout = InstanceLayout.from_boxes(batch.boxes, device=teacher.fpn_features[0].device)
+            if layout.max_count == 0:
                 # No instance to imitate; a zero that still reaches the align convs (DDP needs their gradients).
                 result.losses["loss_aid"] = zero_with_graph(*(student_map for _, student_map in levels))
-                take_part_in_feature_scales(levels, feature_scale=self.feature_scale)
+                take_part_in_level_scales(levels, feature_scale=self.feature_scale)
                 return result
-            level_errors = [
-                self._instance_error(teacher_map, student_map, batch, stride)
-                for (teacher_map, student_map), stride in zip(levels, batch.strides)
-            ]
-        result.losses["loss_aid"] = self.weight * teaching_weight * torch.stack(level_errors).mean()
-        for level, error in enumerate(level_errors):
-            result.stats[f"aid/discrepancy_l{level}"] = error.detach()
+            instances = InstanceDiscrepancy.of(
+                levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale
+            )
+            level_errors = instances.image_means(layout).mean(dim=1)  # (L,)
+        result.losses["loss_aid"] = self.weight * teaching_weight * level_errors.mean()
+        for level, error in enumerate(level_errors.detach().unbind()):
+            result.stats[f"aid/discrepancy_l{level}"] = error
         return result

@@ -28,7 +28,6 @@ __all__ = [
     "check_feature_scale",
     "level_mean_squares",
     "squared_error_per_cell",
-    "take_part_in_feature_scales",
     "teacher_mean_square",
 ]
 
@@ -138,11 +137,3 @@ def level_mean_squares(teacher_flat: torch.Tensor, level_indicator: torch.Tensor
     batch_size, channels = teacher_flat.shape[:2]
     sums = teacher_flat.detach().float().square().sum(dim=(0, 1)) @ level_indicator  # (L,)
     return _mean_over_processes(sums, level_indicator.sum(dim=0) * (batch_size * channels))
-
-
-def take_part_in_feature_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:
-    """For a step in which this process skips `squared_error_per_cell` (its images hold no instance): join the
-    other processes' reductions of the teacher scale, one per level, so none of them waits for this one."""
-    if feature_scale == "teacher" and torch.distributed.is_available() and torch.distributed.is_initialized():
-        for teacher_map, _ in levels:
-            teacher_mean_square(teacher_map)

@@ -31,8 +31,9 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, level_mean_squares, squared_error_per_cell
-from .masks import foreground_background_masks, multi_level_gaussian_masks
+from .features import FeatureAligner, check_feature_scale, squared_error_per_cell
+from .instances import InstanceDiscrepancy, InstanceLayout, take_part_in_level_scales
+from .masks import foreground_background_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
 
@@ -100,84 +101,16 @@ class LevelSelection:
 
 
 @dataclass
-class _InstanceLayout:
-    """The batch's instances flattened (N = sum n_i), and where each sits in the padded (B, n_max) layout."""
-
-    boxes: torch.Tensor  # (N, 4) xyxy input pixels
-    class_labels: torch.Tensor  # (N,)
-    image_index: torch.Tensor  # (N,)
-    slot: torch.Tensor  # (N,)
-    counts: torch.Tensor  # (B,) float
-    max_count: int
-
-    instance_mask: torch.Tensor  # (B, n_max) bool, True for real instances
-
-    @classmethod
-    def from_batch(cls, batch: DistillationBatch, *, device: torch.device) -> _InstanceLayout:
-        counts = [int(boxes.shape[0]) for boxes in batch.boxes]
-        # Each instance's (image, slot), listed in Python and sent in one copy.
-        places = torch.tensor(
-            [(image, slot) for image, count in enumerate(counts) for slot in range(count)], dtype=torch.long
-        )
-        image_index, slot = places.reshape(-1, 2).to(device).unbind(1)
-        max_count = max(counts, default=0)
-        instance_mask = torch.zeros(len(counts), max_count, dtype=torch.bool, device=device)
-        instance_mask[image_index, slot] = True
-        return cls(
-            boxes=torch.cat([boxes.reshape(-1, 4) for boxes in batch.boxes]).to(device=device, dtype=torch.float32),
-            class_labels=torch.cat([labels.reshape(-1) for labels in batch.class_labels]).to(device).long(),
-            image_index=image_index,
-            slot=slot,
-            counts=torch.tensor(counts, dtype=torch.float32, device=device),
-            max_count=max_count,
-            instance_mask=instance_mask,
-        )
-
-    def pad(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
-        """(N, ...) -> (B, n_max, ...), `fill` in the padding slots."""
-        padded = values.new_full((self.counts.shape[0], self.max_count, *values.shape[1:]), fill)
-        padded[self.image_index, self.slot] = values
-        return padded
-
-
-@dataclass
-class _LevelGrid:
-    """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
-    each level's cells row by row)."""
-
-    sizes: list[tuple[int, int]]  # each level's (H_l, W_l)
-    spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
-    level_of_cell: torch.Tensor  # (P,) long
-    indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
-
-    @classmethod
-    def of(cls, maps: list[torch.Tensor]) -> _LevelGrid:
-        """The grid of the levels' (B, C, H_l, W_l) maps, finest first."""
-        sizes = [tuple(level_map.shape[-2:]) for level_map in maps]
-        cells = [height * width for height, width in sizes]
-        starts = [sum(cells[:level]) for level in range(len(cells))]
-        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)])
-        level_of_cell = level_of_cell.to(maps[0].device)
-        return cls(
-            sizes=sizes,
-            spans=[(start, start + count) for start, count in zip(starts, cells)],
-            level_of_cell=level_of_cell,
-            indicator=nn.functional.one_hot(level_of_cell, len(cells)).float(),
-        )
-
-    @staticmethod
-    def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
-        """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
-        return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
-
-
-@dataclass
 class _Selection:
     """Every level's selection, levels stacked first (see `LevelSelection` for one level's fields)."""
 
-    discrepancy: torch.Tensor  # (L, B, n_max)
+    instances: InstanceDiscrepancy  # its discrepancy: (L, B, n_max)
     scores: torch.Tensor  # (L, B, n_max, K)
     weights: torch.Tensor  # (L, B, n_max)
+
+    @property
+    def discrepancy(self) -> torch.Tensor:
+        return self.instances.discrepancy
 
 
 def _image_entropy(weights: torch.Tensor, instance_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -325,7 +258,7 @@ class LIAFDistiller(Distiller):
         """(B, C, H, W) maps -> (B, H, W) squared error per cell (see `features.squared_error_per_cell`)."""
         return squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale)
 
-    def _weights(self, logits: torch.Tensor, layout: _InstanceLayout) -> torch.Tensor:
+    def _weights(self, logits: torch.Tensor, layout: InstanceLayout) -> torch.Tensor:
         """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances.
 
         Both normalisations are n_i softmax_j(s_j) over the image's instances, with s_j = log mean_k
@@ -347,7 +280,7 @@ class LIAFDistiller(Distiller):
 
         Requires at least one instance in the batch.
         """
-        layout = _InstanceLayout.from_batch(batch, device=teacher.fpn_features[0].device)
+        layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=teacher.fpn_features[0].device)
         with torch.autocast(device_type=layout.counts.device.type, enabled=False):
             levels = self.aligner.levels(student, teacher)
             selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
@@ -364,7 +297,7 @@ class LIAFDistiller(Distiller):
         levels: list[tuple[torch.Tensor, torch.Tensor]],
         student: GFLObjectDetectionOutput,
         batch: DistillationBatch,
-        layout: _InstanceLayout,
+        layout: InstanceLayout,
     ) -> _Selection:
         """Every level's selection, computed for all levels together.
 
@@ -376,27 +309,17 @@ class LIAFDistiller(Distiller):
         if layout.max_count == 0:
             raise ValueError("The batch has no instances to select from.")
         num_levels = len(levels)
-        teacher_maps, student_maps = [list(maps) for maps in zip(*levels)]
-        grid = _LevelGrid.of(teacher_maps)
-        masks = multi_level_gaussian_masks(layout.boxes, feature_sizes=grid.sizes, strides=batch.strides)  # (N, P)
-        padded_masks = layout.pad(masks)  # (B, n_max, P)
-        teacher_flat = _LevelGrid.side_by_side(teacher_maps)  # (B, C, P)
-        student_flat = _LevelGrid.side_by_side(student_maps)
-        squared_error = (teacher_flat - student_flat).square().mean(dim=1)  # (B, P)
-        if self.feature_scale == "teacher":
-            scale = level_mean_squares(teacher_flat, grid.indicator).clamp(min=1e-12)  # (L,)
-            squared_error = squared_error / scale[grid.level_of_cell]
-        # d_lj for every level at once: each level's cells of the mask against that level's errors.
-        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
-
-        index = (layout.image_index, layout.slot)
-        teacher_descriptors, student_descriptors = [], []
-        detached_student = student_flat.detach()
-        for start, end in grid.spans:  # (B, n_max, P_l) @ (B, P_l, C): no gradient flows through these
-            level_masks = padded_masks[:, :, start:end]
-            teacher_descriptors.append(torch.bmm(level_masks, teacher_flat[:, :, start:end].transpose(1, 2))[index])
-            student_descriptors.append(torch.bmm(level_masks, detached_student[:, :, start:end].transpose(1, 2))[index])
-        scalars = [discrepancy.detach()[:, layout.image_index, layout.slot].log1p()]  # (L, N)
+        instances = InstanceDiscrepancy.of(
+            levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale
+        )
+        discrepancy, grid = instances.discrepancy, instances.grid
+        # e_T and e_S of every level in one product, without gradient: each level's block of the masks
+        # (B, L n_max, P) against the teacher's and the detached student's cells side by side (B, P, 2C).
+        level_masks = (instances.padded_masks[:, None] * grid.indicator.t()[None, :, None]).flatten(1, 2)
+        cells = torch.cat([instances.teacher_cells, instances.student_cells.detach()], dim=1).transpose(1, 2)
+        descriptors = torch.bmm(level_masks, cells).unflatten(1, (num_levels, layout.max_count)).transpose(0, 1)
+        teacher_descriptors, student_descriptors = layout.real(descriptors).flatten(0, 1).chunk(2, dim=1)  # (L N, C)
+        scalars = [layout.real(discrepancy.detach()).log1p()]  # (L, N)
         if self.use_progress:
             scalars.append(torch.full_like(scalars[0], float(batch.progress)))
         if self.use_student_quality:
@@ -404,12 +327,10 @@ class LIAFDistiller(Distiller):
                 raise ValueError("use_student_quality needs the student's class_logits in its output.")
             class_logits = torch.cat([logits.detach().flatten(2) for logits in student.class_logits], dim=2)
             class_scores = class_logits.float().sigmoid()[layout.image_index, layout.class_labels]  # (N, P)
-            scalars.append(((class_scores * masks) @ grid.indicator).t())
-        logits = self.selector(
-            torch.cat(teacher_descriptors), torch.cat(student_descriptors), torch.stack(scalars, dim=2).flatten(0, 1)
-        ).view(num_levels, layout.boxes.shape[0], -1)  # (L, N, K), level by level
+            scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
+        logits = self.selector(teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)).view(num_levels, layout.num_instances, -1)  # (L, N, K), level by level
         return _Selection(
-            discrepancy=discrepancy,
+            instances=instances,
             scores=layout.pad(logits.sigmoid().transpose(0, 1)).permute(2, 0, 1, 3),
             weights=self._weights(logits, layout),
         )
@@ -453,17 +374,13 @@ class LIAFDistiller(Distiller):
                 f"{student.fpn_features[0].shape[0]}."
             )
         device = teacher.fpn_features[0].device
-        layout = _InstanceLayout.from_batch(batch, device=device)
+        layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=device)
         result = DistillationResult()
         with torch.autocast(device_type=device.type, enabled=False):
             # Aligned once per step and shared by the instance and background terms.
             levels = self.aligner.levels(student, teacher)
             if layout.max_count == 0:
-                if self.feature_scale == "teacher":
-                    # Join the other processes' reduction of the levels' teacher scales (one for all levels),
-                    # so none of them waits for this one.
-                    teacher_maps = [teacher_map for teacher_map, _ in levels]
-                    level_mean_squares(_LevelGrid.side_by_side(teacher_maps), _LevelGrid.of(teacher_maps).indicator)
+                take_part_in_level_scales(levels, feature_scale=self.feature_scale)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero
@@ -477,34 +394,33 @@ class LIAFDistiller(Distiller):
                 result.losses["loss_liaf_bg"] = self.beta * self._background_loss(levels=levels, batch=batch)
         return result
 
-    def _instance_losses(self, selection: _Selection, layout: _InstanceLayout, result: DistillationResult) -> None:
+    def _instance_losses(self, selection: _Selection, layout: InstanceLayout, result: DistillationResult) -> None:
         """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
-        has_instances = layout.counts > 0
-        instance_mask = layout.instance_mask
         num_levels = selection.weights.shape[0]
         weights = selection.weights
         if self.objective == "robust":
             weights = _ReverseGradient.apply(weights)
-        per_image = (weights * selection.discrepancy).sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
-        feature_loss = per_image[:, has_instances].mean(dim=1).sum()
-        entropy = _image_entropy(selection.weights, instance_mask, layout.counts)[:, has_instances]  # (L, B')
+        feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
+        entropy = _image_entropy(selection.weights, layout.instance_mask, layout.counts)
+        entropy = entropy[:, layout.images_with_instances]  # (L, B')
         result.losses["loss_liaf"] = self.alpha * feature_loss / num_levels
-        all_scores = selection.scores[:, instance_mask].flatten(0, 1)  # (L * M, K), level by level
+        all_scores = layout.real(selection.scores).flatten(0, 1)  # (L * N, K), level by level
         if all_scores.shape[1] > 1:
             result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
         if self.objective == "robust":
-            entropy_gap = (layout.counts[has_instances].log() - entropy).mean(dim=1).sum()
+            image_counts = layout.counts[layout.images_with_instances]
+            entropy_gap = (image_counts.log() - entropy).mean(dim=1).sum()
             result.losses["loss_liaf_entropy"] = self.alpha * self.entropy_weight * entropy_gap / num_levels
 
-        real_weights = selection.weights[:, instance_mask].detach()  # (L, M)
+        real_weights = layout.real(selection.weights).detach()  # (L, N)
         per_level = {
             "weight_mean": real_weights.mean(dim=1),
             "weight_min": real_weights.amin(dim=1),
             "weight_max": real_weights.amax(dim=1),
             "weight_entropy": entropy.detach().mean(dim=1),
-            "discrepancy": selection.discrepancy[:, instance_mask].detach().mean(dim=1),
+            "discrepancy": layout.real(selection.discrepancy).detach().mean(dim=1),
         }
         per_level = {name: values.unbind() for name, values in per_level.items()}
         for level in range(num_levels):

@@ -135,7 +135,8 @@ def multi_level_gaussian_masks(
         ]
         points, level_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
         level_of_cell = level_of_cell.long()
-        indicator = torch.nn.functional.one_hot(level_of_cell, num_levels).float()  # (cells, L)
+        # A comparison rather than one_hot, whose range check reads values back on the CPU.
+        indicator = (level_of_cell[:, None] == torch.arange(num_levels, device=device)).float()  # (cells, L)
         profile = _gaussian_window(low, high, points)
         centre = (low + high) * 0.5
         # A level whose window holds no cell centre takes the cell nearest the box's centre on that level.

@@ -1,0 +1,205 @@
+"""A batch's ground-truth instances on every FPN level at once, for the instance-level distillers (LIAF-KD, AID).
+
+The levels' cells are laid side by side (P = sum_l H_l W_l, finest level first, each level's cells row by
+row), each instance j gets one Gaussian mask G_j over all of them (each level's block sums to 1, see
+`masks.multi_level_gaussian_masks`), and its discrepancy on every level l,
+
+    d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l),
+
+comes from one batched product (E_l: the teacher's mean squared activation on the level, or 1). Computed a
+level at a time the same costs some hundred tensor operations per level, forward and backward; on a GPU
+each is a kernel launch, and at detector sizes launches rather than arithmetic set a distillation step's
+time. Instances are held both flat (N = sum_i n_i, image by image) and padded per image (B, n_max); which
+slots are real is known from the label lists' lengths, so nothing here makes the host wait for the device.
+
+Example:
+
+```python
+>>> import torch
+>>> from liaf_hf.distillation.instances import InstanceDiscrepancy, InstanceLayout
+>>> layout = InstanceLayout.from_boxes([torch.tensor([[4.0, 4.0, 30.0, 20.0]]), torch.zeros(0, 4)])
+>>> levels = [(torch.randn(2, 8, size, size), torch.randn(2, 8, size, size)) for size in (8, 4)]
+>>> InstanceDiscrepancy.of(levels, layout=layout, strides=[8, 16], feature_scale="teacher").discrepancy.shape
+torch.Size([2, 2, 1])
+```
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .features import level_mean_squares
+from .masks import multi_level_gaussian_masks
+
+__all__ = ["InstanceDiscrepancy", "InstanceLayout", "LevelGrid", "take_part_in_level_scales"]
+
+
+@dataclass
+class InstanceLayout:
+    """The batch's instances flattened (N = sum_i n_i, image by image), and where each sits in the padded
+    (B, n_max) layout."""
+
+    boxes: torch.Tensor  # (N, 4) xyxy input pixels, float32
+    class_labels: torch.Tensor | None  # (N,) long, when given
+    image_index: torch.Tensor  # (N,) each instance's image
+    slot: torch.Tensor  # (N,) its place among its image's instances
+    counts: torch.Tensor  # (B,) float, n_i
+    images_with_instances: torch.Tensor  # (B',) long, the images with n_i > 0
+    max_count: int
+    instance_mask: torch.Tensor  # (B, n_max) bool, True for real instances
+
+    @classmethod
+    def from_boxes(
+        cls,
+        boxes: list[torch.Tensor],
+        class_labels: list[torch.Tensor] | None = None,
+        *,
+        device: torch.device | str | None = None,
+    ) -> InstanceLayout:
+        """From each image's (n_i, 4) xyxy boxes (and (n_i,) classes), on `device` (default: the boxes')."""
+        device = torch.device(device) if device is not None else (boxes[0].device if boxes else torch.device("cpu"))
+        counts = [int(image_boxes.shape[0]) for image_boxes in boxes]
+        # Each instance's (image, slot) and the images with instances, listed in Python and sent in one copy.
+        places = torch.tensor(
+            [(image, slot) for image, count in enumerate(counts) for slot in range(count)], dtype=torch.long
+        )
+        image_index, slot = places.reshape(-1, 2).to(device).unbind(1)
+        max_count = max(counts, default=0)
+        instance_mask = torch.zeros(len(counts), max_count, dtype=torch.bool, device=device)
+        instance_mask[image_index, slot] = True
+        return cls(
+            boxes=torch.cat([image_boxes.reshape(-1, 4) for image_boxes in boxes]).to(device, torch.float32)
+            if boxes
+            else torch.zeros(0, 4, device=device),
+            class_labels=None
+            if class_labels is None
+            else torch.cat([labels.reshape(-1) for labels in class_labels]).to(device).long(),
+            image_index=image_index,
+            slot=slot,
+            counts=torch.tensor(counts, dtype=torch.float32, device=device),
+            images_with_instances=torch.tensor([i for i, count in enumerate(counts) if count], dtype=torch.long).to(
+                device
+            ),
+            max_count=max_count,
+            instance_mask=instance_mask,
+        )
+
+    @property
+    def num_instances(self) -> int:
+        return int(self.image_index.shape[0])
+
+    def pad(self, values: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+        """(N, ...) -> (B, n_max, ...), `fill` in the padding slots."""
+        padded = values.new_full((self.counts.shape[0], self.max_count, *values.shape[1:]), fill)
+        padded[self.image_index, self.slot] = values
+        return padded
+
+    def real(self, values: torch.Tensor) -> torch.Tensor:
+        """(L, B, n_max, ...) -> (L, N, ...): each level's real instances in the flat order. The same as
+        `values[:, instance_mask]`, without the wait a boolean mask costs on a GPU."""
+        return values[:, self.image_index, self.slot]
+
+
+@dataclass
+class LevelGrid:
+    """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
+    each level's cells row by row)."""
+
+    sizes: list[tuple[int, int]]  # each level's (H_l, W_l)
+    spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
+    level_of_cell: torch.Tensor  # (P,) long
+    indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
+
+    @classmethod
+    def of(cls, maps: list[torch.Tensor]) -> LevelGrid:
+        """The grid of the levels' (B, C, H_l, W_l) maps, finest first."""
+        sizes = [tuple(level_map.shape[-2:]) for level_map in maps]
+        cells = [height * width for height, width in sizes]
+        starts = [sum(cells[:level]) for level in range(len(cells))]
+        device = maps[0].device
+        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+        # A comparison rather than one_hot, whose range check reads values back on the CPU.
+        indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
+        return cls(
+            sizes=sizes,
+            spans=[(start, start + count) for start, count in zip(starts, cells)],
+            level_of_cell=level_of_cell,
+            indicator=indicator,
+        )
+
+    @staticmethod
+    def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
+        return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
+
+
+def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:
+    """For a step in which this process has no instance: join the other processes' single reduction of the
+    levels' teacher scales (`InstanceDiscrepancy.of` makes one for all levels), so none of them waits."""
+    if feature_scale == "teacher":
+        teacher_maps = [teacher_map for teacher_map, _ in levels]
+        level_mean_squares(LevelGrid.side_by_side(teacher_maps), LevelGrid.of(teacher_maps).indicator)
+
+
+@dataclass
+class InstanceDiscrepancy:
+    """Every instance's Gaussian masks and discrepancy d_lj on every level, and the maps they came from.
+
+    Attributes:
+        grid: the levels' cells side by side.
+        masks: (N, P) each instance's masks, each level's block summing to 1.
+        padded_masks: (B, n_max, P) the same per image, zeros in the padding slots.
+        teacher_cells, student_cells: (B, C, P) the teacher's and the aligned student's maps side by side.
+        discrepancy: (L, B, n_max) d_lj, differentiable with respect to the student's maps; 0 in padding.
+    """
+
+    grid: LevelGrid
+    masks: torch.Tensor
+    padded_masks: torch.Tensor
+    teacher_cells: torch.Tensor
+    student_cells: torch.Tensor
+    discrepancy: torch.Tensor
+
+    @classmethod
+    def of(
+        cls,
+        levels: list[tuple[torch.Tensor, torch.Tensor]],
+        *,
+        layout: InstanceLayout,
+        strides: list[int],
+        feature_scale: str,
+    ) -> InstanceDiscrepancy:
+        """From every level's (teacher map, aligned student map), (B, C, H_l, W_l) each, finest first.
+
+        `feature_scale`: `"teacher"` divides level l's squared errors by E_l, its teacher's mean squared
+        activation over the batch, all processes included (one reduction for all levels); `"none"`: E_l = 1.
+        """
+        teacher_maps, student_maps = [list(maps) for maps in zip(*levels)]
+        grid = LevelGrid.of(teacher_maps)
+        masks = multi_level_gaussian_masks(layout.boxes, feature_sizes=grid.sizes, strides=strides)  # (N, P)
+        padded_masks = layout.pad(masks)  # (B, n_max, P)
+        teacher_cells = LevelGrid.side_by_side(teacher_maps)
+        student_cells = LevelGrid.side_by_side(student_maps)
+        squared_error = (teacher_cells - student_cells).square().mean(dim=1)  # (B, P)
+        if feature_scale == "teacher":
+            scale = level_mean_squares(teacher_cells, grid.indicator).clamp(min=1e-12)  # (L,)
+            squared_error = squared_error / scale[grid.level_of_cell]
+        # Each level's block of the masks against that level's errors: (B, n_max, P) @ (B, P, L).
+        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
+        return cls(
+            grid=grid,
+            masks=masks,
+            padded_masks=padded_masks,
+            teacher_cells=teacher_cells,
+            student_cells=student_cells,
+            discrepancy=discrepancy,
+        )
+
+    def image_means(self, layout: InstanceLayout, weights: torch.Tensor | None = None) -> torch.Tensor:
+        """(L, B') each level's mean of d_lj (or of w_lj d_lj, with (L, B, n_max) `weights`) over each image's
+        instances, for the images with instances."""
+        weighted = self.discrepancy if weights is None else weights * self.discrepancy
+        per_image = weighted.sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
+        return per_image[:, layout.images_with_instances]
