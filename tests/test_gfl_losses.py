@@ -59,6 +59,26 @@ def test_giou_loss_hand_value():
     assert loss.item() == pytest.approx(1 - (1 / 7 - 2 / 9), rel=1e-5)
 
 
+def test_giou_loss_matches_torchvision_in_value_and_gradient():
+    # Our clamp-based intersection must train exactly like torchvision's masked one: overlapping,
+    # disjoint, touching and identical pairs.
+    torchvision = pytest.importorskip("torchvision")
+    generator = torch.Generator().manual_seed(0)
+    corners = torch.rand(200, 2, 2, generator=generator) * 40
+    boxes = torch.cat([corners[:, 0], corners[:, 0] + 1 + corners[:, 1]], dim=1)  # (200, 4), x2 > x1
+    predicted = torch.cat([boxes[:100], torch.tensor([[0.0, 0.0, 2.0, 2.0], [5.0, 5.0, 9.0, 9.0]])])
+    targets = torch.cat([boxes[100:], torch.tensor([[2.0, 0.0, 4.0, 2.0], [5.0, 5.0, 9.0, 9.0]])])
+    weights = torch.rand(len(predicted), generator=generator)
+    ours, theirs = predicted.clone().requires_grad_(), predicted.clone().requires_grad_()
+    loss = giou_loss(ours, targets)
+    reference = torchvision.ops.generalized_box_iou_loss(theirs, targets, reduction="none")
+    (loss * weights).sum().backward()
+    (reference * weights).sum().backward()
+    assert torch.allclose(loss, reference, atol=1e-6)
+    assert torch.allclose(ours.grad, theirs.grad, atol=1e-5)
+    assert (loss[:100] > 1).any() and loss[-1].item() == pytest.approx(0.0, abs=1e-6)
+
+
 def test_aligned_iou():
     iou = aligned_box_iou(
         torch.tensor([[0.0, 0.0, 2.0, 2.0], [0, 0, 1, 1]]), torch.tensor([[1.0, 1.0, 3.0, 3.0], [0, 0, 1, 1]])

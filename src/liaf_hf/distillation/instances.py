@@ -26,6 +26,7 @@ torch.Size([2, 2, 1])
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -114,25 +115,31 @@ class LevelGrid:
 
     @classmethod
     def of(cls, maps: list[torch.Tensor]) -> LevelGrid:
-        """The grid of the levels' (B, C, H_l, W_l) maps, finest first."""
-        sizes = [tuple(level_map.shape[-2:]) for level_map in maps]
-        cells = [height * width for height, width in sizes]
-        starts = [sum(cells[:level]) for level in range(len(cells))]
-        device = maps[0].device
-        level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
-        # A comparison rather than one_hot, whose range check reads values back on the CPU.
-        indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
-        return cls(
-            sizes=sizes,
-            spans=[(start, start + count) for start, count in zip(starts, cells)],
-            level_of_cell=level_of_cell,
-            indicator=indicator,
-        )
+        """The grid of the levels' (B, C, H_l, W_l) maps, finest first (read-only: shared by every call on
+        the same sizes and device)."""
+        return _level_grid(tuple(tuple(level_map.shape[-2:]) for level_map in maps), maps[0].device)
 
     @staticmethod
     def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
         """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
         return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_grid(sizes: tuple[tuple[int, int], ...], device: torch.device) -> LevelGrid:
+    """`LevelGrid` of the levels' sizes, built once per grid and device (a few copies and launches saved
+    per step)."""
+    cells = [height * width for height, width in sizes]
+    starts = [sum(cells[:level]) for level in range(len(cells))]
+    level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+    # A comparison rather than one_hot, whose range check reads values back on the CPU.
+    indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
+    return LevelGrid(
+        sizes=list(sizes),
+        spans=[(start, start + count) for start, count in zip(starts, cells)],
+        level_of_cell=level_of_cell,
+        indicator=indicator,
+    )
 
 
 def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:

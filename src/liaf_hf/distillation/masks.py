@@ -21,6 +21,9 @@ Example:
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
+
 import torch
 
 __all__ = ["box_cell_masks", "foreground_background_masks", "gaussian_instance_masks", "multi_level_gaussian_masks"]
@@ -50,7 +53,8 @@ def _with_fallback(profile: torch.Tensor, centre: torch.Tensor, *, stride: int) 
 
 
 def _gaussian_window(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """One axis of the instance mask before its fallback: (n,) box edges and (size,) cell centres -> (n, size).
+    """One axis of the instance mask before its fallback: the box edges `low`, `high` along the axis and the
+    cell centres `points`, broadcast together (e.g. (n, 1) edges and (size,) centres -> (n, size)).
 
     1 between the edges, exp(-distance^2 / (2 sigma^2)) beyond them out to the window (twice the side,
     centred on the box), 0 beyond the window.
@@ -58,15 +62,15 @@ def _gaussian_window(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor
     side = (high - low).clamp(min=0)
     centre = (low + high) * 0.5
     sigma = (side * GAUSSIAN_SIGMA_PER_SIDE).clamp(min=1e-6)
-    outside = torch.maximum(low[:, None] - points[None, :], points[None, :] - high[:, None]).clamp(min=0)
-    profile = torch.exp(-0.5 * (outside / sigma[:, None]).square())
-    in_window = (points[None, :] - centre[:, None]).abs() <= side[:, None]
-    return torch.where(in_window, profile, torch.zeros_like(profile))
+    outside = torch.maximum(low - points, points - high).clamp(min=0)
+    profile = torch.exp(-0.5 * (outside / sigma).square())
+    return profile.masked_fill((points - centre).abs() > side, 0.0)
 
 
 def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor, *, stride: int) -> torch.Tensor:
-    """`_gaussian_window`, with the nearest cell for a box whose window holds no cell centre."""
-    return _with_fallback(_gaussian_window(low, high, points), (low + high) * 0.5, stride=stride)
+    """`_gaussian_window` of (n,) edges on (size,) centres, with the nearest cell for a box whose window holds
+    no cell centre."""
+    return _with_fallback(_gaussian_window(low[:, None], high[:, None], points), (low + high) * 0.5, stride=stride)
 
 
 def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
@@ -103,6 +107,58 @@ def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int
     return profile_y[:, :, None] * profile_x[:, None, :]
 
 
+@dataclass(frozen=True)
+class _AxisCells:
+    """Both axes' cells of every level, side by side (Q of them): each level's columns (x, levels finest
+    first), then each level's rows (y). A "group" is one level's cells along one axis: group l < L holds
+    level l's columns, group L + l its rows. Read-only: shared by every call on the same grid."""
+
+    points: torch.Tensor  # (Q,) cell centres along their axis, input pixels
+    is_row: torch.Tensor  # (Q,) bool, True for the y axis' cells
+    group_of_cell: torch.Tensor  # (Q,) long
+    group_indicator: torch.Tensor  # (Q, 2L) float, 1 where the cell belongs to the group
+    group_axis: torch.Tensor  # (2L,) long, 0 for x groups, 1 for y groups
+    group_strides: torch.Tensor  # (2L,) float
+    group_last_cell: torch.Tensor  # (2L,) long, the last cell index along the group's axis
+    group_offsets: torch.Tensor  # (2L,) long, where each group starts among the Q cells
+    places: torch.Tensor  # (2, P) each grid cell's (row, column) among the Q cells, levels side by side
+
+
+@functools.lru_cache(maxsize=32)
+def _axis_cells(
+    feature_sizes: tuple[tuple[int, int], ...], strides: tuple[int, ...], device: torch.device
+) -> _AxisCells:
+    """`_AxisCells` of a grid, built once per grid and device: a training run meets a few input shapes, and
+    building these every step cost some twenty small copies and kernel launches."""
+    sizes = [width for _, width in feature_sizes] + [height for height, _ in feature_sizes]
+    group_strides = list(strides) * 2
+    offsets = [sum(sizes[:group]) for group in range(len(sizes))]
+    cells = [
+        ((index + 0.5) * stride, group)
+        for group, (size, stride) in enumerate(zip(sizes, group_strides))
+        for index in range(size)
+    ]
+    num_levels = len(feature_sizes)
+    rows, columns = [], []
+    for level, (height, width) in enumerate(feature_sizes):
+        rows += [offsets[num_levels + level] + row for row in range(height) for _ in range(width)]
+        columns += [offsets[level] + column for _ in range(height) for column in range(width)]
+    points, group_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
+    group_of_cell = group_of_cell.long()
+    groups = torch.arange(len(sizes), device=device)
+    return _AxisCells(
+        points=points,
+        is_row=group_of_cell >= num_levels,
+        group_of_cell=group_of_cell,
+        group_indicator=(group_of_cell[:, None] == groups).float(),
+        group_axis=(groups >= num_levels).long(),
+        group_strides=torch.tensor(group_strides, dtype=torch.float32).to(device),
+        group_last_cell=torch.tensor(sizes).to(device) - 1,
+        group_offsets=torch.tensor(offsets).to(device),
+        places=torch.tensor([rows, columns], dtype=torch.long).to(device),
+    )
+
+
 def multi_level_gaussian_masks(
     boxes: torch.Tensor, *, feature_sizes: list[tuple[int, int]], strides: list[int]
 ) -> torch.Tensor:
@@ -110,8 +166,9 @@ def multi_level_gaussian_masks(
 
     Equal to concatenating `gaussian_instance_masks(boxes, feature_size=size, stride=stride).flatten(1)` over
     the levels (up to float rounding), in a fixed number of tensor operations whatever the number of levels:
-    both axes' profiles of all levels are computed together, and the per-level steps (the fallback to the
-    nearest cell, the normalisation) act on all levels through each cell's level index.
+    the profiles of both axes on all levels are computed in one pass over the cells of `_AxisCells`, and the
+    per-level steps (the fallback to the nearest cell, the normalisation) act on all levels and axes through
+    each cell's group.
 
     Args:
         boxes: (n, 4) boxes, xyxy in pixels of the padded input.
@@ -122,44 +179,21 @@ def multi_level_gaussian_masks(
         (n, sum_l H_l W_l) float32; each level's block (its cells row by row) sums to 1.
     """
     boxes = boxes.float().reshape(-1, 4)
-    device = boxes.device
-    num_levels = len(feature_sizes)
-
-    def axis(sizes: list[int], low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
-        """The normalised profiles (n, sum_l sizes[l]) of one axis on every level."""
-        # The cells' centres and levels, listed in Python and sent in one copy.
-        cells = [
-            ((index + 0.5) * stride, level)
-            for level, (size, stride) in enumerate(zip(sizes, strides))
-            for index in range(size)
-        ]
-        points, level_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
-        level_of_cell = level_of_cell.long()
-        # A comparison rather than one_hot, whose range check reads values back on the CPU.
-        indicator = (level_of_cell[:, None] == torch.arange(num_levels, device=device)).float()  # (cells, L)
-        profile = _gaussian_window(low, high, points)
-        centre = (low + high) * 0.5
-        # A level whose window holds no cell centre takes the cell nearest the box's centre on that level.
-        level_strides = torch.tensor(strides, dtype=torch.float32, device=device)
-        level_sizes = torch.tensor(sizes, device=device)
-        offsets = torch.tensor([sum(sizes[:level]) for level in range(num_levels)], device=device)
-        nearest = torch.minimum((centre[:, None] / level_strides).floor().long().clamp(min=0), level_sizes - 1)
-        nearest = nearest + offsets  # (n, L) column of each level's nearest cell
-        rows = torch.arange(profile.shape[0], device=device)[:, None].expand_as(nearest)
-        empty = (profile @ indicator) <= 0  # (n, L)
-        profile[rows, nearest] = torch.where(empty, torch.ones_like(profile[rows, nearest]), profile[rows, nearest])
-        return profile / (profile @ indicator)[:, level_of_cell]
-
-    profile_x = axis([width for _, width in feature_sizes], boxes[:, 0], boxes[:, 2])
-    profile_y = axis([height for height, _ in feature_sizes], boxes[:, 1], boxes[:, 3])
-    # Each cell of each level, row by row: its row's entry in profile_y and its column's in profile_x.
-    row_offset, column_offset, rows, columns = 0, 0, [], []
-    for height, width in feature_sizes:
-        rows += [row_offset + row for row in range(height) for _ in range(width)]
-        columns += [column_offset + column for _ in range(height) for column in range(width)]
-        row_offset, column_offset = row_offset + height, column_offset + width
-    places = torch.tensor([rows, columns], dtype=torch.long).to(device)
-    return profile_y[:, places[0]] * profile_x[:, places[1]]
+    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
+    # Each cell's box edges along its own axis: x1, x2 for columns, y1, y2 for rows.
+    low = torch.where(cells.is_row, boxes[:, 1:2], boxes[:, 0:1])  # (n, Q)
+    high = torch.where(cells.is_row, boxes[:, 3:4], boxes[:, 2:3])
+    profile = _gaussian_window(low, high, cells.points)
+    # A group whose window holds no cell centre takes the cell nearest the box's centre on that axis.
+    centres = (boxes[:, :2] + boxes[:, 2:]) * 0.5  # (n, 2)
+    nearest = (centres[:, cells.group_axis] / cells.group_strides).floor().long().clamp(min=0)
+    nearest = torch.minimum(nearest, cells.group_last_cell) + cells.group_offsets  # (n, 2L)
+    rows = torch.arange(profile.shape[0], device=profile.device)[:, None].expand_as(nearest)
+    empty = (profile @ cells.group_indicator) <= 0  # (n, 2L)
+    profile[rows, nearest] = profile[rows, nearest].masked_fill(empty, 1.0)
+    profile = profile / (profile @ cells.group_indicator)[:, cells.group_of_cell]
+    # Each cell of each level, row by row: its row's profile value times its column's.
+    return profile[:, cells.places[0]] * profile[:, cells.places[1]]
 
 
 def box_cell_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int], stride: int) -> torch.Tensor:
