@@ -237,9 +237,7 @@ def _is_view(func) -> bool:
     """True for operations that only make a new view of their input's storage (no kernel runs): their
     outputs alias an input without writing to it (`view`, `permute`, `detach`, ...)."""
     returns = func._schema.returns
-    return bool(returns) and all(
-        result.alias_info is not None and not result.alias_info.is_write for result in returns
-    )
+    return bool(returns) and all(result.alias_info is not None and not result.alias_info.is_write for result in returns)
 
 
 def _indexes_with_a_mask(func, args) -> bool:
@@ -247,9 +245,7 @@ def _indexes_with_a_mask(func, args) -> bool:
     waits for the device to count it."""
     if func.overloadpacket.__name__ not in ("index", "index_put", "index_put_") or len(args) < 2:
         return False
-    return any(
-        isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1] or ()
-    )
+    return any(isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8) for index in args[1] or ())
 
 
 class _OperationCounter(TorchDispatchMode):

@@ -1,5 +1,6 @@
-"""The measuring tools of benchmarks/step_cost.py, on steps whose answer is known."""
+"""The measuring tools of benchmarks/step_cost.py and benchmarks/gpu_cost_model.py, on inputs whose answer is known."""
 
+import pytest
 import torch
 
 from tiny import ROOT, load_script
@@ -66,3 +67,38 @@ def test_views_are_not_kernels_and_mask_indexing_waits_for_the_device():
     assert counts["views"]["device_waits"] == 0
     assert counts["waits"]["device_waits"] == 2
     assert counts["waits"]["kernels"] >= 3
+
+
+def test_gpu_cost_model_recovers_the_costs_it_was_built_from():
+    model = load_script(ROOT / "benchmarks" / "gpu_cost_model.py", "gpu_cost_model")
+    per_kernel, per_wait, teacher = 10e-6, 80e-6, 5e-3
+    counts = {
+        "student step": (1000, 10),
+        "teacher forward": (300, 0),
+        "student step + teacher forward": (1300, 10),
+        "distill: none": (1050, 11),
+        "distill: liaf": (1700, 12),
+        "distill: aid": (2100, 30),
+    }
+    counted = {
+        name: {"configuration": name, "kernels": kernels, "device_waits": waits}
+        for name, (kernels, waits) in counts.items()
+    }
+    timed = {
+        name: {
+            "configuration": name,
+            "seconds_per_step": kernels * per_kernel + waits * per_wait + (name not in model.WITHOUT_TEACHER) * teacher,
+        }
+        for name, (kernels, waits) in counts.items()
+    }
+    coefficients, fitted = model.fit(timed, counted, "counted.json")
+    assert coefficients.tolist() == pytest.approx([per_kernel, per_wait, teacher], rel=1e-6)
+    assert all(abs(row["relative_error"]) < 1e-6 for row in fitted)
+    predicted = {row["configuration"]: row for row in model.predict(coefficients, counted, "counted.json")}
+    floor = 1300 * per_kernel + 10 * per_wait + teacher
+    assert predicted["distill: liaf"]["predicted_ratio_to_floor"] == pytest.approx(
+        (1700 * per_kernel + 12 * per_wait + teacher) / floor
+    )
+    del counted["distill: aid"]["kernels"]
+    with pytest.raises(ValueError, match="distill: aid.*--operations_only"):
+        model.fit(timed, counted, "counted.json")

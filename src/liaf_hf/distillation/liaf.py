@@ -328,7 +328,9 @@ class LIAFDistiller(Distiller):
             class_logits = torch.cat([logits.detach().flatten(2) for logits in student.class_logits], dim=2)
             class_scores = class_logits.float().sigmoid()[layout.image_index, layout.class_labels]  # (N, P)
             scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
-        logits = self.selector(teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)).view(num_levels, layout.num_instances, -1)  # (L, N, K), level by level
+        logits = self.selector(
+            teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)
+        ).view(num_levels, layout.num_instances, -1)  # (L, N, K), level by level
         return _Selection(
             instances=instances,
             scores=layout.pad(logits.sigmoid().transpose(0, 1)).permute(2, 0, 1, 3),
