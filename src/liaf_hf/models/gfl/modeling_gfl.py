@@ -32,15 +32,16 @@ from .configuration_gfl import GFLConfig
 
 
 def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) centre-size boxes to (..., 4) corner boxes, same units."""
-    cx, cy, w, h = boxes.unbind(-1)
-    return torch.stack([cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h], dim=-1)
+    """(..., 4) centre-size boxes to (..., 4) corner boxes, same units (both corners at once: four kernels on
+    a GPU rather than one per coordinate)."""
+    centres, half_sizes = boxes[..., :2], 0.5 * boxes[..., 2:]
+    return torch.cat([centres - half_sizes, centres + half_sizes], dim=-1)
 
 
 def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     """(..., 4) corner boxes to (..., 4) centre-size boxes, same units."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack([(x1 + x2) * 0.5, (y1 + y2) * 0.5, x2 - x1, y2 - y1], dim=-1)
+    top_left, bottom_right = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([(top_left + bottom_right) * 0.5, bottom_right - top_left], dim=-1)
 
 
 def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
