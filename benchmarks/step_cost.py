@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -74,6 +75,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="Only count each configuration's operations, kernels and device waits (no timing, memory or "
         "inference): what a CPU can say about a GPU preset's cost.",
+    )
+    parser.add_argument(
+        "--kernels_by_site",
+        action="store_true",
+        help="Also list each method's kernels beyond the floor's by the liaf_hf function that launched them.",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default: results/step_cost_<preset>.json).")
@@ -253,20 +259,51 @@ class _OperationCounter(TorchDispatchMode):
     those that run a kernel (not views, not bare allocations), and those that make the host wait for the
     device (on a GPU: a value read back, a boolean mask's count)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, by_site: bool = False) -> None:
         super().__init__()
         self.operations = 0
         self.kernels = 0
         self.device_waits = 0
+        # With `by_site`, kernels per calling function of liaf_hf (slow: a stack walk per operation).
+        self.kernels_by_site: Counter[str] | None = Counter() if by_site else None
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.operations += 1
         name = func.overloadpacket.__name__
         if not _is_view(func) and name not in _ALLOCATING_OPERATIONS:
             self.kernels += 1
+            if self.kernels_by_site is not None:
+                self.kernels_by_site[_calling_site()] += 1
         if name in _WAITING_OPERATIONS or _indexes_with_a_mask(func, args):
             self.device_waits += 1
         return func(*args, **(kwargs or {}))
+
+
+# The site of kernels launched by no liaf_hf function: in a step, those of the backward pass (the autograd
+# engine runs them outside any Python function of ours, custom `backward`s aside).
+OUTSIDE_THE_LIBRARY = "backward pass (outside liaf_hf)"
+
+
+def _calling_site() -> str:
+    """The innermost liaf_hf function on the stack as `file.py:function`, or `OUTSIDE_THE_LIBRARY`."""
+    frame = sys._getframe(2)
+    while frame is not None:
+        path = frame.f_code.co_filename
+        if f"{os.sep}liaf_hf{os.sep}" in path:
+            return f"{os.path.basename(path)}:{frame.f_code.co_name}"
+        frame = frame.f_back
+    return OUTSIDE_THE_LIBRARY
+
+
+def kernels_by_site(configurations: dict[str, Callable[[], None]], names: list[str]) -> dict[str, dict[str, int]]:
+    """For each configuration in `names`, its kernels per calling site beyond the floor's (sites with more
+    kernels than in the floor's step, largest first): where a method's extra launches come from."""
+    sites = {}
+    for name in [FLOOR, *names]:
+        with _OperationCounter(by_site=True) as counter:
+            configurations[name].forward_backward()
+        sites[name] = counter.kernels_by_site
+    return {name: dict((sites[name] - sites[FLOOR]).most_common()) for name in names}
 
 
 def count_operations(configurations: dict[str, Callable[[], None]]) -> dict[str, dict[str, int]]:
@@ -408,6 +445,9 @@ def main(argv: list[str] | None = None) -> None:
         timings = time_configurations(configurations, args)
         floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
     operations = count_operations(configurations)
+    sites = None
+    if args.kernels_by_site:
+        sites = kernels_by_site(configurations, [name for name in configurations if name.startswith("distill: ")])
     memory = {}
     if not args.no_memory and not args.operations_only:
         for name in configurations:
@@ -459,6 +499,10 @@ def main(argv: list[str] | None = None) -> None:
             f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
             f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
         ]
+    if sites:
+        for name, by_site in sites.items():
+            listed = ", ".join(f"{site} {count}" for site, count in list(by_site.items())[:12])
+            lines += ["", f"{name}: {sum(by_site.values()):,} kernels beyond the floor's: {listed}"]
     table = "\n".join(lines)
     print(table)
 
@@ -475,6 +519,7 @@ def main(argv: list[str] | None = None) -> None:
         "floor_seconds_per_step": floor,
         "rows": rows,
         "inference": inference,
+        "kernels_by_site_beyond_floor": sites,
         "table": table,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
