@@ -1,7 +1,7 @@
 """How far do kernel counts predict a GPU step's time? Fit, on one GPU run, and predict for counted code.
 
     python benchmarks/gpu_cost_model.py \
-        --timed benchmarks/results/step_cost_gpu.json \
+        --timed benchmarks/results/step_cost_gpu_47790c6.json \
         --counted benchmarks/results/step_cost_gpu_preset_kernels_47790c6.json \
         --predict benchmarks/results/step_cost_gpu_preset_operations.json
 

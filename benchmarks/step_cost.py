@@ -6,7 +6,8 @@
 Times, on one fixed batch of generated images and in one process (configurations interleaved round by
 round, so machine noise hits them alike; the median round is reported):
 - the plain student's training step (forward, loss, backward, gradient clipping, AdamW step),
-- the teacher's forward alone (eval mode, no gradients),
+- the teacher's forward alone (eval mode, no gradients), and its backbone and FPN alone (all that the methods
+  comparing FPN maps need: the distillation step skips the teacher's head for them),
 - the distillation step of each method (what `LIAFDistillationTrainer` runs: student step, teacher forward,
   the method's loss and its own parameters' updates),
 and reports each distillation step against the floor no implementation can beat: student step + teacher
@@ -57,6 +58,8 @@ PRESETS = {
 }
 DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"]
 STUDENT_STEP, TEACHER_FORWARD, FLOOR = "student step", "teacher forward", "student step + teacher forward"
+# The part of the teacher's forward that methods comparing FPN maps only run (`needs_teacher_head = False`).
+TEACHER_FEATURES = "teacher backbone + FPN"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -80,6 +83,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--kernels_by_site",
         action="store_true",
         help="Also list each method's kernels beyond the floor's by the liaf_hf function that launched them.",
+    )
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="Also profile each configuration: the device's busy time per step (on a GPU, the kernels' summed "
+        "durations; against the step's time, how long the device waited for the host) and each method's "
+        "device time beyond the floor's by operation.",
     )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default: results/step_cost_<preset>.json).")
@@ -176,8 +186,14 @@ def build_configurations(args: argparse.Namespace) -> tuple[dict[str, Callable[[
     def teacher_forward() -> None:
         teacher(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
 
+    @torch.no_grad()
+    def teacher_features() -> None:
+        teacher.forward_features(batch["pixel_values"])
+
     teacher_forward.forward_backward = teacher_forward
+    teacher_features.forward_backward = teacher_features
     configurations[TEACHER_FORWARD] = teacher_forward
+    configurations[TEACHER_FEATURES] = teacher_features
     student_step = configurations[STUDENT_STEP]
 
     def floor_step() -> None:
@@ -228,6 +244,53 @@ def time_configurations(configurations: dict[str, Callable[[], None]], args: arg
         name: {"median_s": statistics.median(times), "rounds_s": [round(t, 4) for t in times]}
         for name, times in per_round.items()
     }
+
+
+def _busy_time_by_operation(step: Callable[[], None], steps: int, device: str) -> tuple[float, Counter[str]]:
+    """Seconds per step the device spent running `step`'s work, in all and by tensor operation.
+
+    On a GPU: the kernels' durations (one stream, so they do not overlap), each credited to the operation
+    that launched it; a step that takes longer than that kept the device waiting for the host. On the CPU
+    the host is the device: the operations' own CPU time."""
+    on_gpu = device.startswith("cuda")
+    activities = [ProfilerActivity.CPU, ProfilerActivity.CUDA] if on_gpu else [ProfilerActivity.CPU]
+    step()  # the profiler's first step pays its own set-up
+    synchronise(device)
+    with profile(activities=activities) as recording:
+        for _ in range(steps):
+            step()
+        synchronise(device)
+    by_operation: Counter[str] = Counter()
+    busy_us = 0.0
+    for event in recording.events():
+        if on_gpu:
+            if event.device_type == torch.autograd.DeviceType.CPU:
+                by_operation[event.key] += event.self_device_time_total
+            elif not event.is_user_annotation:  # a kernel, copy or fill as the device ran it (not a range
+                busy_us += event.self_device_time_total  # of `record_function`'s, which spans kernels)
+        else:
+            by_operation[event.key] += event.self_cpu_time_total
+            busy_us += event.self_cpu_time_total
+    per_step = 1e-6 / steps
+    return busy_us * per_step, Counter({key: us * per_step for key, us in by_operation.items() if us > 0})
+
+
+def profile_configurations(configurations: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict:
+    """Each configuration's device busy time per step, and for each distillation step its device time
+    beyond the floor's by operation (the twelve largest differences): which operations a method adds."""
+    profiles = {}
+    for name, step in configurations.items():
+        busy, by_operation = _busy_time_by_operation(step, args.steps, args.device)
+        profiles[name] = {"busy_s": busy, "by_operation": by_operation}
+    floor_operations = profiles[FLOOR]["by_operation"]
+    result = {}
+    for name, measured in profiles.items():
+        result[name] = {"busy_s_per_step": measured["busy_s"]}
+        if name.startswith("distill: "):
+            extra = Counter(measured["by_operation"])
+            extra.subtract(floor_operations)
+            result[name]["extra_s_by_operation"] = {key: seconds for key, seconds in extra.most_common(12)}
+    return result
 
 
 # Tensor operations that make the host wait for the device before it can go on (on a GPU): reading a value
@@ -440,14 +503,18 @@ def main(argv: list[str] | None = None) -> None:
         for step in configurations.values():  # caches (anchor points) filled as in a timed step
             step.forward_backward()
         timings = None
-        floor = None
+        floor = feature_floor = None
     else:
         timings = time_configurations(configurations, args)
         floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
+        feature_floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FEATURES]["median_s"]
     operations = count_operations(configurations)
     sites = None
     if args.kernels_by_site:
         sites = kernels_by_site(configurations, [name for name in configurations if name.startswith("distill: ")])
+    profiles = None
+    if args.profile and not args.operations_only:
+        profiles = profile_configurations(configurations, args)
     memory = {}
     if not args.no_memory and not args.operations_only:
         for name in configurations:
@@ -456,6 +523,11 @@ def main(argv: list[str] | None = None) -> None:
     inference = None if args.operations_only else saved_student_comparison(context, args)
 
     floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
+    features_only = {
+        f"distill: {method}"
+        for method, model in context["models"].items()
+        if model.distiller.needs_teacher and not model.distiller.needs_teacher_head
+    }
     rows = []
     for name in configurations:
         row = {"configuration": name, **operations[name]}
@@ -465,8 +537,16 @@ def main(argv: list[str] | None = None) -> None:
         if name.startswith("distill: "):
             if timings:
                 row["ratio_to_floor"] = timings[name]["median_s"] / floor
+                if name in features_only:
+                    row["ratio_to_feature_floor"] = timings[name]["median_s"] / feature_floor
             row["operations_ratio_to_floor"] = operations[name]["operations"] / operations[FLOOR]["operations"]
             row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
+        if profiles:
+            row["device_busy_s_per_step"] = profiles[name]["busy_s_per_step"]
+            if timings:
+                row["device_busy_share"] = profiles[name]["busy_s_per_step"] / timings[name]["median_s"]
+            if "extra_s_by_operation" in profiles[name]:
+                row["extra_device_s_by_operation"] = profiles[name]["extra_s_by_operation"]
         if memory:
             row["peak_extra_MiB"] = memory[name]["peak_extra_bytes"] / 2**20
             if name.startswith("distill: ") and floor_memory:
@@ -490,6 +570,17 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['configuration']} | {seconds} | {ratio} | {row['kernels']:,} | {kernel_ratio} "
             f"| {row['device_waits']} | {mib} | {mem_ratio} |"
         )
+    if timings:
+        listed = ", ".join(
+            f"{row['configuration'].removeprefix('distill: ')} {row['ratio_to_feature_floor']:.2f}"
+            for row in rows
+            if "ratio_to_feature_floor" in row
+        )
+        lines += [
+            "",
+            f"Against student step + teacher backbone and FPN alone ({feature_floor:.3f} s), the floor of the methods "
+            f"that compare FPN maps only (their step skips the teacher's head): {listed}",
+        ]
     if inference:
         latency = inference["latency_s_per_batch"]
         lines += [
@@ -499,6 +590,17 @@ def main(argv: list[str] | None = None) -> None:
             f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
             f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
         ]
+    if profiles:
+        lines += ["", "| configuration | device busy ms/step | share of the step's time |", "|---|---|---|"]
+        for row in rows:
+            share = f"{row['device_busy_share']:.2f}" if "device_busy_share" in row else "-"
+            lines.append(f"| {row['configuration']} | {row['device_busy_s_per_step'] * 1000:.2f} | {share} |")
+        for row in rows:
+            if "extra_device_s_by_operation" in row:
+                listed = ", ".join(
+                    f"{key} {seconds * 1000:+.2f}" for key, seconds in row["extra_device_s_by_operation"].items()
+                )
+                lines += ["", f"{row['configuration']}: device ms/step beyond the floor's: {listed}"]
     if sites:
         for name, by_site in sites.items():
             listed = ", ".join(f"{site} {count}" for site, count in list(by_site.items())[:12])
@@ -517,6 +619,7 @@ def main(argv: list[str] | None = None) -> None:
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "measure_memory_of")},
         "floor_seconds_per_step": floor,
+        "feature_floor_seconds_per_step": feature_floor,
         "rows": rows,
         "inference": inference,
         "kernels_by_site_beyond_floor": sites,

@@ -116,3 +116,25 @@ def test_kernels_are_attributed_to_the_library_function_that_launched_them():
     assert counter.kernels_by_site["modeling_gfl.py:box_cxcywh_to_xyxy"] == 4
     assert counter.kernels_by_site[script.OUTSIDE_THE_LIBRARY] == 1
     assert counter.kernels == 5
+
+
+def test_profile_credits_a_methods_extra_time_to_the_operations_it_adds():
+    script = step_cost()
+    matrix = torch.randn(384, 384)
+
+    def floor() -> None:
+        (matrix @ matrix).sum()
+
+    def with_a_sort() -> None:
+        floor()
+        for _ in range(8):
+            torch.sort(matrix, dim=1)
+
+    configurations = {script.FLOOR: floor, "distill: sorting": with_a_sort}
+    args = script.parse_args(["--device", "cpu", "--steps", "2"])
+    profiles = script.profile_configurations(configurations, args)
+    assert profiles[script.FLOOR]["busy_s_per_step"] > 0
+    assert profiles["distill: sorting"]["busy_s_per_step"] > profiles[script.FLOOR]["busy_s_per_step"]
+    extra = profiles["distill: sorting"]["extra_s_by_operation"]
+    assert next(iter(extra)) == "aten::sort"  # the largest difference
+    assert "extra_s_by_operation" not in profiles[script.FLOOR]

@@ -8,6 +8,7 @@ import torch
 from liaf_hf import GFLConfig
 from liaf_hf.distillation import LIAFDistiller, build_distiller
 from liaf_hf.distillation.base import DistillationBatch
+from liaf_hf.distillation.instances import InstanceDiscrepancy, InstanceLayout
 from liaf_hf.distillation.masks import (
     box_cell_masks,
     foreground_background_masks,
@@ -304,3 +305,38 @@ def test_instance_distillers_never_make_the_host_wait_for_the_device(method, opt
         sum(result.losses.values()).backward()
     assert counter.kernels > 0
     assert counter.device_waits == 0
+
+
+def test_instance_feature_means_and_discrepancy_equal_each_level_computed_alone():
+    """The all-levels computation (one product per map, the squared error's own backward) against the plain
+    per-level formulas of the module docstring, in value and in the gradient reaching the student."""
+    teacher_maps = random_features(batch=2, seed=1)
+    student_maps = [level.clone().requires_grad_(True) for level in random_features(batch=2, seed=2)]
+    batch = make_batch(TWO_IMAGES)
+    layout = InstanceLayout.from_boxes(batch.boxes)
+    instances = InstanceDiscrepancy.of(
+        list(zip(teacher_maps, student_maps)), layout=layout, strides=STRIDES, feature_scale="none", feature_means=True
+    )
+    upstream = torch.randn_like(instances.discrepancy)
+    (instances.discrepancy * upstream).sum().backward()
+    fast_gradients = [level.grad.clone() for level in student_maps]
+
+    channels = teacher_maps[0].shape[1]
+    for level in student_maps:
+        level.grad = None
+    expected_total = 0.0
+    for level, (teacher_map, student_map, size, stride) in enumerate(zip(teacher_maps, student_maps, SIZES, STRIDES)):
+        for image, image_boxes in enumerate(batch.boxes):
+            masks = gaussian_instance_masks(image_boxes, feature_size=(size, size), stride=stride)  # (n, H, W)
+            error = (teacher_map[image] - student_map[image]).square().mean(dim=0)  # (H, W)
+            discrepancy = (masks * error).sum(dim=(1, 2))
+            torch.testing.assert_close(instances.discrepancy[level, image, : len(image_boxes)], discrepancy.detach())
+            expected_total = expected_total + (discrepancy * upstream[level, image, : len(image_boxes)]).sum()
+            for slot, mask in enumerate(masks):
+                means = instances.feature_means[level, image, slot]
+                torch.testing.assert_close(means[:channels], (teacher_map[image] * mask).sum(dim=(1, 2)))
+                torch.testing.assert_close(means[channels:], (student_map[image] * mask).sum(dim=(1, 2)).detach())
+    assert not instances.feature_means.requires_grad
+    expected_total.backward()
+    for fast, expected in zip(fast_gradients, student_maps):
+        torch.testing.assert_close(fast, expected.grad)

@@ -211,6 +211,39 @@ def test_selector_gradient_comes_from_the_student_features(shapes, teacher_dir, 
     assert all(p.grad is None for p in model.teacher.parameters())
 
 
+@pytest.mark.parametrize(("method", "runs_head"), [("liaf", False), ("mimic", False), ("ld", True), ("liaf+ld", True)])
+def test_feature_methods_run_the_teacher_without_its_head(shapes, teacher_dir, tmp_path, method, runs_head):
+    """A method that compares FPN maps only gets the teacher's backbone and FPN (its head's launches and
+    outputs saved), and its losses are those it computes from the teacher's full output."""
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False)
+    model = trainer.distillation_model.train()
+    inputs = next(iter(trainer.get_train_dataloader()))
+    head_calls = []
+    hook = model.teacher.head.register_forward_hook(lambda *_: head_calls.append(1))
+    seen = {}
+    distiller_forward = model.distiller.forward
+
+    def record(*, student, teacher, batch):
+        seen["teacher"] = teacher
+        result = distiller_forward(student=student, teacher=teacher, batch=batch)
+        with torch.no_grad():
+            full_teacher = model.teacher(pixel_values=inputs["pixel_values"], pixel_mask=inputs["pixel_mask"])
+            seen["with_full_teacher"] = distiller_forward(student=student, teacher=full_teacher, batch=batch)
+        return result
+
+    model.distiller.forward = record
+    try:
+        with torch.no_grad():
+            outputs = model(**inputs)
+    finally:
+        hook.remove()
+    # The hook counts the run inside `record` too: one call there, one more when the step ran the head.
+    assert len(head_calls) == 1 + int(runs_head)
+    assert (seen["teacher"].class_logits is not None) == runs_head
+    for name, value in seen["with_full_teacher"].losses.items():
+        torch.testing.assert_close(outputs.loss_dict[name], value)
+
+
 def test_teacher_and_student_of_different_timm_families(shapes):
     """A ConvNeXt teacher 48 wide and a MobileNet student 32 wide: the align convs bridge the widths and one
     LIAF step trains the student and the selectors."""

@@ -4,7 +4,8 @@ A method is an `nn.Module` (it may own trainable parts: align convs, selectors) 
 student's and the teacher's detector outputs and the batch's instances, and returns named losses (added
 to the student's loss) and named statistics (logged only). The trainer asks the registry for a method
 by name and knows none of them; a method says what else it needs through class flags (`needs_teacher`,
-`needs_teacher_loss`, `needs_positive_mask`), so the trainer computes nothing a method does not use.
+`needs_teacher_head`, `needs_teacher_loss`, `needs_positive_mask`), so the trainer computes nothing a method
+does not use.
 
 Methods combine with "+": `build_distiller("liaf+ld", ...)` builds a `CompositeDistiller` whose losses are
 the union of its parts' losses. Its options are given per part, keyed by the part's name, e.g.
@@ -68,6 +69,10 @@ class Distiller(nn.Module):
 
     #: False for methods that never look at the teacher, so the trainer can skip its forward pass.
     needs_teacher: bool = True
+    #: False for methods that read only the teacher's `fpn_features`: the trainer then runs the teacher's
+    #: backbone and FPN alone (`GFLForObjectDetection.forward_features`), and the other fields of the teacher's
+    #: output are None. Skipping the head saves its launches and keeps its outputs out of the step's peak memory.
+    needs_teacher_head: bool = True
     #: True for methods that weigh by the teacher's own loss on the batch: the trainer then runs the teacher
     #: with the batch's labels, so `teacher.loss` and `teacher.loss_dict` are filled.
     needs_teacher_loss: bool = False
@@ -190,6 +195,7 @@ class CompositeDistiller(Distiller):
             raise ValueError(f"A combined method needs at least two parts, got {list(parts)}.")
         self.parts = nn.ModuleDict(parts)
         self.needs_teacher = any(part.needs_teacher for part in parts.values())
+        self.needs_teacher_head = any(part.needs_teacher_head for part in parts.values())
         self.needs_teacher_loss = any(part.needs_teacher_loss for part in parts.values())
         self.needs_positive_mask = any(part.needs_positive_mask for part in parts.values())
 

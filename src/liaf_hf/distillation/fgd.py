@@ -193,6 +193,8 @@ class FGDDistiller(Distiller):
             every term; `"none"`: FGD's raw maps (set the weights from the teacher's activations then).
     """
 
+    needs_teacher_head = False  # it compares FPN maps only
+
     def __init__(
         self,
         *,

@@ -150,24 +150,48 @@ def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *
         level_mean_squares(LevelGrid.side_by_side(teacher_maps), LevelGrid.of(teacher_maps).indicator)
 
 
+class _ChannelMeanSquaredError(torch.autograd.Function):
+    """(B, C, P) teacher and student cells -> (B, P) mean over channels of (S - T)^2; gradient to S only.
+
+    What autograd's own `(T - S).square().mean(dim=1)` computes, with less memory at the step's peak: its
+    backward pass materialises the mean's expanded gradient and the square's, two more (B, C, P) tensors,
+    while the student's backward pass runs. This keeps S - T and writes the gradient in one pass."""
+
+    @staticmethod
+    def forward(ctx, teacher_cells: torch.Tensor, student_cells: torch.Tensor) -> torch.Tensor:
+        difference = student_cells - teacher_cells
+        ctx.save_for_backward(difference)
+        return difference.square().mean(dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+        (difference,) = ctx.saved_tensors
+        return None, difference * (grad * (2.0 / difference.shape[1]))[:, None, :]
+
+
 @dataclass
 class InstanceDiscrepancy:
-    """Every instance's Gaussian masks and discrepancy d_lj on every level, and the maps they came from.
+    """Every instance's Gaussian masks and discrepancy d_lj on every level (and, when asked, its mean features).
+
+    The levels' maps side by side, (B, C, P) each, are not kept: held until the distiller's forward pass ends,
+    they would sit on top of the student's activations at the step's memory peak.
 
     Attributes:
         grid: the levels' cells side by side.
         masks: (N, P) each instance's masks, each level's block summing to 1.
         padded_masks: (B, n_max, P) the same per image, zeros in the padding slots.
-        teacher_cells, student_cells: (B, C, P) the teacher's and the aligned student's maps side by side.
         discrepancy: (L, B, n_max) d_lj, differentiable with respect to the student's maps; 0 in padding.
+        feature_means: (L, B, n_max, 2C) with `feature_means=True`, else None: each instance's mask-weighted
+            mean of the teacher's map (first C channels) and of the detached student's (last C) on every
+            level, without gradient; 0 in padding.
     """
 
     grid: LevelGrid
     masks: torch.Tensor
     padded_masks: torch.Tensor
-    teacher_cells: torch.Tensor
-    student_cells: torch.Tensor
     discrepancy: torch.Tensor
+    feature_means: torch.Tensor | None = None
 
     @classmethod
     def of(
@@ -177,6 +201,7 @@ class InstanceDiscrepancy:
         layout: InstanceLayout,
         strides: list[int],
         feature_scale: str,
+        feature_means: bool = False,
     ) -> InstanceDiscrepancy:
         """From every level's (teacher map, aligned student map), (B, C, H_l, W_l) each, finest first.
 
@@ -189,20 +214,29 @@ class InstanceDiscrepancy:
         padded_masks = layout.pad(masks)  # (B, n_max, P)
         teacher_cells = LevelGrid.side_by_side(teacher_maps)
         student_cells = LevelGrid.side_by_side(student_maps)
-        squared_error = (teacher_cells - student_cells).square().mean(dim=1)  # (B, P)
+        means = None
+        if feature_means:
+            # Each level's block of the masks (B, L n_max, P) against the cells (B, P, C), both maps in one
+            # product each: one launch per map for all levels and instances.
+            level_masks = (padded_masks[:, None] * grid.indicator.t()[None, :, None]).flatten(1, 2)
+            means = torch.cat(
+                [
+                    torch.bmm(level_masks, teacher_cells.transpose(1, 2)),
+                    torch.bmm(level_masks, student_cells.detach().transpose(1, 2)),
+                ],
+                dim=2,
+            )
+            means = means.unflatten(1, (len(grid.sizes), layout.max_count)).transpose(0, 1)
+        # The scale before the errors: its (B, C, P) temporary then does not meet S - T, which the errors keep
+        # for the backward pass.
         if feature_scale == "teacher":
             scale = level_mean_squares(teacher_cells, grid.indicator).clamp(min=1e-12)  # (L,)
+        squared_error = _ChannelMeanSquaredError.apply(teacher_cells, student_cells)  # (B, P)
+        if feature_scale == "teacher":
             squared_error = squared_error / scale[grid.level_of_cell]
         # Each level's block of the masks against that level's errors: (B, n_max, P) @ (B, P, L).
         discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
-        return cls(
-            grid=grid,
-            masks=masks,
-            padded_masks=padded_masks,
-            teacher_cells=teacher_cells,
-            student_cells=student_cells,
-            discrepancy=discrepancy,
-        )
+        return cls(grid=grid, masks=masks, padded_masks=padded_masks, discrepancy=discrepancy, feature_means=means)
 
     def image_means(self, layout: InstanceLayout, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(L, B') each level's mean of d_lj (or of w_lj d_lj, with (L, B, n_max) `weights`) over each image's

@@ -201,6 +201,8 @@ class LIAFDistiller(Distiller):
     ```
     """
 
+    needs_teacher_head = False  # it compares FPN maps only
+
     def __init__(
         self,
         *,
@@ -310,15 +312,11 @@ class LIAFDistiller(Distiller):
             raise ValueError("The batch has no instances to select from.")
         num_levels = len(levels)
         instances = InstanceDiscrepancy.of(
-            levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale
+            levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale, feature_means=True
         )
         discrepancy, grid = instances.discrepancy, instances.grid
-        # e_T and e_S of every level in one product, without gradient: each level's block of the masks
-        # (B, L n_max, P) against the teacher's and the detached student's cells side by side (B, P, 2C).
-        level_masks = (instances.padded_masks[:, None] * grid.indicator.t()[None, :, None]).flatten(1, 2)
-        cells = torch.cat([instances.teacher_cells, instances.student_cells.detach()], dim=1).transpose(1, 2)
-        descriptors = torch.bmm(level_masks, cells).unflatten(1, (num_levels, layout.max_count)).transpose(0, 1)
-        teacher_descriptors, student_descriptors = layout.real(descriptors).flatten(0, 1).chunk(2, dim=1)  # (L N, C)
+        # e_T and e_S of every level (without gradient), each (L N, C).
+        teacher_descriptors, student_descriptors = layout.real(instances.feature_means).flatten(0, 1).chunk(2, dim=1)
         scalars = [layout.real(discrepancy.detach()).log1p()]  # (L, N)
         if self.use_progress:
             scalars.append(torch.full_like(scalars[0], float(batch.progress)))

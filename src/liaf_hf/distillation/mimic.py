@@ -58,6 +58,8 @@ class MimicDistiller(Distiller):
     ```
     """
 
+    needs_teacher_head = False  # it compares FPN maps only
+
     def __init__(
         self,
         *,

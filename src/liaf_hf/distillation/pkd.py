@@ -52,6 +52,8 @@ class PKDDistiller(Distiller):
             uses 6. mmrazor distils FPN levels 0-3 there; this distils every level, like the other methods.
     """
 
+    needs_teacher_head = False  # it compares FPN maps only
+
     def __init__(
         self,
         *,

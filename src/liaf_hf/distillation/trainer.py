@@ -136,12 +136,17 @@ class DistillationModel(nn.Module):
             # step's peak memory is the student's plus the teacher's outputs (run second, the teacher's
             # activations came on top of the student's graph: +31% peak GPU memory at the gpu preset).
             with torch.no_grad():
-                # Labels only when the method weighs by the teacher's own loss: they cost an assignment.
-                teacher_output = self.teacher(
-                    pixel_values=pixel_values,
-                    pixel_mask=pixel_mask,
-                    labels=labels if self.distiller.needs_teacher_loss else None,
-                )
+                if self.distiller.needs_teacher_head or self.distiller.needs_teacher_loss:
+                    # Labels only when the method weighs by the teacher's own loss: they cost an assignment.
+                    teacher_output = self.teacher(
+                        pixel_values=pixel_values,
+                        pixel_mask=pixel_mask,
+                        labels=labels if self.distiller.needs_teacher_loss else None,
+                    )
+                else:
+                    teacher_output = GFLObjectDetectionOutput(
+                        fpn_features=tuple(self.teacher.forward_features(pixel_values))
+                    )
         student_output = self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
         batch = self.distillation_batch(pixel_values, pixel_mask, labels, student_output)
         result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)

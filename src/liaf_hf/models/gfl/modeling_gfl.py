@@ -626,7 +626,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 nor negatives.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        fpn_features = self.neck(self.backbone(pixel_values))
+        fpn_features = self.forward_features(pixel_values)
         class_logits, box_distributions = self.head(fpn_features)
         valid_sizes = self.valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
         anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
@@ -666,6 +666,15 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         if not return_dict:
             return output.to_tuple()
         return output
+
+    def forward_features(self, pixel_values: torch.FloatTensor) -> list[torch.Tensor]:
+        """The backbone and the FPN alone (no head, no decoding): one `(B, F, H_l, W_l)` map per level,
+        finest first, the `fpn_features` of `forward`'s output. What feature distillation needs of a teacher.
+
+        Args:
+            pixel_values: `(B, 3, H, W)` normalised images.
+        """
+        return self.neck(self.backbone(pixel_values))
 
     @staticmethod
     def valid_sizes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
