@@ -17,6 +17,10 @@ held by tensors allocated during the steps, above what the models held before th
 distilled student saved as users get it is reloaded and compared with a plain student: parameters and
 inference latency.
 
+With `--profile`, each configuration is also profiled: how long the device was busy per step (on a GPU, a
+share well under 1 of the step's time means the device waited for the host to launch kernels) and which
+operations account for each method's device time beyond the floor's.
+
 Models start from random weights: the step's cost does not depend on what the weights have learnt.
 Prints tables and writes benchmarks/results/step_cost_<preset>.json.
 """

@@ -135,5 +135,6 @@ def level_mean_squares(teacher_flat: torch.Tensor, level_indicator: torch.Tensor
         included (one reduction for all levels).
     """
     batch_size, channels = teacher_flat.shape[:2]
-    sums = teacher_flat.detach().float().square().sum(dim=(0, 1)) @ level_indicator  # (L,)
+    # A norm rather than square-then-sum: no (B, C, P) temporary while the step's memory is near its peak.
+    sums = torch.linalg.vector_norm(teacher_flat.detach().float(), dim=(0, 1)).square() @ level_indicator  # (L,)
     return _mean_over_processes(sums, level_indicator.sum(dim=0) * (batch_size * channels))

@@ -150,24 +150,23 @@ def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *
         level_mean_squares(LevelGrid.side_by_side(teacher_maps), LevelGrid.of(teacher_maps).indicator)
 
 
-class _ChannelMeanSquaredError(torch.autograd.Function):
-    """(B, C, P) teacher and student cells -> (B, P) mean over channels of (S - T)^2; gradient to S only.
+class _ChannelMeanSquare(torch.autograd.Function):
+    """(B, C, P) differences S - T -> (B, P) their mean square over the channels.
 
-    What autograd's own `(T - S).square().mean(dim=1)` computes, with less memory at the step's peak: its
-    backward pass materialises the mean's expanded gradient and the square's, two more (B, C, P) tensors,
-    while the student's backward pass runs. This keeps S - T and writes the gradient in one pass."""
+    What autograd's own `difference.square().mean(dim=1)` computes, with less memory: its backward pass
+    materialises the mean's expanded gradient and the square's, two more (B, C, P) tensors, at the start of
+    the student's backward pass, near the step's memory peak. This writes the gradient in one pass."""
 
     @staticmethod
-    def forward(ctx, teacher_cells: torch.Tensor, student_cells: torch.Tensor) -> torch.Tensor:
-        difference = student_cells - teacher_cells
+    def forward(ctx, difference: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(difference)
         return difference.square().mean(dim=1)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, torch.Tensor]:
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         (difference,) = ctx.saved_tensors
-        return None, difference * (grad * (2.0 / difference.shape[1]))[:, None, :]
+        return difference * (grad * (2.0 / difference.shape[1]))[:, None, :]
 
 
 @dataclass
@@ -203,7 +202,8 @@ class InstanceDiscrepancy:
         feature_scale: str,
         feature_means: bool = False,
     ) -> InstanceDiscrepancy:
-        """From every level's (teacher map, aligned student map), (B, C, H_l, W_l) each, finest first.
+        """From every level's (teacher map, aligned student map), (B, C, H_l, W_l) each, finest first, float32
+        as `FeatureAligner.levels` gives them.
 
         `feature_scale`: `"teacher"` divides level l's squared errors by E_l, its teacher's mean squared
         activation over the batch, all processes included (one reduction for all levels); `"none"`: E_l = 1.
@@ -227,12 +227,11 @@ class InstanceDiscrepancy:
                 dim=2,
             )
             means = means.unflatten(1, (len(grid.sizes), layout.max_count)).transpose(0, 1)
-        # The scale before the errors: its (B, C, P) temporary then does not meet S - T, which the errors keep
-        # for the backward pass.
+        # S - T written over the student's cells (a copy made above, read only by the means): one (B, C, P)
+        # tensor less while the student's activations are all held.
+        squared_error = _ChannelMeanSquare.apply(student_cells.sub_(teacher_cells))  # (B, P)
         if feature_scale == "teacher":
             scale = level_mean_squares(teacher_cells, grid.indicator).clamp(min=1e-12)  # (L,)
-        squared_error = _ChannelMeanSquaredError.apply(teacher_cells, student_cells)  # (B, P)
-        if feature_scale == "teacher":
             squared_error = squared_error / scale[grid.level_of_cell]
         # Each level's block of the masks against that level's errors: (B, n_max, P) @ (B, P, L).
         discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
