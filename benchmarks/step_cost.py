@@ -574,12 +574,12 @@ def main(argv: list[str] | None = None) -> None:
             f"| {row['configuration']} | {seconds} | {ratio} | {row['kernels']:,} | {kernel_ratio} "
             f"| {row['device_waits']} | {mib} | {mem_ratio} |"
         )
-    if timings:
-        listed = ", ".join(
-            f"{row['configuration'].removeprefix('distill: ')} {row['ratio_to_feature_floor']:.2f}"
-            for row in rows
-            if "ratio_to_feature_floor" in row
-        )
+    listed = ", ".join(
+        f"{row['configuration'].removeprefix('distill: ')} {row['ratio_to_feature_floor']:.2f}"
+        for row in rows
+        if "ratio_to_feature_floor" in row
+    )
+    if listed:
         lines += [
             "",
             f"Against student step + teacher backbone and FPN alone ({feature_floor:.3f} s), the floor of the methods "
