@@ -60,6 +60,7 @@ PRESETS = {
     # distill_gain's gpu preset.
     "gpu": {"image_size": 256, "batch_size": 32, "channels": 128, "difficulty": "medium"},
 }
+TIMING = {"cpu": {"steps": 5, "rounds": 3}, "gpu": {"steps": 10, "rounds": 9}}
 DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"]
 STUDENT_STEP, TEACHER_FORWARD, FLOOR = "student step", "teacher forward", "student step + teacher forward"
 # The part of the teacher's forward that methods comparing FPN maps only run (`needs_teacher_head = False`).
@@ -72,8 +73,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--student_backbone", default="resnet18")
     parser.add_argument("--teacher_backbone", default="resnet50")
-    parser.add_argument("--steps", type=int, default=5, help="Timed steps per configuration and round.")
-    parser.add_argument("--rounds", type=int, default=3, help="Rounds over all configurations (median reported).")
+    parser.add_argument(
+        "--steps", type=int, default=None, help="Timed steps per configuration and round (preset: cpu 5, gpu 10)."
+    )
+    parser.add_argument(
+        "--rounds", type=int, default=None, help="Rounds over all configurations, median reported (cpu 3, gpu 9)."
+    )
     parser.add_argument("--warmup", type=int, default=2, help="Untimed steps per configuration first.")
     parser.add_argument("--memory_steps", type=int, default=3, help="Steps per memory measurement.")
     parser.add_argument("--no_memory", action="store_true", help="Skip the memory subprocesses.")
@@ -101,6 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     for key, value in PRESETS[args.preset].items():
         setattr(args, key, value)
+    # A GPU step of a few tens of milliseconds is bound by the host, whose noise spreads rounds by 20-40% on
+    # the H200: LIAF-KD measured 1.31 times the floor over 3 rounds of 5 steps and 1.13 over 9 rounds of 10,
+    # the same code. More rounds cost seconds there.
+    timing = TIMING[args.preset]
+    args.steps = args.steps if args.steps is not None else timing["steps"]
+    args.rounds = args.rounds if args.rounds is not None else timing["rounds"]
     args.methods = args.methods or [m for m in DEFAULT_METHODS if all(p in available_methods() for p in m.split("+"))]
     args.output = args.output or str(ROOT / "benchmarks" / "results" / f"step_cost_{args.preset}.json")
     return args
