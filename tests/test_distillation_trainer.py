@@ -244,6 +244,22 @@ def test_feature_methods_run_the_teacher_without_its_head(shapes, teacher_dir, t
         torch.testing.assert_close(outputs.loss_dict[name], value)
 
 
+@pytest.mark.parametrize("method", ["liaf", "aid", "ld"])
+def test_a_distillation_step_converts_the_labels_once(shapes, teacher_dir, tmp_path, method):
+    """The student's loss, the distiller's batch, LD's positive anchors and AID's teacher loss share one
+    conversion of the labels to pixels (each costs a few dozen kernel launches and a wait on a GPU)."""
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False)
+    model = trainer.distillation_model.train()
+    inputs = next(iter(trainer.get_train_dataloader()))
+    conversions = []
+    for detector in (model.student, model.teacher):
+        convert = detector.labels_in_pixels
+        detector.labels_in_pixels = lambda *args, convert=convert: conversions.append(1) or convert(*args)
+    outputs = model(**inputs)
+    assert len(conversions) == 1
+    assert torch.isfinite(outputs.loss)
+
+
 def test_teacher_and_student_of_different_timm_families(shapes):
     """A ConvNeXt teacher 48 wide and a MobileNet student 32 wide: the align convs bridge the widths and one
     LIAF step trains the student and the selectors."""

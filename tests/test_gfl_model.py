@@ -118,6 +118,27 @@ def test_mismatched_labels_are_refused():
         model(pixel_values=torch.randn(1, 3, 64, 64), labels=labels)
 
 
+def test_prepared_targets_give_the_same_loss_and_must_fit_the_batch():
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(small_config())
+    pixels = torch.randn(2, 3, 64, 96)
+    mask = torch.ones(2, 64, 96, dtype=torch.long)
+    mask[1, :, 64:] = 0  # the second image is narrower
+    labels = example_labels()
+    targets = model.prepare_targets(labels, pixels, mask)
+    from_labels = model(pixel_values=pixels, pixel_mask=mask, labels=labels)
+    from_targets = model(pixel_values=pixels, pixel_mask=mask, labels=targets)
+    for name, value in from_labels.loss_dict.items():
+        torch.testing.assert_close(from_targets.loss_dict[name], value)
+    torch.testing.assert_close(from_targets.pred_boxes, from_labels.pred_boxes)
+    with pytest.raises(ValueError, match="prepared targets describe 2 images but pixel_values holds 3"):
+        model(pixel_values=torch.randn(3, 3, 64, 96), labels=targets)
+    # Bad labels are refused when the targets are prepared, naming the image as `forward` does.
+    bad = labels + [{"class_labels": torch.tensor([5]), "boxes": torch.full((1, 4), 0.2)}]
+    with pytest.raises(ValueError, match=r"labels\[2\].*\[5\]"):
+        model.prepare_targets(bad, torch.randn(3, 3, 64, 96))
+
+
 def test_ignore_regions_remove_negatives_from_the_loss():
     torch.manual_seed(0)
     model = GFLForObjectDetection(small_config())

@@ -23,7 +23,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
-from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput
+from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
 from ..trainers import DetectionTrainer, require_safetensors_checkpoint
 from .base import DistillationBatch, Distiller, build_distiller
 
@@ -130,6 +130,9 @@ class DistillationModel(nn.Module):
     ) -> DistillationOutput | GFLObjectDetectionOutput:
         if labels is None or not self.training:
             return self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
+        # Checked and converted once for the student's loss, the distiller and the teacher's loss (the two
+        # detectors share their classes and see the same input).
+        targets = self.student.prepare_targets(labels, pixel_values, pixel_mask)
         teacher_output = None
         if self.distiller.needs_teacher:
             # The teacher runs first: its activations are freed before the student's graph is built, so the
@@ -141,14 +144,14 @@ class DistillationModel(nn.Module):
                     teacher_output = self.teacher(
                         pixel_values=pixel_values,
                         pixel_mask=pixel_mask,
-                        labels=labels if self.distiller.needs_teacher_loss else None,
+                        labels=targets if self.distiller.needs_teacher_loss else None,
                     )
                 else:
                     teacher_output = GFLObjectDetectionOutput(
                         fpn_features=tuple(self.teacher.forward_features(pixel_values))
                     )
-        student_output = self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=labels)
-        batch = self.distillation_batch(pixel_values, pixel_mask, labels, student_output)
+        student_output = self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=targets)
+        batch = self.distillation_batch(pixel_values, pixel_mask, targets, student_output)
         result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
         loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
         return DistillationOutput(
@@ -159,7 +162,7 @@ class DistillationModel(nn.Module):
         self,
         pixel_values: torch.Tensor,
         pixel_mask: torch.Tensor | None,
-        labels: list[dict],
+        labels: list[dict] | GFLTargets,
         student_output: GFLObjectDetectionOutput,
     ) -> DistillationBatch:
         """What the distiller knows about a batch besides the outputs: boxes in xyxy input pixels, classes,
@@ -169,14 +172,17 @@ class DistillationModel(nn.Module):
         Args:
             pixel_values: (B, 3, H, W) padded images.
             pixel_mask: (B, H, W), 1 on real pixels; None when nothing is padded.
-            labels: one dict per image, `class_labels` (n,) and `boxes` (n, 4) normalised cxcywh.
+            labels: one dict per image, `class_labels` (n,) and `boxes` (n, 4) normalised cxcywh, or the
+                `GFLTargets` the student prepared of them.
             student_output: the student's output on `pixel_values` (its FPN maps size the positive mask).
         """
-        valid_sizes = self.student.valid_sizes(pixel_values, pixel_mask)
-        instances = self.student.labels_in_pixels(labels, valid_sizes)
+        targets = (
+            labels if isinstance(labels, GFLTargets) else self.student.prepare_targets(labels, pixel_values, pixel_mask)
+        )
+        valid_sizes, instances = targets.valid_sizes, targets.instances
         positive_mask = None
         if self.distiller.needs_positive_mask:
-            positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, labels)
+            positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, targets)
         return DistillationBatch(
             boxes=[boxes for _, boxes, _ in instances],
             class_labels=[class_labels for class_labels, _, _ in instances],

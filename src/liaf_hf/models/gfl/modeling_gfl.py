@@ -479,6 +479,23 @@ class GFLHead(nn.Module):
 
 
 @dataclass
+class GFLTargets:
+    """A batch's labels checked and converted to input pixels once, by
+    [`GFLForObjectDetection.prepare_targets`]. Passed as `labels` to `forward` (or to `positive_anchor_mask`)
+    it saves their conversion, a few dozen kernel launches and a wait for the device per call: for a caller
+    that needs the boxes in pixels too, such as the distillation trainer.
+
+    Attributes:
+        valid_sizes: (B, 2) unpadded (height, width) of each image.
+        instances: per image `(class_labels (n,), boxes (n, 4) xyxy input pixels, ignore_boxes (m, 4) or
+            None)`, as `labels_in_pixels` returns them.
+    """
+
+    valid_sizes: torch.Tensor
+    instances: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+@dataclass
 class GFLObjectDetectionOutput(ModelOutput):
     """Output of [`GFLForObjectDetection`]. A = number of anchor points over all levels, C = classes,
     R = `config.reg_max`, F = `config.fpn_channels`.
@@ -610,7 +627,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self,
         pixel_values: torch.FloatTensor,
         pixel_mask: torch.LongTensor | None = None,
-        labels: list[dict] | None = None,
+        labels: list[dict] | GFLTargets | None = None,
         return_dict: bool | None = None,
     ) -> GFLObjectDetectionOutput | tuple:
         r"""
@@ -623,12 +640,20 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 One dict per image: `class_labels` (LongTensor `(n,)`), `boxes` (FloatTensor `(n, 4)`,
                 normalised cxcywh relative to the unpadded image) and optionally `ignore_boxes`
                 (FloatTensor `(k, 4)`, same units): regions (crowds, DontCare) that are neither positives
-                nor negatives.
+                nor negatives. Or the `GFLTargets` that `prepare_targets` made of them for this batch.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if isinstance(labels, GFLTargets):
+            if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"The prepared targets describe {labels.valid_sizes.shape[0]} images but pixel_values holds "
+                    f"{pixel_values.shape[0]}."
+                )
+            valid_sizes = labels.valid_sizes
+        else:
+            valid_sizes = self.valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
         fpn_features = self.forward_features(pixel_values)
         class_logits, box_distributions = self.head(fpn_features)
-        valid_sizes = self.valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
         anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
 
         flat_logits = torch.cat([logit.flatten(2).transpose(1, 2) for logit in class_logits], dim=1)
@@ -729,6 +754,20 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return torch.cat([anchor_points[None] - distances[..., :2], anchor_points[None] + distances[..., 2:]], dim=-1)
 
     # ------------------------------------------------------------------------------------------- loss
+
+    def prepare_targets(
+        self, labels: list[dict], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None
+    ) -> GFLTargets:
+        """`labels` (the `forward` argument) checked and converted once for the batch of `pixel_values`
+        (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls."""
+        valid_sizes = self.valid_sizes(pixel_values, pixel_mask)
+        return GFLTargets(valid_sizes=valid_sizes, instances=self.labels_in_pixels(labels, valid_sizes))
+
+    def _targets(self, labels: list[dict] | GFLTargets, valid_sizes: torch.Tensor) -> list[tuple]:
+        """Per image (classes, boxes in pixels, ignore boxes), converted unless `labels` already are."""
+        if isinstance(labels, GFLTargets):
+            return labels.instances
+        return self.labels_in_pixels(labels, valid_sizes)
 
     def labels_in_pixels(
         self, labels: list[dict], valid_sizes: torch.Tensor
@@ -848,7 +887,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         )
 
     def positive_anchor_mask(
-        self, fpn_features: Sequence[torch.Tensor], valid_sizes: torch.Tensor, labels: list[dict]
+        self, fpn_features: Sequence[torch.Tensor], valid_sizes: torch.Tensor, labels: list[dict] | GFLTargets
     ) -> torch.Tensor:
         """The anchors that ATSS makes positive for `labels`: the locations the training loss regresses
         boxes from, assigned exactly as `loss` assigns them (e.g. for localization distillation).
@@ -857,7 +896,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             fpn_features: the batch's FPN maps, finest first, `(B, F, H_l, W_l)` each; only their sizes and
                 device are used.
             valid_sizes: (B, 2) unpadded (height, width) per image, as `valid_sizes` returns.
-            labels: the `labels` argument of `forward` (boxes normalised cxcywh).
+            labels: the `labels` argument of `forward` (boxes normalised cxcywh, or prepared `GFLTargets`).
 
         Returns:
             (B, A) bool, True at positive anchors; anchors in the order of `GFLObjectDetectionOutput.logits`
@@ -869,7 +908,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             anchor_strides=anchor_strides,
             num_anchors_per_level=[height * width for height, width in shapes],
             valid_sizes=valid_sizes,
-            targets=self.labels_in_pixels(labels, valid_sizes),
+            targets=self._targets(labels, valid_sizes),
         )
         return assignments.gt_index >= 0
 
@@ -883,7 +922,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         anchor_strides: torch.Tensor,
         num_anchors_per_level: list[int],
         valid_sizes: torch.Tensor,
-        labels: list[dict],
+        labels: list[dict] | GFLTargets,
     ) -> dict[str, torch.Tensor]:
         """The GFL losses, normalised as in the paper's code.
 
@@ -904,7 +943,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         """
         reg_max = self.config.reg_max
         num_classes = self.config.num_labels
-        targets = self.labels_in_pixels(labels, valid_sizes)
+        targets = self._targets(labels, valid_sizes)
         assignments = self._assign_anchors(
             anchor_points=anchor_points,
             anchor_strides=anchor_strides,
@@ -975,6 +1014,7 @@ __all__ = [
     "GFLForObjectDetection",
     "GFLObjectDetectionOutput",
     "GFLPreTrainedModel",
+    "GFLTargets",
     "distribution_focal_loss",
     "quality_focal_loss",
 ]
