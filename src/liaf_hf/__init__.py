@@ -14,6 +14,7 @@ from .models.gfl import (
     GFLImageProcessor,
     GFLObjectDetectionOutput,
     GFLPreTrainedModel,
+    GFLTargets,
 )
 
 __version__ = "0.1.0"
@@ -34,6 +35,7 @@ __all__ = [
     "GFLImageProcessor",
     "GFLObjectDetectionOutput",
     "GFLPreTrainedModel",
+    "GFLTargets",
     "LiafError",
     "__version__",
 ]

@@ -1,6 +1,6 @@
 from .configuration_gfl import GFLConfig
 from .image_processing_gfl import GFLImageProcessor
-from .modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLPreTrainedModel
+from .modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLPreTrainedModel, GFLTargets
 
 __all__ = [
     "GFLConfig",
@@ -8,4 +8,5 @@ __all__ = [
     "GFLImageProcessor",
     "GFLObjectDetectionOutput",
     "GFLPreTrainedModel",
+    "GFLTargets",
 ]
