@@ -120,6 +120,11 @@ def test_teacher_with_other_classes_is_refused(shapes, tmp_path):
     tiny_detector({0: "cat", 1: "dog"}).save_pretrained(other)
     with pytest.raises(ValueError, match="same classes"):
         make_trainer(shapes, other, tmp_path / "run")
+    # Built directly too: a step converts the labels once, with the student's classes, for both detectors.
+    with pytest.raises(ValueError, match="same classes"):
+        DistillationModel(
+            student=tiny_detector(shapes[2]), teacher=tiny_detector({0: "cat", 1: "dog"}), distiller=torch.nn.Module()
+        )
 
 
 def test_teacher_checkpoint_with_missing_weights_is_refused(shapes, teacher_dir, tmp_path):

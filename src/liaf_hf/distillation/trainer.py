@@ -106,6 +106,8 @@ class DistillationModel(nn.Module):
 
     def __init__(self, *, student: GFLForObjectDetection, teacher: GFLForObjectDetection, distiller: Distiller) -> None:
         super().__init__()
+        # The step converts the labels once, with the student's classes, for the teacher's loss too.
+        check_teacher_fits(student, teacher)
         self.student = student
         self.distiller = distiller
         # A plain attribute in a tuple: nn.Module registers Modules assigned directly, which would put the
