@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
 from demo import add_setting_arguments, train_student, train_teacher  # noqa: E402
-from liaf_hf.distillation import available_methods, method_settings  # noqa: E402
+from liaf_hf.distillation import available_methods, method_settings, parse_method_spec  # noqa: E402
 
 PRESETS = {
     # Two CPU cores, under two hours for 8 methods x 3 seeds (about 4 minutes per distillation run, 11 for the
@@ -90,15 +90,6 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
-def parse_method(spec: str) -> tuple[str, str, dict]:
-    """`liaf` -> ("liaf", "liaf", {}); `x=liaf:{"alpha": 2}` -> ("x", "liaf", {"alpha": 2})."""
-    if "=" not in spec:
-        return spec, spec, {}
-    label, rest = spec.split("=", 1)
-    method, _, options = rest.partition(":")
-    return label, method, json.loads(options) if options else {}
-
-
 def trained_with(summary_file: Path, settings: dict) -> bool:
     """Whether the run in `summary_file` finished with exactly these method settings (defaults included):
     a run recorded before a default changed, or without its settings, is trained again."""
@@ -124,7 +115,7 @@ def main() -> None:
     # Seed by seed, so a run stopped part way still compares every method on the seeds it finished.
     for seed in args.seeds:
         for spec in args.methods:
-            label, method, options = parse_method(spec)
+            label, method, options = parse_method_spec(spec)
             name = f"{label}-seed{seed}"
             student_dir = Path(args.output_dir) / f"student-{args.student_backbone}-{name}"
             summary_file = student_dir / "summary.json"

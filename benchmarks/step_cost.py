@@ -32,6 +32,7 @@ import copy
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -51,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
-from liaf_hf.distillation import available_methods, build_distiller  # noqa: E402
+from liaf_hf.distillation import available_methods, build_distiller, parse_method_spec  # noqa: E402
 from liaf_hf.distillation.trainer import DistillationModel  # noqa: E402
 
 PRESETS = {
@@ -70,7 +71,7 @@ TEACHER_FEATURES = "teacher backbone + FPN"
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
-    parser.add_argument("--methods", nargs="+", default=None)
+    parser.add_argument("--methods", nargs="+", default=None, help="Methods or label=method:{json} variants.")
     parser.add_argument("--student_backbone", default="resnet18")
     parser.add_argument("--teacher_backbone", default="resnet50")
     parser.add_argument(
@@ -222,13 +223,16 @@ def build_configurations(args: argparse.Namespace) -> tuple[dict[str, Callable[[
     floor_step.forward_backward = floor_forward_backward
     configurations[FLOOR] = floor_step
     models = {}
-    for method in args.methods:
-        distiller = build_distiller(method, student_config=initial_student.config, teacher_config=teacher.config)
+    for spec in args.methods:
+        label, method, options = parse_method_spec(spec)
+        distiller = build_distiller(
+            method, student_config=initial_student.config, teacher_config=teacher.config, **options
+        )
         model = DistillationModel(student=copy.deepcopy(initial_student), teacher=teacher, distiller=distiller).to(
             device
         )
-        models[method] = model
-        configurations[f"distill: {method}"] = training_step(model, batch)
+        models[label] = model
+        configurations[f"distill: {label}"] = training_step(model, batch)
     return configurations, {"batch": batch, "models": models, "student": student, "processor": processor}
 
 
@@ -539,8 +543,8 @@ def main(argv: list[str] | None = None) -> None:
 
     floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
     features_only = {
-        f"distill: {method}"
-        for method, model in context["models"].items()
+        f"distill: {label}"
+        for label, model in context["models"].items()
         if model.distiller.needs_teacher and not model.distiller.needs_teacher_head
     }
     rows = []
@@ -624,7 +628,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
 
     result = {
-        "command": " ".join(["python benchmarks/step_cost.py", *argv]),
+        "command": shlex.join(["python", "benchmarks/step_cost.py", *argv]),
         "date": date.today().isoformat(),
         "machine": {
             "cpus": os.cpu_count(),

@@ -18,6 +18,7 @@ from liaf_hf.distillation import (
     build_distiller,
     method_parts,
     method_settings,
+    parse_method_spec,
 )
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.base import DistillationBatch
@@ -400,6 +401,23 @@ def test_method_settings_are_what_the_built_distiller_uses():
     assert settings["liaf"]["alpha"] == built.parts["liaf"].alpha
     assert settings["liaf"]["objective"] == built.parts["liaf"].objective
     assert method_settings("none") == {}
+
+
+def test_method_specs_of_the_benchmark_command_lines():
+    assert parse_method_spec("liaf+ld") == ("liaf+ld", "liaf+ld", {})
+    assert parse_method_spec('bg=liaf:{"beta": 5.0}') == ("bg", "liaf", {"beta": 5.0})
+    label, method, options = parse_method_spec('a1=liaf+ld:{"liaf": {"alpha": 1.0}}')
+    built = build_distiller(method, student_config=config(), teacher_config=config(), **options)
+    assert (label, built.parts["liaf"].alpha) == ("a1", 1.0)
+    for spec, message in [
+        ('x=liaf:{"bta": 1}', r"'liaf' has no options \['bta'\]"),
+        ('x=liaf+ld:{"liaf": {"bta": 1}, "q": 2}', r"no options \['q', 'liaf.bta'\]"),
+        ("x=liaf:[1]", "must be a JSON object, got list"),
+        ("x=liaf:{beta: 1}", "are not JSON"),
+        ("x=nope", "Unknown distillation method 'nope'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            parse_method_spec(spec)
 
 
 def test_combined_losses_are_the_union_of_the_parts():

@@ -8,11 +8,13 @@ import torch
 from liaf_hf import GFLConfig
 from liaf_hf.distillation import LIAFDistiller, build_distiller
 from liaf_hf.distillation.base import DistillationBatch
+from liaf_hf.distillation.features import squared_error_per_cell
 from liaf_hf.distillation.instances import InstanceDiscrepancy, InstanceLayout
 from liaf_hf.distillation.masks import (
     box_cell_masks,
     foreground_background_masks,
     gaussian_instance_masks,
+    multi_level_background_masks,
     multi_level_gaussian_masks,
 )
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
@@ -270,6 +272,57 @@ def test_background_excludes_boxes_and_padding():
     assert float(background[:, 3].sum()) == 0.0  # column centre 28 >= valid width 24
     assert float(background.sum()) == pytest.approx(1.0)
     assert (background[background > 0] == background.max()).all()
+
+
+def test_background_of_every_level_and_image_at_once_equals_each_alone():
+    """Ignore regions, padding, an image without boxes, a box smaller than a cell (it still covers the cell
+    holding its centre), a level wholly covered (an all-zero block): as `foreground_background_masks` per
+    image and level."""
+    boxes = [
+        torch.tensor([[0.0, 0.0, 40.0, 40.0], [50.0, 50.0, 52.0, 51.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[8.0, 40.0, 60.0, 60.0], [40.0, 0.0, 64.0, 24.0]]),
+        torch.tensor([[0.0, 0.0, 64.0, 64.0]]),
+    ]
+    valid_sizes = torch.tensor([[64.0, 64.0], [48.0, 32.0], [64.0, 40.0], [64.0, 64.0]])
+    sizes, strides = [(8, 8), (4, 4), (2, 2), (1, 1)], [8, 16, 32, 64]
+    together = multi_level_background_masks(boxes, feature_sizes=sizes, strides=strides, valid_sizes=valid_sizes)
+    for image in range(len(boxes)):
+        alone = [
+            foreground_background_masks(boxes[image], feature_size=size, stride=stride, valid_size=valid_sizes[image])[
+                1
+            ].flatten()
+            for size, stride in zip(sizes, strides)
+        ]
+        assert torch.allclose(together[image], torch.cat(alone), atol=1e-7), image
+    assert together[0, 6 * 8 + 6] == 0  # the 2 x 1 px box at (50, 50) covers the P3 cell holding it
+    assert together[3].sum() == 0  # every cell of every level is inside the image-sized box
+    assert float(together[1, :64].sum()) == pytest.approx(1.0) and together[1, :64].view(8, 8)[:, 4:].sum() == 0
+
+
+def test_background_term_is_the_background_masks_mean_relative_error():
+    """loss_liaf_bg = beta * mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l), with ignore
+    regions kept out of the background; also for a batch without instances (the term still trains)."""
+    teacher, student = random_features(seed=20), random_features(seed=21)
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), beta=2.0)
+    for boxes in ([[[4, 4, 30, 20]], [[36, 30, 60, 62], [0, 0, 8, 8]]], [[], []]):
+        batch = make_batch(boxes)
+        batch.ignore_boxes = [torch.tensor([[40.0, 0.0, 64.0, 16.0]]), torch.zeros(0, 4)]
+        batch.valid_sizes = torch.tensor([[64.0, 64.0], [64.0, 48.0]])
+        student_output = output(student, requires_grad=True)
+        loss = distiller(student=student_output, teacher=output(teacher), batch=batch).losses["loss_liaf_bg"]
+        expected = 0.0
+        for level, stride in enumerate(STRIDES):
+            errors = squared_error_per_cell(teacher[level], student[level], feature_scale="teacher")
+            for image in range(2):
+                regions = torch.cat([batch.boxes[image], batch.ignore_boxes[image]])
+                background = foreground_background_masks(
+                    regions, feature_size=(SIZES[level],) * 2, stride=stride, valid_size=batch.valid_sizes[image]
+                )[1]
+                expected += float((background * errors[image]).sum()) / (2 * len(STRIDES))
+        assert float(loss.detach()) == pytest.approx(2.0 * expected, rel=1e-5), boxes
+        loss.backward()
+        assert student_output.fpn_features[0].grad.abs().sum() > 0
 
 
 def test_weights_survive_saturated_selectors():

@@ -11,6 +11,7 @@ from .base import (
     build_distiller,
     method_parts,
     method_settings,
+    parse_method_spec,
     register_distiller,
 )
 from .fgd import FGDDistiller, GlobalContextBlock
@@ -46,5 +47,6 @@ __all__ = [
     "load_teacher",
     "method_parts",
     "method_settings",
+    "parse_method_spec",
     "register_distiller",
 ]

@@ -16,6 +16,7 @@ entry keeps its defaults.
 from __future__ import annotations
 
 import inspect
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -148,6 +149,42 @@ def method_settings(name: str, options: dict | None = None) -> dict:
         if parameter.default is not inspect.Parameter.empty and parameter.name not in _PAIR_ARGUMENTS
     }
     return {**defaults, **options}
+
+
+def parse_method_spec(spec: str) -> tuple[str, str, dict]:
+    """A method as a command line names it, with options: `"liaf"` -> `("liaf", "liaf", {})`, and
+    `'liaf-bg=liaf:{"beta": 5.0}'` -> `("liaf-bg", "liaf", {"beta": 5.0})`: a label, the method and its
+    options as a JSON object (per part for a combined method, as `build_distiller` takes them).
+
+    Raises ValueError naming the spec for an unknown method, options that are not a JSON object, or an option
+    the method does not have.
+    """
+    if "=" not in spec:
+        method_parts(spec)
+        return spec, spec, {}
+    label, rest = spec.split("=", 1)
+    method, _, text = rest.partition(":")
+    parts = method_parts(method)
+    try:
+        options = json.loads(text) if text else {}
+    except json.JSONDecodeError as error:
+        raise ValueError(f"Method spec {spec!r}: the options after {method + ':'!r} are not JSON ({error}).") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"Method spec {spec!r}: the options must be a JSON object, got {type(options).__name__}.")
+    known = method_settings(method)
+    if len(parts) == 1:
+        unknown = sorted(set(options) - set(known))
+    else:  # options per part: {"liaf": {...}, "ld": {...}}
+        unknown = sorted(set(options) - set(parts))
+        unknown += [
+            f"{part}.{name}"
+            for part in parts
+            if isinstance(options.get(part), dict)
+            for name in sorted(set(options[part]) - set(known[part]))
+        ]
+    if unknown:
+        raise ValueError(f"Method spec {spec!r}: {method!r} has no options {unknown}; its options: {known}.")
+    return label, method, options
 
 
 def build_distiller(name: str, *, student_config: GFLConfig, teacher_config: GFLConfig, **options) -> Distiller:

@@ -34,7 +34,7 @@ import torch
 from .features import level_mean_squares
 from .masks import multi_level_gaussian_masks
 
-__all__ = ["InstanceDiscrepancy", "InstanceLayout", "LevelGrid", "take_part_in_level_scales"]
+__all__ = ["InstanceDiscrepancy", "InstanceLayout", "LevelGrid", "cell_errors", "take_part_in_level_scales"]
 
 
 @dataclass
@@ -150,6 +150,32 @@ def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *
         level_mean_squares(LevelGrid.side_by_side(teacher_maps), LevelGrid.of(teacher_maps).indicator)
 
 
+def cell_errors(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> torch.Tensor:
+    """(B, P) the squared error of every cell of every level, |T_l(:, p) - S_l(:, p)|^2 / (C E_l), from every
+    level's (teacher map, aligned student map), the levels' cells side by side; differentiable with respect to
+    the student's maps. E_l as in `InstanceDiscrepancy.of`."""
+    teacher_maps, student_maps = [list(maps) for maps in zip(*levels)]
+    return _relative_errors(
+        LevelGrid.side_by_side(teacher_maps),
+        LevelGrid.side_by_side(student_maps),
+        grid=LevelGrid.of(teacher_maps),
+        feature_scale=feature_scale,
+    )
+
+
+def _relative_errors(
+    teacher_cells: torch.Tensor, student_cells: torch.Tensor, *, grid: LevelGrid, feature_scale: str
+) -> torch.Tensor:
+    """(B, C, P) teacher and student cells side by side -> (B, P) `cell_errors`. Overwrites `student_cells`
+    (a copy the caller made) with S - T: one (B, C, P) tensor less while the student's activations are all
+    held."""
+    squared_error = _ChannelMeanSquare.apply(student_cells.sub_(teacher_cells))  # (B, P)
+    if feature_scale == "teacher":
+        scale = level_mean_squares(teacher_cells, grid.indicator).clamp(min=1e-12)  # (L,)
+        squared_error = squared_error / scale[grid.level_of_cell]
+    return squared_error
+
+
 class _ChannelMeanSquare(torch.autograd.Function):
     """(B, C, P) differences S - T -> (B, P) their mean square over the channels.
 
@@ -181,6 +207,7 @@ class InstanceDiscrepancy:
         masks: (N, P) each instance's masks, each level's block summing to 1.
         padded_masks: (B, n_max, P) the same per image, zeros in the padding slots.
         discrepancy: (L, B, n_max) d_lj, differentiable with respect to the student's maps; 0 in padding.
+        cell_errors: (B, P) |T_l(:, p) - S_l(:, p)|^2 / (C E_l) of every cell, as `cell_errors` gives it.
         feature_means: (L, B, n_max, 2C) with `feature_means=True`, else None: each instance's mask-weighted
             mean of the teacher's map (first C channels) and of the detached student's (last C) on every
             level, without gradient; 0 in padding.
@@ -190,6 +217,7 @@ class InstanceDiscrepancy:
     masks: torch.Tensor
     padded_masks: torch.Tensor
     discrepancy: torch.Tensor
+    cell_errors: torch.Tensor
     feature_means: torch.Tensor | None = None
 
     @classmethod
@@ -227,15 +255,17 @@ class InstanceDiscrepancy:
                 dim=2,
             )
             means = means.unflatten(1, (len(grid.sizes), layout.max_count)).transpose(0, 1)
-        # S - T written over the student's cells (a copy made above, read only by the means): one (B, C, P)
-        # tensor less while the student's activations are all held.
-        squared_error = _ChannelMeanSquare.apply(student_cells.sub_(teacher_cells))  # (B, P)
-        if feature_scale == "teacher":
-            scale = level_mean_squares(teacher_cells, grid.indicator).clamp(min=1e-12)  # (L,)
-            squared_error = squared_error / scale[grid.level_of_cell]
+        errors = _relative_errors(teacher_cells, student_cells, grid=grid, feature_scale=feature_scale)
         # Each level's block of the masks against that level's errors: (B, n_max, P) @ (B, P, L).
-        discrepancy = torch.bmm(padded_masks, squared_error[:, :, None] * grid.indicator).permute(2, 0, 1)
-        return cls(grid=grid, masks=masks, padded_masks=padded_masks, discrepancy=discrepancy, feature_means=means)
+        discrepancy = torch.bmm(padded_masks, errors[:, :, None] * grid.indicator).permute(2, 0, 1)
+        return cls(
+            grid=grid,
+            masks=masks,
+            padded_masks=padded_masks,
+            discrepancy=discrepancy,
+            cell_errors=errors,
+            feature_means=means,
+        )
 
     def image_means(self, layout: InstanceLayout, weights: torch.Tensor | None = None) -> torch.Tensor:
         """(L, B') each level's mean of d_lj (or of w_lj d_lj, with (L, B, n_max) `weights`) over each image's

@@ -31,9 +31,9 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell
-from .instances import InstanceDiscrepancy, InstanceLayout, take_part_in_level_scales
-from .masks import foreground_background_masks
+from .features import FeatureAligner, check_feature_scale
+from .instances import InstanceDiscrepancy, InstanceLayout, LevelGrid, cell_errors, take_part_in_level_scales
+from .masks import multi_level_background_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
 
@@ -256,10 +256,6 @@ class LIAFDistiller(Distiller):
 
     # ----------------------------------------------------------------------------------------- selection
 
-    def _squared_error(self, teacher_map: torch.Tensor, student_map: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) maps -> (B, H, W) squared error per cell (see `features.squared_error_per_cell`)."""
-        return squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale)
-
     def _weights(self, logits: torch.Tensor, layout: InstanceLayout) -> torch.Tensor:
         """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances.
 
@@ -338,27 +334,22 @@ class LIAFDistiller(Distiller):
     # --------------------------------------------------------------------------------------------- losses
 
     def _background_loss(
-        self, *, levels: list[tuple[torch.Tensor, torch.Tensor]], batch: DistillationBatch
+        self, *, cell_errors: torch.Tensor, levels: list[tuple[torch.Tensor, torch.Tensor]], batch: DistillationBatch
     ) -> torch.Tensor:
-        """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l), on the aligned `levels`."""
-        total = 0.0
-        for (teacher_map, student_map), stride in zip(levels, batch.strides):
-            batch_size, _, height, width = teacher_map.shape
-            background = torch.stack(
-                [
-                    foreground_background_masks(
-                        torch.cat([batch.boxes[i].reshape(-1, 4), batch.ignore_boxes[i].reshape(-1, 4)]).to(
-                            teacher_map.device
-                        ),
-                        feature_size=(height, width),
-                        stride=stride,
-                        valid_size=batch.valid_sizes[i],
-                    )[1]
-                    for i in range(batch_size)
-                ]
-            )  # (B, H, W)
-            total = total + (background * self._squared_error(teacher_map, student_map)).sum(dim=(1, 2)).mean()
-        return total / len(batch.strides)
+        """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l); `cell_errors` (B, P) are every
+        level's relative squared errors side by side (`instances.cell_errors`), `levels` the aligned maps."""
+        grid = LevelGrid.of([teacher_map for teacher_map, _ in levels])
+        device = cell_errors.device
+        background = multi_level_background_masks(
+            [
+                torch.cat([boxes.reshape(-1, 4).to(device), ignore.reshape(-1, 4).to(device)])
+                for boxes, ignore in zip(batch.boxes, batch.ignore_boxes)
+            ],
+            feature_sizes=grid.sizes,
+            strides=batch.strides,
+            valid_sizes=batch.valid_sizes,
+        )  # (B, P)
+        return ((background * cell_errors) @ grid.indicator).mean()  # each image's sum per level, averaged
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -380,7 +371,10 @@ class LIAFDistiller(Distiller):
             # Aligned once per step and shared by the instance and background terms.
             levels = self.aligner.levels(student, teacher)
             if layout.max_count == 0:
-                take_part_in_level_scales(levels, feature_scale=self.feature_scale)
+                if self.beta > 0:
+                    errors = cell_errors(levels, feature_scale=self.feature_scale)
+                else:
+                    take_part_in_level_scales(levels, feature_scale=self.feature_scale)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero
@@ -390,8 +384,10 @@ class LIAFDistiller(Distiller):
             else:
                 selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
                 self._instance_losses(selection, layout, result)
+                errors = selection.instances.cell_errors
             if self.beta > 0:
-                result.losses["loss_liaf_bg"] = self.beta * self._background_loss(levels=levels, batch=batch)
+                background_loss = self._background_loss(cell_errors=errors, levels=levels, batch=batch)
+                result.losses["loss_liaf_bg"] = self.beta * background_loss
         return result
 
     def _instance_losses(self, selection: _Selection, layout: InstanceLayout, result: DistillationResult) -> None:

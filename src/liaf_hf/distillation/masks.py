@@ -26,7 +26,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["box_cell_masks", "foreground_background_masks", "gaussian_instance_masks", "multi_level_gaussian_masks"]
+__all__ = [
+    "box_cell_masks",
+    "foreground_background_masks",
+    "gaussian_instance_masks",
+    "multi_level_background_masks",
+    "multi_level_gaussian_masks",
+]
 
 #: The Gaussian's standard deviation, as a share of the box's side: the window reaches half a side beyond
 #: each edge, which is then three standard deviations away (value exp(-4.5) ~ 0.011 at the window's edge).
@@ -122,6 +128,7 @@ class _AxisCells:
     group_last_cell: torch.Tensor  # (2L,) long, the last cell index along the group's axis
     group_offsets: torch.Tensor  # (2L,) long, where each group starts among the Q cells
     places: torch.Tensor  # (2, P) each grid cell's (row, column) among the Q cells, levels side by side
+    level_indicator: torch.Tensor  # (P, L) float, 1 where the grid cell belongs to the level
 
 
 @functools.lru_cache(maxsize=32)
@@ -146,6 +153,8 @@ def _axis_cells(
     points, group_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
     group_of_cell = group_of_cell.long()
     groups = torch.arange(len(sizes), device=device)
+    levels_of_places = [level for level, (height, width) in enumerate(feature_sizes) for _ in range(height * width)]
+    level_indicator = (torch.tensor(levels_of_places)[:, None] == torch.arange(num_levels)).float()
     return _AxisCells(
         points=points,
         is_row=group_of_cell >= num_levels,
@@ -156,7 +165,20 @@ def _axis_cells(
         group_last_cell=torch.tensor(sizes).to(device) - 1,
         group_offsets=torch.tensor(offsets).to(device),
         places=torch.tensor([rows, columns], dtype=torch.long).to(device),
+        level_indicator=level_indicator.to(device),
     )
+
+
+def _fill_empty_groups(profile: torch.Tensor, boxes: torch.Tensor, cells: _AxisCells) -> torch.Tensor:
+    """(n, Q) per-axis profiles of (n, 4) boxes -> the same, in place, where every group (one level's cells
+    along one axis) that holds no positive value has 1 at the cell containing the box's centre on that axis."""
+    centres = (boxes[:, :2] + boxes[:, 2:]) * 0.5  # (n, 2)
+    nearest = (centres[:, cells.group_axis] / cells.group_strides).floor().long().clamp(min=0)
+    nearest = torch.minimum(nearest, cells.group_last_cell) + cells.group_offsets  # (n, 2L)
+    rows = torch.arange(profile.shape[0], device=profile.device)[:, None].expand_as(nearest)
+    empty = (profile @ cells.group_indicator) <= 0  # (n, 2L)
+    profile[rows, nearest] = profile[rows, nearest].masked_fill(empty, 1.0)
+    return profile
 
 
 def multi_level_gaussian_masks(
@@ -183,14 +205,8 @@ def multi_level_gaussian_masks(
     # Each cell's box edges along its own axis: x1, x2 for columns, y1, y2 for rows.
     low = torch.where(cells.is_row, boxes[:, 1:2], boxes[:, 0:1])  # (n, Q)
     high = torch.where(cells.is_row, boxes[:, 3:4], boxes[:, 2:3])
-    profile = _gaussian_window(low, high, cells.points)
     # A group whose window holds no cell centre takes the cell nearest the box's centre on that axis.
-    centres = (boxes[:, :2] + boxes[:, 2:]) * 0.5  # (n, 2)
-    nearest = (centres[:, cells.group_axis] / cells.group_strides).floor().long().clamp(min=0)
-    nearest = torch.minimum(nearest, cells.group_last_cell) + cells.group_offsets  # (n, 2L)
-    rows = torch.arange(profile.shape[0], device=profile.device)[:, None].expand_as(nearest)
-    empty = (profile @ cells.group_indicator) <= 0  # (n, 2L)
-    profile[rows, nearest] = profile[rows, nearest].masked_fill(empty, 1.0)
+    profile = _fill_empty_groups(_gaussian_window(low, high, cells.points), boxes, cells)
     profile = profile / (profile @ cells.group_indicator)[:, cells.group_of_cell]
     # Each cell of each level, row by row: its row's profile value times its column's.
     return profile[:, cells.places[0]] * profile[:, cells.places[1]]
@@ -259,3 +275,54 @@ def foreground_background_masks(
         valid = (ys[:, None] < valid_height) & (xs[None, :] < valid_width)
     background = (valid & ~foreground).float()
     return foreground, background / background.sum().clamp(min=1.0)
+
+
+def multi_level_background_masks(
+    boxes: list[torch.Tensor],
+    *,
+    feature_sizes: list[tuple[int, int]],
+    strides: list[int],
+    valid_sizes: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The background of `foreground_background_masks` for every image of a batch on every level at once, the
+    levels' cells side by side.
+
+    Equal to stacking `foreground_background_masks(boxes[i], feature_size=size, stride=stride,
+    valid_size=valid_sizes[i])[1].flatten()` over the images and concatenating over the levels, in a fixed
+    number of tensor operations whatever the batch size and the number of levels (a pass per image and level
+    cost about twenty, each a kernel launch on a GPU).
+
+    Args:
+        boxes: per image, (n_i, 4) boxes, xyxy in pixels of the padded input, the ignore regions along with the
+            objects; n_i may be 0.
+        feature_sizes: (H_l, W_l) of each level.
+        strides: each level's stride in input pixels.
+        valid_sizes: (B, 2) (height, width) of each unpadded image in input pixels; None: the whole grid is
+            valid.
+
+    Returns:
+        (B, sum_l H_l W_l) float32: per image, each level's block uniform over its valid cells outside every
+        box and summing to 1 (all zeros when the level has no such cell).
+    """
+    device = boxes[0].device if boxes else torch.device("cpu")
+    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), device)
+    every_box = torch.cat([image_boxes.reshape(-1, 4) for image_boxes in boxes]).to(device, torch.float32)
+    owners = [image for image, image_boxes in enumerate(boxes) for _ in range(image_boxes.reshape(-1, 4).shape[0])]
+    # Each box's cells along both axes of every level: centres within its span (edges included).
+    low = torch.where(cells.is_row, every_box[:, 1:2], every_box[:, 0:1])  # (n, Q)
+    high = torch.where(cells.is_row, every_box[:, 3:4], every_box[:, 2:3])
+    inside = ((cells.points >= low) & (cells.points <= high)).float()
+    inside = _fill_empty_groups(inside, every_box, cells)
+    # A grid cell is covered when both its row and its column are; then per image, by any of its boxes.
+    covered_by_box = inside[:, cells.places[0]] * inside[:, cells.places[1]]  # (n, P)
+    ownership = (
+        torch.tensor(owners, dtype=torch.long).to(device)[None, :] == torch.arange(len(boxes), device=device)[:, None]
+    ).float()  # (B, n)
+    background = (ownership @ covered_by_box) <= 0  # (B, P)
+    if valid_sizes is not None:
+        valid_sizes = valid_sizes.to(device=device, dtype=torch.float32)
+        row_centres, column_centres = cells.points[cells.places]  # (P,) each
+        background &= (row_centres < valid_sizes[:, :1]) & (column_centres < valid_sizes[:, 1:])
+    background = background.float()
+    level_sums = (background @ cells.level_indicator).clamp(min=1.0)  # (B, L)
+    return background / (level_sums @ cells.level_indicator.t())
