@@ -12,6 +12,7 @@ from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.synthetic import generate_coco_dataset
 from liaf_hf.distillation import (
     DistillationModel,
+    DistillationOutput,
     DistillationResult,
     Distiller,
     LIAFDistillationTrainer,
@@ -113,6 +114,27 @@ def test_loss_components_are_logged(shapes, teacher_dir, tmp_path):
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and {"loss_qfl", "loss_dfl", "loss_giou"} <= set(logged[0])
+
+
+def test_logged_components_are_each_averaged_over_the_steps_that_had_them(shapes, teacher_dir, tmp_path):
+    """LIAF-KD reports no statistics on a step without instances: such a step must not pull their averages
+    toward 0."""
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf")
+
+    def step(loss_liaf, stats):
+        loss = torch.tensor(loss_liaf)
+        return DistillationOutput(
+            loss=loss, loss_dict={"loss_liaf": loss}, stats={k: torch.tensor(v) for k, v in stats.items()}
+        )
+
+    trainer.record_loss_components(step(1.0, {"liaf/weight_max_l0": 3.0}))
+    trainer.record_loss_components(step(2.0, {}))
+    trainer.record_loss_components(step(6.0, {"liaf/weight_max_l0": 5.0}))
+    trainer.log({"loss": 1.0})
+    logged = trainer.state.log_history[-1]
+    assert logged["loss_liaf"] == pytest.approx(3.0) and logged["liaf/weight_max_l0"] == pytest.approx(4.0)
+    trainer.log({"loss": 1.0})  # a new interval starts empty
+    assert "loss_liaf" not in trainer.state.log_history[-1]
 
 
 def test_teacher_with_other_classes_is_refused(shapes, tmp_path):

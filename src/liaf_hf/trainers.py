@@ -134,12 +134,13 @@ class DetectionTrainer(Trainer):
 
     def _maybe_skip_optimizer_step(self, model: nn.Module) -> None:
         """Called after the last backward of an optimizer step, before clipping and `optimizer.step()`."""
-        flag = torch.tensor(float(self._nonfinite_in_step), device=self.args.device)
+        skip = self._nonfinite_in_step
         if self.accelerator.num_processes > 1:
             # Every process must skip the same steps, or the replicas' weights drift apart.
-            flag = self.accelerator.reduce(flag, reduction="sum")
+            flag = torch.tensor(float(skip), device=self.args.device)
+            skip = float(self.accelerator.reduce(flag, reduction="sum")) > 0
         self._nonfinite_in_step = False
-        if float(flag) == 0:
+        if not skip:
             return
         # torch optimizers pass over parameters whose grad is None: no moment update, no weight decay, no
         # step count, so the weights and the optimizer state stay exactly as they were.

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import os
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,8 +247,11 @@ class LIAFDistillationTrainer(DetectionTrainer):
         teacher.to(self.args.device)
         self.evaluate_teacher_at_start = evaluate_teacher_at_start
         self.teacher_metrics: dict[str, float] = {}
-        self._component_sums: dict[str, float] = defaultdict(float)
-        self._component_steps = 0
+        # Each step's loss components and statistics, summed on the device per set of names and read back
+        # only when logged: reading each back every step made the host wait for the device some twenty
+        # times a step (LIAF-KD) where it could be queueing the next kernels.
+        self._component_sums: dict[tuple[str, ...], torch.Tensor] = {}
+        self._component_steps: Counter[tuple[str, ...]] = Counter()
         self._saving_checkpoint = False
 
     @property
@@ -293,18 +296,33 @@ class LIAFDistillationTrainer(DetectionTrainer):
 
     def record_loss_components(self, outputs) -> None:
         # Called by DetectionTrainer.compute_loss for finite training losses only.
-        if isinstance(outputs, DistillationOutput):
-            for name, value in {**outputs.loss_dict, **outputs.stats}.items():
-                self._component_sums[name] += float(value.detach())
-            self._component_steps += 1
+        if not isinstance(outputs, DistillationOutput):
+            return
+        components = {**outputs.loss_dict, **outputs.stats}
+        if not components:
+            return
+        names = tuple(components)
+        device = outputs.loss.device
+        values = torch.stack(
+            [torch.as_tensor(value, device=device).detach().float().reshape(()) for value in components.values()]
+        )
+        total = self._component_sums.get(names)
+        self._component_sums[names] = values if total is None else total + values
+        self._component_steps[names] += 1
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        # Training logs carry "loss"; add each component averaged over the same interval.
+        # Training logs carry "loss"; add each component averaged over the steps of the interval that had it.
         if "loss" in logs and self._component_steps:
-            for name, total in self._component_sums.items():
-                logs[name] = round(total / self._component_steps, 6)
+            sums: dict[str, float] = defaultdict(float)
+            steps: Counter[str] = Counter()
+            for names, total in self._component_sums.items():
+                for name, value in zip(names, total.tolist()):
+                    sums[name] += value
+                    steps[name] += self._component_steps[names]
+            for name, value in sums.items():
+                logs[name] = round(value / steps[name], 6)
             self._component_sums.clear()
-            self._component_steps = 0
+            self._component_steps.clear()
         super().log(logs, start_time)
 
     # --------------------------------------------------------------------------------- saving/resume
