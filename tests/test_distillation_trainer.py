@@ -1,10 +1,13 @@
 """LIAFDistillationTrainer: a frozen teacher, a plain saved student, checkpoints that resume exactly."""
 
 import json
+import os
+import traceback
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback, TrainingArguments
 
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor
@@ -135,6 +138,35 @@ def test_logged_components_are_each_averaged_over_the_steps_that_had_them(shapes
     assert logged["loss_liaf"] == pytest.approx(3.0) and logged["liaf/weight_max_l0"] == pytest.approx(4.0)
     trainer.log({"loss": 1.0})  # a new interval starts empty
     assert "loss_liaf" not in trainer.state.log_history[-1]
+
+
+class ReadBackCounter(TorchDispatchMode):
+    """Counts the values read back from tensors (on a GPU the host then waits for the device) by liaf_hf's code."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ == "_local_scalar_dense":
+            # The innermost caller outside torch: liaf_hf's, or another library's (transformers' own checks).
+            stack = traceback.extract_stack()[:-1]  # without this frame
+            caller = [frame for frame in stack if f"{os.sep}torch{os.sep}" not in frame.filename][-1]
+            if f"{os.sep}liaf_hf{os.sep}" in caller.filename:
+                self.sites.append(f"{os.path.basename(caller.filename)}:{caller.lineno}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_a_training_step_reads_back_only_the_finiteness_of_its_loss(shapes, teacher_dir, tmp_path):
+    """Between logging steps the host waits for the device twice a step in liaf_hf's code: the non-finite
+    guard and the check of the batch's labels (each names what is wrong), nothing else."""
+    trainer = make_trainer(
+        shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=3, evaluate_teacher_at_start=False
+    )
+    trainer.args.logging_steps, trainer.args.save_strategy = 100, "no"
+    with ReadBackCounter() as counter:
+        trainer.train()
+    assert len(counter.sites) == 2 * 3, counter.sites
 
 
 def test_teacher_with_other_classes_is_refused(shapes, tmp_path):

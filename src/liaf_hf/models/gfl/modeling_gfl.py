@@ -126,16 +126,14 @@ def quality_focal_loss(
     loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * probs.pow(beta)
     num_classes = logits.shape[1]
     positive = (target_labels >= 0) & (target_labels < num_classes)
-    if positive.any():
-        rows = positive.nonzero(as_tuple=True)[0]
-        cols = target_labels[rows]
-        quality = target_quality[rows].float()
-        positive_logits = logits[rows, cols]
-        scale = (quality - probs[rows, cols]).abs().pow(beta)
-        loss = loss.index_put(
-            (rows, cols),
-            F.binary_cross_entropy_with_logits(positive_logits, quality, reduction="none") * scale,
-        )
+    # The positive class's term of every sample, computed densely and kept where the sample is positive:
+    # selecting the positives first (`nonzero`) made the host wait for the device on every call.
+    columns = target_labels.clamp(0, num_classes - 1)[:, None]  # (N, 1)
+    quality = torch.where(positive, target_quality.float(), 0.0)  # finite where unused, so are the gradients
+    scale = (quality - probs.gather(1, columns).squeeze(1)).abs().pow(beta)
+    positive_loss = F.binary_cross_entropy_with_logits(logits.gather(1, columns).squeeze(1), quality, reduction="none")
+    kept = torch.where(positive, positive_loss * scale, loss.gather(1, columns).squeeze(1))
+    loss = loss.scatter(1, columns, kept[:, None])
     return loss.sum(dim=1)
 
 
