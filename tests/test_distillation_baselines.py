@@ -22,7 +22,8 @@ from liaf_hf.distillation import (
 )
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.base import DistillationBatch
-from liaf_hf.distillation.fgd import fgd_batch_masks, fgd_masks
+from liaf_hf.distillation.fgd import fgd_batch_masks, fgd_masks, fgd_multi_level_masks
+from liaf_hf.distillation.masks import box_cell_masks, foreground_background_masks
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 # The generated shapes set and the saved teacher of the trainer tests, built once for this module too.
@@ -246,6 +247,35 @@ def test_fgd_attention_term_for_one_stronger_channel():
     strong, weak = channels * math.exp(4) / denominator, channels * math.exp(2) / denominator
     gap = abs(strong - 1) + (channels - 1) * abs(weak - 1)
     assert float(result.losses["loss_fgd_attention"]) == pytest.approx(5e-4 * 3 * gap, rel=1e-5)
+
+
+def test_fgd_masks_of_every_level_at_once_follow_each_box_alone():
+    """Per image and level: the foreground is the largest of its boxes' 1 / (box's cells) over their cells, the
+    background uniform over the valid cells outside every box and ignore region; an image without boxes, a
+    box smaller than a cell and padding included."""
+    boxes = [
+        torch.tensor([[0.0, 0.0, 40.0, 40.0], [30.0, 30.0, 34.0, 34.0], [50.0, 50.0, 51.0, 52.0]]),
+        torch.zeros(0, 4),
+        torch.tensor([[8.0, 40.0, 60.0, 60.0]]),
+    ]
+    ignore = [torch.zeros(0, 4), torch.tensor([[0.0, 0.0, 16.0, 16.0]]), torch.tensor([[40.0, 0.0, 64.0, 24.0]])]
+    sizes = torch.tensor([[64.0, 64.0], [48.0, 32.0], [64.0, 40.0]])
+    feature_sizes, strides = [(8, 8), (4, 4), (2, 2)], [8, 16, 32]
+    foreground, background = fgd_multi_level_masks(
+        boxes, ignore, feature_sizes=feature_sizes, strides=strides, valid_sizes=sizes
+    )
+    for image in range(3):
+        expected_foreground, expected_background = [], []
+        for size, stride in zip(feature_sizes, strides):
+            cells = box_cell_masks(boxes[image], feature_size=size, stride=stride).float().flatten(1)
+            shares = cells / cells.sum(dim=1, keepdim=True)
+            expected_foreground.append(shares.amax(dim=0) if len(shares) else torch.zeros(size[0] * size[1]))
+            regions = torch.cat([boxes[image], ignore[image]])
+            alone = foreground_background_masks(regions, feature_size=size, stride=stride, valid_size=sizes[image])
+            expected_background.append(alone[1].flatten())
+        assert torch.allclose(foreground[image], torch.cat(expected_foreground)), image
+        assert torch.allclose(background[image], torch.cat(expected_background)), image
+    assert foreground[0, 6 * 8 + 6] == 1.0  # the 1 x 2 px box at (50, 50) owns the P3 cell holding it
 
 
 def test_fgd_masks_of_a_batch_are_each_image_alone():

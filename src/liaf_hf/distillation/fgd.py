@@ -41,9 +41,17 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
 from .features import FeatureAligner, check_feature_scale, teacher_mean_square
-from .masks import _cell_centres, box_cell_masks
+from .instances import LevelGrid
+from .masks import multi_level_background_masks, multi_level_box_cells
 
-__all__ = ["FGDDistiller", "GlobalContextBlock", "fgd_attention", "fgd_batch_masks", "fgd_masks"]
+__all__ = [
+    "FGDDistiller",
+    "GlobalContextBlock",
+    "fgd_attention",
+    "fgd_batch_masks",
+    "fgd_masks",
+    "fgd_multi_level_masks",
+]
 
 
 def fgd_attention(features: torch.Tensor, *, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,9 +104,7 @@ def fgd_batch_masks(
     stride: int,
     valid_sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fgd_masks` of every image of a batch at once: all images' boxes in one pass, each cell then taking
-    the largest value among its own image's boxes (a pass per image cost about 150 tensor operations per image
-    and level, each a kernel launch on a GPU).
+    """`fgd_masks` of every image of a batch at once, on one level.
 
     Args:
         boxes: per image, (n_i, 4) ground-truth boxes, xyxy in pixels of the padded input.
@@ -110,34 +116,55 @@ def fgd_batch_masks(
     Returns:
         foreground and background, (B, H, W) float32 each, as `fgd_masks` describes them per image.
     """
-    height, width = feature_size
-    device = boxes[0].device
-    counts = [int(image_boxes.shape[0]) for image_boxes in boxes]
-    ignore_counts = [int(regions.shape[0]) for regions in ignore_boxes]
-    every_box = torch.cat(
-        [box_list.reshape(-1, 4).to(device=device, dtype=torch.float32) for box_list in [*boxes, *ignore_boxes]]
+    foreground, background = fgd_multi_level_masks(
+        boxes, ignore_boxes, feature_sizes=[feature_size], strides=[stride], valid_sizes=valid_sizes
     )
-    owners = [image for image, count in enumerate(counts) for _ in range(count)]
-    owners += [image for image, count in enumerate(ignore_counts) for _ in range(count)]
-    owner = torch.tensor(owners, dtype=torch.long).to(device)
-    cells = box_cell_masks(every_box, feature_size=feature_size, stride=stride).flatten(1).float()  # (N + K, P)
-    num_objects = sum(counts)
-    object_cells = cells[:num_objects]
-    per_box = object_cells / object_cells.sum(dim=1, keepdim=True).clamp(min=1.0)
-    empty = torch.zeros(len(boxes), height * width, device=device)
-    columns = owner[:, None].expand_as(cells)
-    foreground = empty.scatter_reduce(0, columns[:num_objects], per_box, reduce="amax")
-    covered = empty.scatter_reduce(0, columns, cells, reduce="amax") > 0
-    valid = torch.ones(len(boxes), height * width, dtype=torch.bool, device=device)
-    if valid_sizes is not None:
-        valid_sizes = valid_sizes.to(device=device, dtype=torch.float32)
-        ys = _cell_centres(height, stride, device=device)
-        xs = _cell_centres(width, stride, device=device)
-        valid_rows = ys[None, :, None] < valid_sizes[:, 0, None, None]
-        valid = (valid_rows & (xs[None, None, :] < valid_sizes[:, 1, None, None])).flatten(1)
-    background = (valid & ~covered).float()
-    background = background / background.sum(dim=1, keepdim=True).clamp(min=1.0)
-    return foreground.view(-1, height, width), background.view(-1, height, width)
+    return foreground.view(-1, *feature_size), background.view(-1, *feature_size)
+
+
+def fgd_multi_level_masks(
+    boxes: list[torch.Tensor],
+    ignore_boxes: list[torch.Tensor],
+    *,
+    feature_sizes: list[tuple[int, int]],
+    strides: list[int],
+    valid_sizes: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`fgd_masks` of every image on every level at once, the levels' cells side by side: all images' boxes in
+    one pass, each cell then taking the largest value among its own image's boxes (a pass per image and level
+    cost about 150 tensor operations, a pass per level about 45, each a kernel launch on a GPU).
+
+    Args:
+        boxes: per image, (n_i, 4) ground-truth boxes, xyxy in pixels of the padded input.
+        ignore_boxes: per image, (k_i, 4) ignore regions, same units.
+        feature_sizes: (H_l, W_l) of each level.
+        strides: each level's stride in input pixels.
+        valid_sizes: (B, 2) (height, width) of each unpadded image; None: the whole grid is valid.
+
+    Returns:
+        foreground and background, (B, sum_l H_l W_l) float32 each: per image, each level's block (its cells
+        row by row) as `fgd_masks` describes it.
+    """
+    device = boxes[0].device
+    boxes = [image_boxes.reshape(-1, 4).to(device=device, dtype=torch.float32) for image_boxes in boxes]
+    ignore_boxes = [regions.reshape(-1, 4).to(device=device, dtype=torch.float32) for regions in ignore_boxes]
+    objects = torch.cat(boxes)
+    cells = multi_level_box_cells(objects, feature_sizes=feature_sizes, strides=strides).float()  # (n, P)
+    # Each box's cells on a level share 1 / (its cells on that level).
+    grid = LevelGrid.of_sizes(feature_sizes, device)
+    per_box = cells / (cells @ grid.indicator).clamp(min=1.0)[:, grid.level_of_cell]
+    owner = torch.tensor(
+        [image for image, image_boxes in enumerate(boxes) for _ in range(len(image_boxes))], dtype=torch.long
+    )
+    empty = torch.zeros(len(boxes), cells.shape[1], device=device)
+    foreground = empty.scatter_reduce(0, owner.to(device)[:, None].expand_as(per_box), per_box, reduce="amax")
+    background = multi_level_background_masks(
+        [torch.cat([image_boxes, regions]) for image_boxes, regions in zip(boxes, ignore_boxes)],
+        feature_sizes=feature_sizes,
+        strides=strides,
+        valid_sizes=valid_sizes,
+    )
+    return foreground, background
 
 
 class GlobalContextBlock(nn.Module):
@@ -231,18 +258,6 @@ class FGDDistiller(Distiller):
         self.student_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
         self.teacher_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
 
-    def _level_masks(
-        self, batch: DistillationBatch, *, feature_size: tuple[int, int], stride: int, device: torch.device
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, H, W) foreground and background masks of every image on one level."""
-        return fgd_batch_masks(
-            [boxes.to(device) for boxes in batch.boxes],
-            batch.ignore_boxes,
-            feature_size=feature_size,
-            stride=stride,
-            valid_sizes=batch.valid_sizes,
-        )
-
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
     ) -> DistillationResult:
@@ -255,14 +270,26 @@ class FGDDistiller(Distiller):
             )
         foreground_loss = background_loss = attention_loss = global_loss = 0.0
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
-            for level, (teacher_map, student_map) in enumerate(self.aligner.levels(student, teacher)):
+            levels = self.aligner.levels(student, teacher)
+            device = levels[0][0].device
+            # Every level's masks in one pass (B, P), each level then taking its block of cells.
+            all_foreground, all_background = fgd_multi_level_masks(
+                [boxes.to(device) for boxes in batch.boxes],
+                batch.ignore_boxes,
+                feature_sizes=[tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels],
+                strides=batch.strides,
+                valid_sizes=batch.valid_sizes,
+            )
+            start = 0
+            for level, (teacher_map, student_map) in enumerate(levels):
                 batch_size, _, height, width = teacher_map.shape
                 if self.feature_scale == "teacher":
                     teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
                     teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
-                foreground, background = self._level_masks(
-                    batch, feature_size=(height, width), stride=batch.strides[level], device=teacher_map.device
-                )
+                end = start + height * width
+                foreground = all_foreground[:, start:end].view(batch_size, height, width)
+                background = all_background[:, start:end].view(batch_size, height, width)
+                start = end
                 teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
                 student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
                 # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.

@@ -117,7 +117,12 @@ class LevelGrid:
     def of(cls, maps: list[torch.Tensor]) -> LevelGrid:
         """The grid of the levels' (B, C, H_l, W_l) maps, finest first (read-only: shared by every call on
         the same sizes and device)."""
-        return _level_grid(tuple(tuple(level_map.shape[-2:]) for level_map in maps), maps[0].device)
+        return cls.of_sizes([tuple(level_map.shape[-2:]) for level_map in maps], maps[0].device)
+
+    @classmethod
+    def of_sizes(cls, sizes: list[tuple[int, int]], device: torch.device | str) -> LevelGrid:
+        """The grid of levels of (H_l, W_l) `sizes`, finest first, on `device` (read-only, as `of`'s)."""
+        return _level_grid(tuple(tuple(size) for size in sizes), torch.device(device))
 
     @staticmethod
     def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:

@@ -31,6 +31,7 @@ __all__ = [
     "foreground_background_masks",
     "gaussian_instance_masks",
     "multi_level_background_masks",
+    "multi_level_box_cells",
     "multi_level_gaussian_masks",
 ]
 
@@ -277,6 +278,38 @@ def foreground_background_masks(
     return foreground, background / background.sum().clamp(min=1.0)
 
 
+def multi_level_box_cells(
+    boxes: torch.Tensor, *, feature_sizes: list[tuple[int, int]], strides: list[int]
+) -> torch.Tensor:
+    """`box_cell_masks` of every level at once, the levels' cells side by side.
+
+    Equal to concatenating `box_cell_masks(boxes, feature_size=size, stride=stride).flatten(1)` over the
+    levels, in a fixed number of tensor operations whatever the number of levels.
+
+    Args:
+        boxes: (n, 4) boxes, xyxy in pixels of the padded input.
+        feature_sizes: (H_l, W_l) of each level.
+        strides: each level's stride in input pixels.
+
+    Returns:
+        (n, sum_l H_l W_l) bool; each level's block has at least one True cell per box.
+    """
+    boxes = boxes.float().reshape(-1, 4)
+    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
+    # Each box's cells along both axes of every level: centres within its span (edges included).
+    low = torch.where(cells.is_row, boxes[:, 1:2], boxes[:, 0:1])  # (n, Q)
+    high = torch.where(cells.is_row, boxes[:, 3:4], boxes[:, 2:3])
+    inside = _fill_empty_groups(((cells.points >= low) & (cells.points <= high)).float(), boxes, cells)
+    # A grid cell is covered when both its row and its column are.
+    return (inside[:, cells.places[0]] * inside[:, cells.places[1]]) > 0
+
+
+def _owner_matrix(counts: list[int], device: torch.device) -> torch.Tensor:
+    """(B, n) float, 1 where box j (the images' boxes one after another, `counts[i]` for image i) is image i's."""
+    owners = torch.tensor([image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long)
+    return (owners.to(device)[None, :] == torch.arange(len(counts), device=device)[:, None]).float()
+
+
 def multi_level_background_masks(
     boxes: list[torch.Tensor],
     *,
@@ -306,19 +339,11 @@ def multi_level_background_masks(
     """
     device = boxes[0].device if boxes else torch.device("cpu")
     cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), device)
-    every_box = torch.cat([image_boxes.reshape(-1, 4) for image_boxes in boxes]).to(device, torch.float32)
-    owners = [image for image, image_boxes in enumerate(boxes) for _ in range(image_boxes.reshape(-1, 4).shape[0])]
-    # Each box's cells along both axes of every level: centres within its span (edges included).
-    low = torch.where(cells.is_row, every_box[:, 1:2], every_box[:, 0:1])  # (n, Q)
-    high = torch.where(cells.is_row, every_box[:, 3:4], every_box[:, 2:3])
-    inside = ((cells.points >= low) & (cells.points <= high)).float()
-    inside = _fill_empty_groups(inside, every_box, cells)
-    # A grid cell is covered when both its row and its column are; then per image, by any of its boxes.
-    covered_by_box = inside[:, cells.places[0]] * inside[:, cells.places[1]]  # (n, P)
-    ownership = (
-        torch.tensor(owners, dtype=torch.long).to(device)[None, :] == torch.arange(len(boxes), device=device)[:, None]
-    ).float()  # (B, n)
-    background = (ownership @ covered_by_box) <= 0  # (B, P)
+    boxes = [image_boxes.reshape(-1, 4) for image_boxes in boxes]
+    every_box = torch.cat(boxes).to(device, torch.float32)
+    covered = multi_level_box_cells(every_box, feature_sizes=feature_sizes, strides=strides).float()  # (n, P)
+    # Per image, the cells that none of its boxes covers.
+    background = (_owner_matrix([len(image_boxes) for image_boxes in boxes], device) @ covered) <= 0  # (B, P)
     if valid_sizes is not None:
         valid_sizes = valid_sizes.to(device=device, dtype=torch.float32)
         row_centres, column_centres = cells.points[cells.places]  # (P,) each
