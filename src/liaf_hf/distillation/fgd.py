@@ -104,18 +104,8 @@ def fgd_batch_masks(
     stride: int,
     valid_sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """`fgd_masks` of every image of a batch at once, on one level.
-
-    Args:
-        boxes: per image, (n_i, 4) ground-truth boxes, xyxy in pixels of the padded input.
-        ignore_boxes: per image, (k_i, 4) ignore regions, same units.
-        feature_size: (H, W) of the level.
-        stride: the level's stride in input pixels.
-        valid_sizes: (B, 2) (height, width) of each unpadded image; None: the whole grid is valid.
-
-    Returns:
-        foreground and background, (B, H, W) float32 each, as `fgd_masks` describes them per image.
-    """
+    """`fgd_masks` of every image of a batch at once on one level of (H, W) `feature_size`: foreground and
+    background, (B, H, W) float32 each (arguments as `fgd_multi_level_masks`'s, for one level)."""
     foreground, background = fgd_multi_level_masks(
         boxes, ignore_boxes, feature_sizes=[feature_size], strides=[stride], valid_sizes=valid_sizes
     )
