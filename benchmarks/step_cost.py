@@ -2,6 +2,7 @@
 
     python benchmarks/step_cost.py                       # cpu preset: every method
     python benchmarks/step_cost.py --methods none liaf --rounds 5
+    python benchmarks/step_cost.py --methods liaf 'liaf-bg=liaf:{"beta": 5.0}'   # a method with options
 
 Times, on one fixed batch of generated images and in one process (configurations interleaved round by
 round, so machine noise hits them alike; the median round is reported):
