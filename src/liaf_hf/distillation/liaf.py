@@ -107,18 +107,18 @@ class _Selection:
     instances: InstanceDiscrepancy  # its discrepancy: (L, B, n_max)
     scores: torch.Tensor  # (L, B, n_max, K)
     weights: torch.Tensor  # (L, B, n_max)
+    log_shares: torch.Tensor  # (L, B, n_max) log(w_j / n_i), each image's weights as a distribution's logs
 
     @property
     def discrepancy(self) -> torch.Tensor:
         return self.instances.discrepancy
 
 
-def _image_entropy(weights: torch.Tensor, instance_mask: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-    """(..., B) entropy of each image's weights normalised to a distribution p_j = w_j / n_i; `weights` is
-    (..., B, n_max), `instance_mask` (B, n_max), `counts` (B,)."""
-    probabilities = weights / counts.clamp(min=1)[:, None]
-    logs = torch.where(instance_mask, probabilities.clamp(min=1e-12).log(), torch.zeros_like(probabilities))
-    return -(probabilities * logs).sum(dim=-1)
+def _image_entropy(log_shares: torch.Tensor) -> torch.Tensor:
+    """(..., B) entropy of each image's weights as a distribution p_j = w_j / n_i, from (..., B, n_max) log p_j
+    (padding slots far below any real one, so that their p_j is exactly 0; an image without instances gets
+    the entropy of its padding, to be left out)."""
+    return -(log_shares.exp() * log_shares).sum(dim=-1)
 
 
 def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
@@ -256,8 +256,9 @@ class LIAFDistiller(Distiller):
 
     # ----------------------------------------------------------------------------------------- selection
 
-    def _weights(self, logits: torch.Tensor, layout: InstanceLayout) -> torch.Tensor:
-        """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances.
+    def _weights(self, logits: torch.Tensor, layout: InstanceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances, and the
+        logs of their shares w_j / n_i (exact where a share underflows, for the entropy term).
 
         Both normalisations are n_i softmax_j(s_j) over the image's instances, with s_j = log mean_k
         sigmoid(logit_kj) for `"mean"` (that is m_j / mean_i m_i) and s_j = mean_k logit_kj for `"softmax"`.
@@ -269,7 +270,8 @@ class LIAFDistiller(Distiller):
         else:
             instance_scores = logits.mean(dim=2)
         padded = layout.pad(instance_scores.t(), fill=-1e9).permute(2, 0, 1)  # (L, B, n_max)
-        return padded.softmax(dim=2) * layout.instance_mask * layout.counts[:, None]
+        log_shares = padded.log_softmax(dim=2)
+        return log_shares.exp() * (layout.instance_mask * layout.counts[:, None]), log_shares
 
     def select(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -325,10 +327,12 @@ class LIAFDistiller(Distiller):
         logits = self.selector(
             teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)
         ).view(num_levels, layout.num_instances, -1)  # (L, N, K), level by level
+        weights, log_shares = self._weights(logits, layout)
         return _Selection(
             instances=instances,
             scores=layout.pad(logits.sigmoid().transpose(0, 1)).permute(2, 0, 1, 3),
-            weights=self._weights(logits, layout),
+            weights=weights,
+            log_shares=log_shares,
         )
 
     # --------------------------------------------------------------------------------------------- losses
@@ -397,8 +401,7 @@ class LIAFDistiller(Distiller):
         if self.objective == "robust":
             weights = _ReverseGradient.apply(weights)
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
-        entropy = _image_entropy(selection.weights, layout.instance_mask, layout.counts)
-        entropy = entropy[:, layout.images_with_instances]  # (L, B')
+        entropy = _image_entropy(selection.log_shares)[:, layout.images_with_instances]  # (L, B')
         result.losses["loss_liaf"] = self.alpha * feature_loss / num_levels
         all_scores = layout.real(selection.scores).flatten(0, 1)  # (L * N, K), level by level
         if all_scores.shape[1] > 1:
