@@ -41,8 +41,7 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
 from .features import FeatureAligner, check_feature_scale, teacher_mean_square
-from .instances import LevelGrid
-from .masks import multi_level_background_masks, multi_level_box_cells
+from .masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
 
 __all__ = [
     "FGDDistiller",
@@ -137,7 +136,6 @@ def fgd_multi_level_masks(
     """
     device = boxes[0].device
     boxes = [image_boxes.reshape(-1, 4).to(device=device, dtype=torch.float32) for image_boxes in boxes]
-    ignore_boxes = [regions.reshape(-1, 4).to(device=device, dtype=torch.float32) for regions in ignore_boxes]
     objects = torch.cat(boxes)
     cells = multi_level_box_cells(objects, feature_sizes=feature_sizes, strides=strides).float()  # (n, P)
     # Each box's cells on a level share 1 / (its cells on that level).
@@ -149,10 +147,7 @@ def fgd_multi_level_masks(
     empty = torch.zeros(len(boxes), cells.shape[1], device=device)
     foreground = empty.scatter_reduce(0, owner.to(device)[:, None].expand_as(per_box), per_box, reduce="amax")
     background = multi_level_background_masks(
-        [torch.cat([image_boxes, regions]) for image_boxes, regions in zip(boxes, ignore_boxes)],
-        feature_sizes=feature_sizes,
-        strides=strides,
-        valid_sizes=valid_sizes,
+        boxes, feature_sizes=feature_sizes, strides=strides, valid_sizes=valid_sizes, ignore_boxes=ignore_boxes
     )
     return foreground, background
 
@@ -261,25 +256,22 @@ class FGDDistiller(Distiller):
         foreground_loss = background_loss = attention_loss = global_loss = 0.0
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
             levels = self.aligner.levels(student, teacher)
-            device = levels[0][0].device
+            grid = LevelGrid.of([teacher_map for teacher_map, _ in levels])
             # Every level's masks in one pass (B, P), each level then taking its block of cells.
             all_foreground, all_background = fgd_multi_level_masks(
-                [boxes.to(device) for boxes in batch.boxes],
+                [boxes.to(grid.indicator.device) for boxes in batch.boxes],
                 batch.ignore_boxes,
-                feature_sizes=[tuple(teacher_map.shape[-2:]) for teacher_map, _ in levels],
+                feature_sizes=grid.sizes,
                 strides=batch.strides,
                 valid_sizes=batch.valid_sizes,
             )
-            start = 0
-            for level, (teacher_map, student_map) in enumerate(levels):
+            for level, ((teacher_map, student_map), (start, end)) in enumerate(zip(levels, grid.spans)):
                 batch_size, _, height, width = teacher_map.shape
                 if self.feature_scale == "teacher":
                     teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
                     teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
-                end = start + height * width
                 foreground = all_foreground[:, start:end].view(batch_size, height, width)
                 background = all_background[:, start:end].view(batch_size, height, width)
-                start = end
                 teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
                 student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
                 # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.

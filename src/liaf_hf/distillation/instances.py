@@ -26,13 +26,12 @@ torch.Size([2, 2, 1])
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
 
 from .features import level_mean_squares
-from .masks import multi_level_gaussian_masks
+from .masks import LevelGrid, multi_level_gaussian_masks
 
 __all__ = ["InstanceDiscrepancy", "InstanceLayout", "LevelGrid", "cell_errors", "take_part_in_level_scales"]
 
@@ -101,50 +100,6 @@ class InstanceLayout:
         """(L, B, n_max, ...) -> (L, N, ...): each level's real instances in the flat order. The same as
         `values[:, instance_mask]`, without the wait a boolean mask costs on a GPU."""
         return values[:, self.image_index, self.slot]
-
-
-@dataclass
-class LevelGrid:
-    """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
-    each level's cells row by row)."""
-
-    sizes: list[tuple[int, int]]  # each level's (H_l, W_l)
-    spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
-    level_of_cell: torch.Tensor  # (P,) long
-    indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
-
-    @classmethod
-    def of(cls, maps: list[torch.Tensor]) -> LevelGrid:
-        """The grid of the levels' (B, C, H_l, W_l) maps, finest first (read-only: shared by every call on
-        the same sizes and device)."""
-        return cls.of_sizes([tuple(level_map.shape[-2:]) for level_map in maps], maps[0].device)
-
-    @classmethod
-    def of_sizes(cls, sizes: list[tuple[int, int]], device: torch.device | str) -> LevelGrid:
-        """The grid of levels of (H_l, W_l) `sizes`, finest first, on `device` (read-only, as `of`'s)."""
-        return _level_grid(tuple(tuple(size) for size in sizes), torch.device(device))
-
-    @staticmethod
-    def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
-        """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
-        return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
-
-
-@functools.lru_cache(maxsize=32)
-def _level_grid(sizes: tuple[tuple[int, int], ...], device: torch.device) -> LevelGrid:
-    """`LevelGrid` of the levels' sizes, built once per grid and device (a few copies and launches saved
-    per step)."""
-    cells = [height * width for height, width in sizes]
-    starts = [sum(cells[:level]) for level in range(len(cells))]
-    level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
-    # A comparison rather than one_hot, whose range check reads values back on the CPU.
-    indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
-    return LevelGrid(
-        sizes=list(sizes),
-        spans=[(start, start + count) for start, count in zip(starts, cells)],
-        level_of_cell=level_of_cell,
-        indicator=indicator,
-    )
 
 
 def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:

@@ -343,15 +343,12 @@ class LIAFDistiller(Distiller):
         """Mean over levels and images of sum_p bg(p) |T - S|^2 / (C E_l); `cell_errors` (B, P) are every
         level's relative squared errors side by side (`instances.cell_errors`), `levels` the aligned maps."""
         grid = LevelGrid.of([teacher_map for teacher_map, _ in levels])
-        device = cell_errors.device
         background = multi_level_background_masks(
-            [
-                torch.cat([boxes.reshape(-1, 4).to(device), ignore.reshape(-1, 4).to(device)])
-                for boxes, ignore in zip(batch.boxes, batch.ignore_boxes)
-            ],
+            [boxes.to(cell_errors.device) for boxes in batch.boxes],
             feature_sizes=grid.sizes,
             strides=batch.strides,
             valid_sizes=batch.valid_sizes,
+            ignore_boxes=batch.ignore_boxes,
         )  # (B, P)
         return ((background * cell_errors) @ grid.indicator).mean()  # each image's sum per level, averaged
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "LevelGrid",
     "box_cell_masks",
     "foreground_background_masks",
     "gaussian_instance_masks",
@@ -114,6 +115,50 @@ def gaussian_instance_masks(boxes: torch.Tensor, *, feature_size: tuple[int, int
     return profile_y[:, :, None] * profile_x[:, None, :]
 
 
+@dataclass
+class LevelGrid:
+    """Where each FPN level's cells sit when all levels' cells are laid side by side (levels finest first,
+    each level's cells row by row)."""
+
+    sizes: list[tuple[int, int]]  # each level's (H_l, W_l)
+    spans: list[tuple[int, int]]  # each level's [start, end) in the P cells
+    level_of_cell: torch.Tensor  # (P,) long
+    indicator: torch.Tensor  # (P, L) float, 1 where the cell belongs to the level
+
+    @classmethod
+    def of(cls, maps: list[torch.Tensor]) -> LevelGrid:
+        """The grid of the levels' (B, C, H_l, W_l) maps, finest first (read-only: shared by every call on
+        the same sizes and device)."""
+        return cls.of_sizes([tuple(level_map.shape[-2:]) for level_map in maps], maps[0].device)
+
+    @classmethod
+    def of_sizes(cls, sizes: list[tuple[int, int]], device: torch.device | str) -> LevelGrid:
+        """The grid of levels of (H_l, W_l) `sizes`, finest first, on `device` (read-only, as `of`'s)."""
+        return _level_grid(tuple(tuple(size) for size in sizes), torch.device(device))
+
+    @staticmethod
+    def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
+        """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
+        return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
+
+
+@functools.lru_cache(maxsize=32)
+def _level_grid(sizes: tuple[tuple[int, int], ...], device: torch.device) -> LevelGrid:
+    """`LevelGrid` of the levels' sizes, built once per grid and device (a few copies and launches saved
+    per step)."""
+    cells = [height * width for height, width in sizes]
+    starts = [sum(cells[:level]) for level in range(len(cells))]
+    level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+    # A comparison rather than one_hot, whose range check reads values back on the CPU.
+    indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
+    return LevelGrid(
+        sizes=list(sizes),
+        spans=[(start, start + count) for start, count in zip(starts, cells)],
+        level_of_cell=level_of_cell,
+        indicator=indicator,
+    )
+
+
 @dataclass(frozen=True)
 class _AxisCells:
     """Both axes' cells of every level, side by side (Q of them): each level's columns (x, levels finest
@@ -129,7 +174,6 @@ class _AxisCells:
     group_last_cell: torch.Tensor  # (2L,) long, the last cell index along the group's axis
     group_offsets: torch.Tensor  # (2L,) long, where each group starts among the Q cells
     places: torch.Tensor  # (2, P) each grid cell's (row, column) among the Q cells, levels side by side
-    level_indicator: torch.Tensor  # (P, L) float, 1 where the grid cell belongs to the level
 
 
 @functools.lru_cache(maxsize=32)
@@ -154,8 +198,6 @@ def _axis_cells(
     points, group_of_cell = torch.tensor(cells, dtype=torch.float32).to(device).unbind(1)
     group_of_cell = group_of_cell.long()
     groups = torch.arange(len(sizes), device=device)
-    levels_of_places = [level for level, (height, width) in enumerate(feature_sizes) for _ in range(height * width)]
-    level_indicator = (torch.tensor(levels_of_places)[:, None] == torch.arange(num_levels)).float()
     return _AxisCells(
         points=points,
         is_row=group_of_cell >= num_levels,
@@ -166,7 +208,6 @@ def _axis_cells(
         group_last_cell=torch.tensor(sizes).to(device) - 1,
         group_offsets=torch.tensor(offsets).to(device),
         places=torch.tensor([rows, columns], dtype=torch.long).to(device),
-        level_indicator=level_indicator.to(device),
     )
 
 
@@ -316,22 +357,23 @@ def multi_level_background_masks(
     feature_sizes: list[tuple[int, int]],
     strides: list[int],
     valid_sizes: torch.Tensor | None = None,
+    ignore_boxes: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """The background of `foreground_background_masks` for every image of a batch on every level at once, the
     levels' cells side by side.
 
-    Equal to stacking `foreground_background_masks(boxes[i], feature_size=size, stride=stride,
-    valid_size=valid_sizes[i])[1].flatten()` over the images and concatenating over the levels, in a fixed
-    number of tensor operations whatever the batch size and the number of levels (a pass per image and level
-    cost about twenty, each a kernel launch on a GPU).
+    Equal to stacking `foreground_background_masks(cat(boxes[i], ignore_boxes[i]), feature_size=size,
+    stride=stride, valid_size=valid_sizes[i])[1].flatten()` over the images and concatenating over the
+    levels, in a fixed number of tensor operations whatever the batch size and the number of levels (a pass
+    per image and level cost about twenty, each a kernel launch on a GPU).
 
     Args:
-        boxes: per image, (n_i, 4) boxes, xyxy in pixels of the padded input, the ignore regions along with the
-            objects; n_i may be 0.
+        boxes: per image, (n_i, 4) boxes, xyxy in pixels of the padded input; n_i may be 0.
         feature_sizes: (H_l, W_l) of each level.
         strides: each level's stride in input pixels.
         valid_sizes: (B, 2) (height, width) of each unpadded image in input pixels; None: the whole grid is
             valid.
+        ignore_boxes: per image, (k_i, 4) regions kept out of the background like the boxes; None: none.
 
     Returns:
         (B, sum_l H_l W_l) float32: per image, each level's block uniform over its valid cells outside every
@@ -339,8 +381,13 @@ def multi_level_background_masks(
     """
     device = boxes[0].device if boxes else torch.device("cpu")
     cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), device)
-    boxes = [image_boxes.reshape(-1, 4) for image_boxes in boxes]
-    every_box = torch.cat(boxes).to(device, torch.float32)
+    boxes = [image_boxes.reshape(-1, 4).to(device, torch.float32) for image_boxes in boxes]
+    if ignore_boxes is not None:
+        boxes = [
+            torch.cat([image_boxes, regions.reshape(-1, 4).to(image_boxes)])
+            for image_boxes, regions in zip(boxes, ignore_boxes)
+        ]
+    every_box = torch.cat(boxes)
     covered = multi_level_box_cells(every_box, feature_sizes=feature_sizes, strides=strides).float()  # (n, P)
     # Per image, the cells that none of its boxes covers.
     background = (_owner_matrix([len(image_boxes) for image_boxes in boxes], device) @ covered) <= 0  # (B, P)
@@ -349,5 +396,5 @@ def multi_level_background_masks(
         row_centres, column_centres = cells.points[cells.places]  # (P,) each
         background &= (row_centres < valid_sizes[:, :1]) & (column_centres < valid_sizes[:, 1:])
     background = background.float()
-    level_sums = (background @ cells.level_indicator).clamp(min=1.0)  # (B, L)
-    return background / (level_sums @ cells.level_indicator.t())
+    grid = LevelGrid.of_sizes(feature_sizes, device)
+    return background / (background @ grid.indicator).clamp(min=1.0)[:, grid.level_of_cell]

@@ -248,7 +248,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
         self.evaluate_teacher_at_start = evaluate_teacher_at_start
         self.teacher_metrics: dict[str, float] = {}
         # Each step's loss components and statistics, summed on the device per set of names and read back
-        # only when logged: reading each back every step made the host wait for the device some twenty
+        # only when logged: reading each back every step made the host wait for the device some thirty
         # times a step (LIAF-KD) where it could be queueing the next kernels.
         self._component_sums: dict[tuple[str, ...], torch.Tensor] = {}
         self._component_steps: Counter[tuple[str, ...]] = Counter()
