@@ -336,6 +336,31 @@ def test_ld_value_at_one_positive():
     assert float(result.stats["ld/num_positives"]) == 1
 
 
+def test_ld_reads_only_the_positive_anchors():
+    """The loss is computed at every anchor with the negatives weighted 0: a student far from its teacher
+    everywhere else gives the same loss as one that differs at the positive alone, and only the positive's
+    logits get a gradient."""
+    distiller = build_distiller("ld", student_config=config(), teacher_config=config())
+    positives = torch.zeros(2, NUM_ANCHORS, dtype=torch.bool)
+    positives[1, 70] = True  # image 1, P4 (anchors 64..79), row 1, column 2
+    teacher_distributions = [torch.zeros(2, 12, s, s) for s in SIZES]
+    teacher_distributions[1][1, :, 1, 2] = torch.tensor([5.0, 0.0, -5.0]).repeat(4)
+    batch = make_batch(TWO_IMAGES, positive_mask=positives)
+    alone = distiller(student=output(), teacher=output(distributions=teacher_distributions), batch=batch)
+    noisy = [torch.randn(2, 12, s, s, generator=torch.Generator().manual_seed(s)) * 30 for s in SIZES]
+    noisy[1][1, :, 1, 2] = 0.0  # at the positive, the student is as in `alone`
+    student = output(distributions=noisy, requires_grad=True)
+    result = distiller(student=student, teacher=output(distributions=teacher_distributions), batch=batch)
+    assert float(result.losses["loss_ld"]) > 0
+    assert float(result.losses["loss_ld"]) == pytest.approx(float(alone.losses["loss_ld"]), rel=1e-6)
+    assert float(result.stats["ld/edge_kl"]) == pytest.approx(float(alone.stats["ld/edge_kl"]), rel=1e-6)
+    result.losses["loss_ld"].backward()
+    gradients = [distributions.grad.clone() for distributions in student.box_distributions]
+    assert gradients[1][1, :, 1, 2].abs().sum() > 0
+    gradients[1][1, :, 1, 2] = 0.0
+    assert all(float(gradient.abs().sum()) == 0.0 for gradient in gradients)
+
+
 def test_ld_without_positives_gives_a_zero_that_reaches_the_box_branch():
     distiller = build_distiller("ld", student_config=config(), teacher_config=config())
     student = output(requires_grad=True)

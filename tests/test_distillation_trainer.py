@@ -157,11 +157,13 @@ class ReadBackCounter(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_a_training_step_reads_back_only_the_finiteness_of_its_loss(shapes, teacher_dir, tmp_path):
+@pytest.mark.parametrize("method", ["liaf", "ld"])
+def test_a_training_step_reads_back_only_the_finiteness_of_its_loss(shapes, teacher_dir, tmp_path, method):
     """Between logging steps the host waits for the device twice a step in liaf_hf's code: the non-finite
-    guard and the check of the batch's labels (each names what is wrong), nothing else."""
+    guard and the check of the batch's labels (each names what is wrong), nothing else (LD included: it
+    reads the student's positive anchors without counting or picking them)."""
     trainer = make_trainer(
-        shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=3, evaluate_teacher_at_start=False
+        shapes, teacher_dir, tmp_path / "run", method=method, max_steps=3, evaluate_teacher_at_start=False
     )
     trainer.args.logging_steps, trainer.args.save_strategy = 100, "no"
     with ReadBackCounter() as counter:

@@ -107,6 +107,8 @@ def test_assignment_in_chunks_of_images_matches_one_pass(monkeypatch):
         chunked_positives = model.positive_anchor_mask(chunked.fpn_features, sizes, labels)
     assert positives[0].any() and positives[2].any() and not positives[1].any()
     assert torch.equal(positives, chunked_positives)
+    # The forward reports the loss's own assignment: the same anchors, without assigning them again.
+    assert torch.equal(one_pass.positive_mask, positives) and torch.equal(chunked.positive_mask, positives)
     for name, value in one_pass.loss_dict.items():
         assert torch.equal(value, chunked.loss_dict[name]), name
 

@@ -176,7 +176,8 @@ class DistillationModel(nn.Module):
             pixel_mask: (B, H, W), 1 on real pixels; None when nothing is padded.
             labels: one dict per image, `class_labels` (n,) and `boxes` (n, 4) normalised cxcywh, or the
                 `GFLTargets` the student prepared of them.
-            student_output: the student's output on `pixel_values` (its FPN maps size the positive mask).
+            student_output: the student's output on `pixel_values` (with labels, its positive anchors are the
+                batch's `positive_mask`; without, its FPN maps size the mask assigned here).
         """
         targets = (
             labels if isinstance(labels, GFLTargets) else self.student.prepare_targets(labels, pixel_values, pixel_mask)
@@ -184,7 +185,11 @@ class DistillationModel(nn.Module):
         valid_sizes, instances = targets.valid_sizes, targets.instances
         positive_mask = None
         if self.distiller.needs_positive_mask:
-            positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, targets)
+            # The student's loss has assigned the anchors already; only an output computed without labels
+            # needs them assigned here.
+            positive_mask = student_output.positive_mask
+            if positive_mask is None:
+                positive_mask = self.student.positive_anchor_mask(student_output.fpn_features, valid_sizes, targets)
         return DistillationBatch(
             boxes=[boxes for _, boxes, _ in instances],
             class_labels=[class_labels for class_labels, _, _ in instances],

@@ -514,6 +514,10 @@ class GFLObjectDetectionOutput(ModelOutput):
         box_distributions (`tuple[torch.FloatTensor]`):
             One `(B, 4 * (R + 1), H_l, W_l)` map of box-edge distribution logits per level (edges in the
             order left, top, right, bottom; distances in units of the level's stride).
+        positive_mask (`torch.BoolTensor` of shape `(B, A)`, *optional*):
+            When `labels` are given: True at the anchors the loss's ATSS assignment made positive, the
+            locations the box losses regress from (what localization distillation reads; the same as
+            `positive_anchor_mask` returns, without assigning the anchors a second time).
     """
 
     loss: torch.FloatTensor | None = None
@@ -523,6 +527,7 @@ class GFLObjectDetectionOutput(ModelOutput):
     fpn_features: tuple[torch.FloatTensor, ...] | None = None
     class_logits: tuple[torch.FloatTensor, ...] | None = None
     box_distributions: tuple[torch.FloatTensor, ...] | None = None
+    positive_mask: torch.BoolTensor | None = None
 
 
 class GFLPreTrainedModel(PreTrainedModel):
@@ -663,9 +668,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         scale = valid_sizes.flip(-1).repeat(1, 2)[:, None, :].to(boxes_xyxy.dtype)  # (B, 1, 4) as (w, h, w, h)
         pred_boxes = box_xyxy_to_cxcywh((boxes_xyxy / scale).clamp(0.0, 1.0))
 
-        loss, loss_dict = None, None
+        loss, loss_dict, positive_mask = None, None, None
         if labels is not None:
-            loss_dict = self.loss(
+            loss_dict, positive_mask = self._loss_and_positives(
                 flat_logits=flat_logits,
                 flat_distributions=flat_distributions,
                 boxes_xyxy=boxes_xyxy,
@@ -685,6 +690,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             fpn_features=tuple(fpn_features),
             class_logits=tuple(class_logits),
             box_distributions=tuple(box_distributions),
+            positive_mask=positive_mask,
         )
         if not return_dict:
             return output.to_tuple()
@@ -939,6 +945,31 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             over positives weighted by the predicted quality / the sum of those weights), each times its
             weight from the config. Both normalisers are averaged over processes.
         """
+        return self._loss_and_positives(
+            flat_logits=flat_logits,
+            flat_distributions=flat_distributions,
+            boxes_xyxy=boxes_xyxy,
+            anchor_points=anchor_points,
+            anchor_strides=anchor_strides,
+            num_anchors_per_level=num_anchors_per_level,
+            valid_sizes=valid_sizes,
+            labels=labels,
+        )[0]
+
+    def _loss_and_positives(
+        self,
+        *,
+        flat_logits: torch.Tensor,
+        flat_distributions: torch.Tensor,
+        boxes_xyxy: torch.Tensor,
+        anchor_points: torch.Tensor,
+        anchor_strides: torch.Tensor,
+        num_anchors_per_level: list[int],
+        valid_sizes: torch.Tensor,
+        labels: list[dict] | GFLTargets,
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """`loss`'s losses and the (B, A) bool mask of the positive anchors they were computed on (which
+        forward reports, so that nothing assigns the anchors a second time)."""
         reg_max = self.config.reg_max
         num_classes = self.config.num_labels
         targets = self._targets(labels, valid_sizes)
@@ -1000,11 +1031,12 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             # parameter even when a process has no positives.
             loss_giou = flat_distributions.sum() * 0.0
             loss_dfl = flat_distributions.sum() * 0.0
-        return {
+        losses = {
             "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
             "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
             "loss_giou": self.config.loss_giou_weight * loss_giou / box_normaliser,
         }
+        return losses, positive
 
 
 __all__ = [
