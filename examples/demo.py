@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from pathlib import Path
 
@@ -95,19 +96,31 @@ def detector_flags(prefix: str, backbone: str, channels: int = 64) -> list[str]:
 
 
 @torch.no_grad()
-def images_per_second(model_dir: Path, data_dir: str, *, batch_size: int = 32, batches: int = 4) -> float:
-    """Inference throughput of a saved detector (forward pass and post-processing) on validation images."""
-    model = GFLForObjectDetection.from_pretrained(model_dir).eval()
-    processor = GFLImageProcessor.from_pretrained(model_dir)
-    dataset = load_coco_detection(data_dir, "val").with_transform(DetectionTransform(processor, train=False))
-    collate = DetectionCollator(processor)
+def images_per_second(
+    model_dirs: list[Path], data_dir: str, *, batch_size: int = 32, batches: int = 4, rounds: int = 5
+) -> list[float]:
+    """Inference throughput of saved detectors (forward pass and post-processing) on the same validation
+    images. The models take turns within each round and each reports its median round, so that the
+    machine's noise hits them alike (timed one after another, two identical students differed by 11%)."""
+    detectors = [
+        (GFLForObjectDetection.from_pretrained(path).eval(), GFLImageProcessor.from_pretrained(path))
+        for path in model_dirs
+    ]
+    dataset = load_coco_detection(data_dir, "val").with_transform(DetectionTransform(detectors[0][1], train=False))
+    collate = DetectionCollator(detectors[0][1])
     loaded = [collate([dataset[i] for i in range(b * batch_size, (b + 1) * batch_size)]) for b in range(batches)]
-    model(pixel_values=loaded[0]["pixel_values"], pixel_mask=loaded[0]["pixel_mask"])  # warm-up
-    started = time.perf_counter()
-    for batch in loaded:
-        outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
-        processor.post_process_object_detection(outputs, target_sizes=[b["orig_size"] for b in batch["labels"]])
-    return batch_size * batches / (time.perf_counter() - started)
+    seconds: list[list[float]] = [[] for _ in detectors]
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for model_index, (model, processor) in enumerate(detectors):
+            started = time.perf_counter()
+            for batch in loaded:
+                outputs = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"])
+                processor.post_process_object_detection(
+                    outputs, target_sizes=[labels["orig_size"] for labels in batch["labels"]]
+                )
+            if round_index > 0:
+                seconds[model_index].append(time.perf_counter() - started)
+    return [batch_size * batches / statistics.median(times) for times in seconds]
 
 
 def train_teacher(args: argparse.Namespace) -> Path:
@@ -181,7 +194,8 @@ def main() -> None:
     ]
     minutes = (time.perf_counter() - started) / 60
     rows = []
-    for name, directory in runs:
+    throughputs = images_per_second([directory for _, directory in runs], args.data_dir)
+    for (name, directory), throughput in zip(runs, throughputs):
         summary = json.loads((directory / "summary.json").read_text())
         rows.append(
             {
@@ -189,7 +203,7 @@ def main() -> None:
                 "AP": summary["eval_AP"],
                 "AP50": summary["eval_AP50"],
                 "parameters": summary["parameters"],
-                "images_per_second": images_per_second(directory, args.data_dir),
+                "images_per_second": throughput,
                 "directory": str(directory),
             }
         )
