@@ -3,6 +3,7 @@
     python benchmarks/step_cost.py                       # cpu preset: every method
     python benchmarks/step_cost.py --methods none liaf --rounds 5
     python benchmarks/step_cost.py --methods liaf 'liaf-bg=liaf:{"beta": 5.0}'   # a method with options
+    python benchmarks/step_cost.py --preset gpu --methods liaf --compile   # liaf eager and compiled
 
 Times, on one fixed batch of generated images and in one process (configurations interleaved round by
 round, so machine noise hits them alike; the median round is reported):
@@ -17,6 +18,10 @@ held by tensors allocated during the steps, above what the models held before th
 `torch.cuda.max_memory_allocated`, on the CPU the same from the profiler's record of allocations). Last, a
 distilled student saved as users get it is reloaded and compared with a plain student: parameters and
 inference latency.
+
+With `--compile`, each method is also timed with its loss compiled (`Distiller.compile_losses`, what
+`--compile_distiller` does in training), as `distill: <label> compiled`; it compiles in the untimed warm-up
+steps. Its kernels are not counted: compiled code bypasses the dispatcher that counts them.
 
 With `--profile`, each configuration is also profiled: how long the device was busy per step (on a GPU, a
 share well under 1 of the step's time means the device waited for the host to launch kernels) and which
@@ -67,6 +72,7 @@ DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"
 STUDENT_STEP, TEACHER_FORWARD, FLOOR = "student step", "teacher forward", "student step + teacher forward"
 # The part of the teacher's forward that methods comparing FPN maps only run (`needs_teacher_head = False`).
 TEACHER_FEATURES = "teacher backbone + FPN"
+COMPILED = "compiled"  # suffix of the configurations with a compiled loss (--compile)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -102,10 +108,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "durations; against the step's time, how long the device waited for the host) and each method's "
         "device time beyond the floor's by operation.",
     )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="Also time each method with its loss compiled by torch.compile (Distiller.compile_losses).",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="JSON file (default: results/step_cost_<preset>.json).")
     parser.add_argument("--measure_memory_of", default=None, help=argparse.SUPPRESS)  # internal: one config
     args = parser.parse_args(argv)
+    if args.compile and args.operations_only:
+        parser.error("--compile times compiled losses; their kernels cannot be counted (--operations_only).")
     for key, value in PRESETS[args.preset].items():
         setattr(args, key, value)
     # A GPU step of a few tens of milliseconds is bound by the host, whose noise spreads rounds by 20-40% on
@@ -234,6 +247,15 @@ def build_configurations(args: argparse.Namespace) -> tuple[dict[str, Callable[[
         )
         models[label] = model
         configurations[f"distill: {label}"] = training_step(model, batch)
+        if args.compile:
+            compiled_distiller = copy.deepcopy(distiller)  # the same starting weights, and the same teacher
+            compiled_distiller.compile_losses()
+            compiled = DistillationModel(
+                student=copy.deepcopy(initial_student), teacher=teacher, distiller=compiled_distiller
+            ).to(device)
+            step = training_step(compiled, batch)
+            step.compiled = True
+            configurations[f"distill: {label} {COMPILED}"] = step
     return configurations, {"batch": batch, "models": models, "student": student, "processor": processor}
 
 
@@ -399,6 +421,8 @@ def count_operations(configurations: dict[str, Callable[[], None]]) -> dict[str,
     on a GPU) counts as a wait here too."""
     counts = {}
     for name, step in configurations.items():
+        if getattr(step, "compiled", False):
+            continue
         with _OperationCounter() as counter:
             step.forward_backward()
         counts[name] = {
@@ -531,7 +555,9 @@ def main(argv: list[str] | None = None) -> None:
     operations = count_operations(configurations)
     sites = None
     if args.kernels_by_site:
-        sites = kernels_by_site(configurations, [name for name in configurations if name.startswith("distill: ")])
+        sites = kernels_by_site(
+            configurations, [name for name in configurations if name.startswith("distill: ") and name in operations]
+        )
     profiles = None
     if args.profile and not args.operations_only:
         profiles = profile_configurations(configurations, args)
@@ -544,13 +570,14 @@ def main(argv: list[str] | None = None) -> None:
 
     floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
     features_only = {
-        f"distill: {label}"
+        name
         for label, model in context["models"].items()
         if model.distiller.needs_teacher and not model.distiller.needs_teacher_head
+        for name in (f"distill: {label}", f"distill: {label} {COMPILED}")
     }
     rows = []
     for name in configurations:
-        row = {"configuration": name, **operations[name]}
+        row = {"configuration": name, **operations.get(name, {})}
         if timings:
             row["seconds_per_step"] = timings[name]["median_s"]
             row["rounds_s"] = timings[name]["rounds_s"]
@@ -559,8 +586,9 @@ def main(argv: list[str] | None = None) -> None:
                 row["ratio_to_floor"] = timings[name]["median_s"] / floor
                 if name in features_only:
                     row["ratio_to_feature_floor"] = timings[name]["median_s"] / feature_floor
-            row["operations_ratio_to_floor"] = operations[name]["operations"] / operations[FLOOR]["operations"]
-            row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
+            if name in operations:
+                row["operations_ratio_to_floor"] = operations[name]["operations"] / operations[FLOOR]["operations"]
+                row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
         if profiles:
             row["device_busy_s_per_step"] = profiles[name]["busy_s_per_step"]
             if timings:
@@ -586,9 +614,11 @@ def main(argv: list[str] | None = None) -> None:
         mib = f"{row['peak_extra_MiB']:.0f}" if "peak_extra_MiB" in row else "-"
         mem_ratio = f"{row['memory_ratio_to_floor']:.2f}" if "memory_ratio_to_floor" in row else "-"
         kernel_ratio = f"{row['kernels_ratio_to_floor']:.2f}" if "kernels_ratio_to_floor" in row else "-"
+        kernels = f"{row['kernels']:,}" if "kernels" in row else "-"
+        waits = row.get("device_waits", "-")
         lines.append(
-            f"| {row['configuration']} | {seconds} | {ratio} | {row['kernels']:,} | {kernel_ratio} "
-            f"| {row['device_waits']} | {mib} | {mem_ratio} |"
+            f"| {row['configuration']} | {seconds} | {ratio} | {kernels} | {kernel_ratio} | {waits} "
+            f"| {mib} | {mem_ratio} |"
         )
     listed = ", ".join(
         f"{row['configuration'].removeprefix('distill: ')} {row['ratio_to_feature_floor']:.2f}"

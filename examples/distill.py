@@ -82,6 +82,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         method_options=distill_args.options,
         inherit=distill_args.inherit,
         evaluate_teacher_at_start=distill_args.evaluate_teacher_at_start and training_args.do_train,
+        compile_distiller=distill_args.compile_distiller,
         nonfinite_loss=fault_args.nonfinite_loss,
         args=training_args,
         **detection_trainer_kwargs(

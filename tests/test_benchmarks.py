@@ -51,6 +51,22 @@ def test_operation_count_covers_forward_and_backward():
     assert counts["tiny"]["device_waits"] == 0
 
 
+def test_compiled_configurations_are_timed_but_not_counted():
+    """Compiled code bypasses the dispatcher that counts operations: its rows say so rather than show the
+    few operations that reach it, and asking for counts alone with --compile is refused."""
+    weight = torch.ones(3, requires_grad=True)
+
+    def forward_backward() -> None:
+        (weight * 2).sum().backward()
+
+    compiled = counted(forward_backward)
+    compiled.compiled = True
+    counts = step_cost().count_operations({"eager": counted(forward_backward), "compiled": compiled})
+    assert "eager" in counts and "compiled" not in counts
+    with pytest.raises(SystemExit):
+        step_cost().parse_args(["--compile", "--operations_only"])
+
+
 def test_views_are_not_kernels_and_mask_indexing_waits_for_the_device():
     values = torch.arange(12.0)
 

@@ -47,6 +47,7 @@ class AIDDistiller(Distiller):
     """
 
     needs_teacher_loss = True
+    compiled_part = "_level_errors"
 
     def __init__(
         self,
@@ -86,18 +87,31 @@ class AIDDistiller(Distiller):
         teaching_weight = torch.exp(-self.decay * teacher_loss)
         result = DistillationResult(stats={"aid/teacher_loss": teacher_loss, "aid/teaching_weight": teaching_weight})
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
-            levels = self.aligner.levels(student, teacher)
             layout = InstanceLayout.from_boxes(batch.boxes, device=teacher.fpn_features[0].device)
             if layout.max_count == 0:
+                levels = self.aligner.levels(student, teacher)
                 # No instance to imitate; a zero that still reaches the align convs (DDP needs their gradients).
                 result.losses["loss_aid"] = zero_with_graph(*(student_map for _, student_map in levels))
                 take_part_in_level_scales(levels, feature_scale=self.feature_scale)
                 return result
-            instances = InstanceDiscrepancy.of(
-                levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale
+            level_errors = self._level_errors(
+                student=student, teacher=teacher, strides=list(batch.strides), layout=layout
             )
-            level_errors = instances.image_means(layout).mean(dim=1)  # (L,)
         result.losses["loss_aid"] = self.weight * teaching_weight * level_errors.mean()
         for level, error in enumerate(level_errors.detach().unbind()):
             result.stats[f"aid/discrepancy_l{level}"] = error
         return result
+
+    def _level_errors(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        strides: list[int],
+        layout: InstanceLayout,
+    ) -> torch.Tensor:
+        """(L,) each level's instance error averaged over instances and images: the step's tensor work after
+        the host builds the layout, what `compile_losses` compiles."""
+        levels = self.aligner.levels(student, teacher)
+        instances = InstanceDiscrepancy.of(levels, layout=layout, strides=strides, feature_scale=self.feature_scale)
+        return instances.image_means(layout).mean(dim=1)

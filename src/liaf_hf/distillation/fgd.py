@@ -206,6 +206,7 @@ class FGDDistiller(Distiller):
     """
 
     needs_teacher_head = False  # it compares FPN maps only
+    compiled_part = "_masked_losses"
 
     def __init__(
         self,
@@ -253,10 +254,8 @@ class FGDDistiller(Distiller):
                 f"The batch describes {len(batch.boxes)} images but the features hold "
                 f"{student.fpn_features[0].shape[0]}."
             )
-        foreground_loss = background_loss = attention_loss = global_loss = 0.0
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
-            levels = self.aligner.levels(student, teacher)
-            grid = LevelGrid.of([teacher_map for teacher_map, _ in levels])
+            grid = LevelGrid.of(list(teacher.fpn_features))
             # Every level's masks in one pass (B, P), each level then taking its block of cells.
             all_foreground, all_background = fgd_multi_level_masks(
                 [boxes.to(grid.indicator.device) for boxes in batch.boxes],
@@ -265,27 +264,48 @@ class FGDDistiller(Distiller):
                 strides=batch.strides,
                 valid_sizes=batch.valid_sizes,
             )
-            for level, ((teacher_map, student_map), (start, end)) in enumerate(zip(levels, grid.spans)):
-                batch_size, _, height, width = teacher_map.shape
-                if self.feature_scale == "teacher":
-                    teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
-                    teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
-                foreground = all_foreground[:, start:end].view(batch_size, height, width)
-                background = all_background[:, start:end].view(batch_size, height, width)
-                teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
-                student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
-                # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.
-                weighted_error = (
-                    (student_map - teacher_map).square() * teacher_channel[:, :, None, None] * teacher_spatial[:, None]
-                ).sum(dim=1)  # (B, H, W)
-                foreground_loss = foreground_loss + (weighted_error * foreground).sum() / batch_size
-                background_loss = background_loss + (weighted_error * background).sum() / batch_size
-                channel_gap = (student_channel - teacher_channel).abs().sum()
-                spatial_gap = (student_spatial - teacher_spatial).abs().sum()
-                attention_loss = attention_loss + (channel_gap + spatial_gap) / batch_size
-                student_global = self.student_context[level](student_map)
-                teacher_global = self.teacher_context[level](teacher_map)
-                global_loss = global_loss + (student_global - teacher_global).square().sum() / batch_size
+            return self._masked_losses(
+                student=student,
+                teacher=teacher,
+                foreground_masks=all_foreground,
+                background_masks=all_background,
+                grid=grid,
+            )
+
+    def _masked_losses(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        foreground_masks: torch.Tensor,
+        background_masks: torch.Tensor,
+        grid: LevelGrid,
+    ) -> DistillationResult:
+        """The four losses from every level's (B, P) foreground and background masks (the levels' cells side
+        by side, in `grid`'s order): the step's tensor work after the masks, what `compile_losses` compiles."""
+        foreground_loss = background_loss = attention_loss = global_loss = 0.0
+        levels = self.aligner.levels(student, teacher)
+        for level, ((teacher_map, student_map), (start, end)) in enumerate(zip(levels, grid.spans)):
+            batch_size, _, height, width = teacher_map.shape
+            if self.feature_scale == "teacher":
+                teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
+                teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
+            foreground = foreground_masks[:, start:end].view(batch_size, height, width)
+            background = background_masks[:, start:end].view(batch_size, height, width)
+            teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
+            student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
+            # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.
+            weighted_error = (
+                (student_map - teacher_map).square() * teacher_channel[:, :, None, None] * teacher_spatial[:, None]
+            ).sum(dim=1)  # (B, H, W)
+            foreground_loss = foreground_loss + (weighted_error * foreground).sum() / batch_size
+            background_loss = background_loss + (weighted_error * background).sum() / batch_size
+            channel_gap = (student_channel - teacher_channel).abs().sum()
+            spatial_gap = (student_spatial - teacher_spatial).abs().sum()
+            attention_loss = attention_loss + (channel_gap + spatial_gap) / batch_size
+            student_global = self.student_context[level](student_map)
+            teacher_global = self.teacher_context[level](teacher_map)
+            global_loss = global_loss + (student_global - teacher_global).square().sum() / batch_size
         return DistillationResult(
             losses={
                 "loss_fgd_fg": self.foreground_weight * foreground_loss,

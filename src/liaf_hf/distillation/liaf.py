@@ -202,6 +202,7 @@ class LIAFDistiller(Distiller):
     """
 
     needs_teacher_head = False  # it compares FPN maps only
+    compiled_part = "_instance_terms"
 
     def __init__(
         self,
@@ -283,7 +284,13 @@ class LIAFDistiller(Distiller):
         layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=teacher.fpn_features[0].device)
         with torch.autocast(device_type=layout.counts.device.type, enabled=False):
             levels = self.aligner.levels(student, teacher)
-            selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
+            selection = self._select(
+                levels=levels,
+                student=student,
+                strides=batch.strides,
+                layout=layout,
+                progress=torch.tensor(float(batch.progress), device=layout.counts.device),
+            )
         return [
             LevelSelection(discrepancy=discrepancy, scores=scores, weights=weights, instance_mask=layout.instance_mask)
             for discrepancy, scores, weights in zip(
@@ -296,12 +303,14 @@ class LIAFDistiller(Distiller):
         *,
         levels: list[tuple[torch.Tensor, torch.Tensor]],
         student: GFLObjectDetectionOutput,
-        batch: DistillationBatch,
+        strides: list[int],
         layout: InstanceLayout,
+        progress: torch.Tensor,
     ) -> _Selection:
         """Every level's selection, computed for all levels together.
 
-        `levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them.
+        `levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them;
+        `progress`: () the training progress, a tensor so that a compiled step does not specialise on it.
         The levels' cells are laid side by side (P = sum_l H_l W_l) and the selectors score every level's
         instances in one pass: a pass per level cost some hundred tensor operations per level, forward and
         backward, each a kernel launch on a GPU, where launches rather than arithmetic set a step's time.
@@ -310,14 +319,14 @@ class LIAFDistiller(Distiller):
             raise ValueError("The batch has no instances to select from.")
         num_levels = len(levels)
         instances = InstanceDiscrepancy.of(
-            levels, layout=layout, strides=batch.strides, feature_scale=self.feature_scale, feature_means=True
+            levels, layout=layout, strides=strides, feature_scale=self.feature_scale, feature_means=True
         )
         discrepancy, grid = instances.discrepancy, instances.grid
         # e_T and e_S of every level (without gradient), each (L N, C).
         teacher_descriptors, student_descriptors = layout.real(instances.feature_means).flatten(0, 1).chunk(2, dim=1)
         scalars = [layout.real(discrepancy.detach()).log1p()]  # (L, N)
         if self.use_progress:
-            scalars.append(torch.full_like(scalars[0], float(batch.progress)))
+            scalars.append(progress.to(scalars[0].dtype).expand_as(scalars[0]))
         if self.use_student_quality:
             if student.class_logits is None:
                 raise ValueError("use_student_quality needs the student's class_logits in its output.")
@@ -369,9 +378,8 @@ class LIAFDistiller(Distiller):
         layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=device)
         result = DistillationResult()
         with torch.autocast(device_type=device.type, enabled=False):
-            # Aligned once per step and shared by the instance and background terms.
-            levels = self.aligner.levels(student, teacher)
             if layout.max_count == 0:
+                levels = self.aligner.levels(student, teacher)
                 if self.beta > 0:
                     errors = cell_errors(levels, feature_scale=self.feature_scale)
                 else:
@@ -383,13 +391,41 @@ class LIAFDistiller(Distiller):
                 if self.objective == "robust":
                     result.losses["loss_liaf_entropy"] = zero.clone()
             else:
-                selection = self._select(levels=levels, student=student, batch=batch, layout=layout)
-                self._instance_losses(selection, layout, result)
-                errors = selection.instances.cell_errors
+                levels, errors = self._instance_terms(
+                    student=student,
+                    teacher=teacher,
+                    strides=list(batch.strides),
+                    layout=layout,
+                    progress=torch.tensor(float(batch.progress), device=device),
+                    result=result,
+                )
             if self.beta > 0:
                 background_loss = self._background_loss(cell_errors=errors, levels=levels, batch=batch)
                 result.losses["loss_liaf_bg"] = self.beta * background_loss
         return result
+
+    def _instance_terms(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        strides: list[int],
+        layout: InstanceLayout,
+        progress: torch.Tensor,
+        result: DistillationResult,
+    ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+        """The step's tensor work for a batch with instances, from the aligned maps to every instance loss
+        and statistic (put in `result`): what `compile_losses` compiles. The layout is built before it, on
+        the host, so that a compiled step sees the instance counts only as tensor sizes (the background term
+        stays eager too: its masks start from the lists of boxes).
+
+        Returns every level's (teacher map, aligned student map) and the (B, P) cell errors, which the
+        background term reuses.
+        """
+        levels = self.aligner.levels(student, teacher)
+        selection = self._select(levels=levels, student=student, strides=strides, layout=layout, progress=progress)
+        self._instance_losses(selection, layout, result)
+        return levels, selection.instances.cell_errors
 
     def _instance_losses(self, selection: _Selection, layout: InstanceLayout, result: DistillationResult) -> None:
         """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
