@@ -6,7 +6,9 @@ import traceback
 
 import pytest
 import torch
+import torch._dynamo
 from safetensors.torch import load_file, save_file
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import TrainerCallback, TrainingArguments
 
@@ -364,3 +366,36 @@ def test_non_finite_loss_stops_training_naming_component_and_step(shapes, teache
     )
     with pytest.raises(FloatingPointError, match=r"step 2: loss_broken is not finite"):
         trainer.train()
+
+
+def test_a_compiled_distiller_trains_as_the_eager_one(shapes, teacher_dir, tmp_path):
+    """`compile_distiller=True` changes how the loss runs, not what it is: the same logged losses step by step,
+    and a checkpoint with the same tensors."""
+
+    def trainer(name, compile_distiller):
+        run = make_trainer(
+            shapes,
+            teacher_dir,
+            tmp_path / name,
+            method="liaf",
+            max_steps=3,
+            evaluate_teacher_at_start=False,
+            compile_distiller=compile_distiller,
+        )
+        run.args.save_strategy = "no"
+        run.train()
+        return run
+
+    torch._dynamo.reset()
+    counters.clear()
+    eager = trainer("eager", False)
+    assert not counters["stats"]["unique_graphs"]
+    compiled = trainer("compiled", True)
+    assert counters["stats"]["unique_graphs"] >= 1  # the loss was compiled
+    eager_logs = [entry for entry in eager.state.log_history if "loss_liaf" in entry]
+    compiled_logs = [entry for entry in compiled.state.log_history if "loss_liaf" in entry]
+    assert len(eager_logs) == len(compiled_logs) == 3
+    for step, (want, got) in enumerate(zip(eager_logs, compiled_logs)):
+        for name in ("loss", "loss_liaf", "loss_liaf_div", "loss_liaf_entropy", "liaf/weight_max_l0"):
+            assert got[name] == pytest.approx(want[name], rel=1e-3, abs=1e-5), (step, name)
+    assert eager.model.state_dict().keys() == compiled.model.state_dict().keys()
