@@ -134,12 +134,20 @@ class LevelGrid:
     @classmethod
     def of_sizes(cls, sizes: list[tuple[int, int]], device: torch.device | str) -> LevelGrid:
         """The grid of levels of (H_l, W_l) `sizes`, finest first, on `device` (read-only, as `of`'s)."""
-        return _level_grid(tuple(tuple(size) for size in sizes), torch.device(device))
+        return _cached(_level_grid, tuple(tuple(size) for size in sizes), torch.device(device))
 
     @staticmethod
     def side_by_side(maps: list[torch.Tensor]) -> torch.Tensor:
         """(B, C, H_l, W_l) maps -> (B, C, P), the levels' cells in the grid's order."""
         return torch.cat([level_map.flatten(2) for level_map in maps], dim=2)
+
+
+def _cached(function, *args):
+    """`function(*args)` through its `lru_cache`, or, while torch.compile traces it, the function itself: the
+    compiled code keeps what it builds either way, and tracing through the cache makes dynamo warn."""
+    if torch.compiler.is_compiling():
+        return function.__wrapped__(*args)
+    return function(*args)
 
 
 @functools.lru_cache(maxsize=32)
@@ -243,7 +251,7 @@ def multi_level_gaussian_masks(
         (n, sum_l H_l W_l) float32; each level's block (its cells row by row) sums to 1.
     """
     boxes = boxes.float().reshape(-1, 4)
-    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
+    cells = _cached(_axis_cells, tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
     # Each cell's box edges along its own axis: x1, x2 for columns, y1, y2 for rows.
     low = torch.where(cells.is_row, boxes[:, 1:2], boxes[:, 0:1])  # (n, Q)
     high = torch.where(cells.is_row, boxes[:, 3:4], boxes[:, 2:3])
@@ -336,7 +344,7 @@ def multi_level_box_cells(
         (n, sum_l H_l W_l) bool; each level's block has at least one True cell per box.
     """
     boxes = boxes.float().reshape(-1, 4)
-    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
+    cells = _cached(_axis_cells, tuple(tuple(size) for size in feature_sizes), tuple(strides), boxes.device)
     # Each box's cells along both axes of every level: centres within its span (edges included).
     low = torch.where(cells.is_row, boxes[:, 1:2], boxes[:, 0:1])  # (n, Q)
     high = torch.where(cells.is_row, boxes[:, 3:4], boxes[:, 2:3])
@@ -380,7 +388,7 @@ def multi_level_background_masks(
         box and summing to 1 (all zeros when the level has no such cell).
     """
     device = boxes[0].device if boxes else torch.device("cpu")
-    cells = _axis_cells(tuple(tuple(size) for size in feature_sizes), tuple(strides), device)
+    cells = _cached(_axis_cells, tuple(tuple(size) for size in feature_sizes), tuple(strides), device)
     boxes = [image_boxes.reshape(-1, 4).to(device, torch.float32) for image_boxes in boxes]
     if ignore_boxes is not None:
         boxes = [
