@@ -288,8 +288,12 @@ def time_configurations(configurations: dict[str, Callable[[], None]], args: arg
     }
 
 
-def _busy_time_by_operation(step: Callable[[], None], steps: int, device: str) -> tuple[float, Counter[str]]:
-    """Seconds per step the device spent running `step`'s work, in all and by tensor operation.
+def _busy_time_by_operation(
+    step: Callable[[], None], steps: int, device: str
+) -> tuple[float, Counter[str], float | None]:
+    """Seconds per step the device spent running `step`'s work, in all and by tensor operation, and on a GPU
+    how many times per step the host waited for it (CUDA runtime synchronisations: values read back, and
+    copies from pageable host memory, which PyTorch follows with a stream synchronisation).
 
     On a GPU: the kernels' durations (one stream, so they do not overlap), each credited to the operation
     that launched it; a step that takes longer than that kept the device waiting for the host. On the CPU
@@ -304,7 +308,10 @@ def _busy_time_by_operation(step: Callable[[], None], steps: int, device: str) -
         synchronise(device)
     by_operation: Counter[str] = Counter()
     busy_us = 0.0
+    synchronisations = 0
     for event in recording.events():
+        if on_gpu and "Synchronize" in event.key:  # cudaStreamSynchronize, cudaDeviceSynchronize, ...
+            synchronisations += 1
         if on_gpu:
             if event.device_type == torch.autograd.DeviceType.CPU:
                 by_operation[event.key] += event.self_device_time_total
@@ -314,7 +321,9 @@ def _busy_time_by_operation(step: Callable[[], None], steps: int, device: str) -
             by_operation[event.key] += event.self_cpu_time_total
             busy_us += event.self_cpu_time_total
     per_step = 1e-6 / steps
-    return busy_us * per_step, Counter({key: us * per_step for key, us in by_operation.items() if us > 0})
+    # Less the one synchronisation after the last step, which is the profile's, not the step's.
+    waits = (synchronisations - 1) / steps if on_gpu else None
+    return busy_us * per_step, Counter({key: us * per_step for key, us in by_operation.items() if us > 0}), waits
 
 
 def profile_configurations(configurations: dict[str, Callable[[], None]], args: argparse.Namespace) -> dict:
@@ -322,12 +331,12 @@ def profile_configurations(configurations: dict[str, Callable[[], None]], args: 
     beyond the floor's by operation (the twelve largest differences): which operations a method adds."""
     profiles = {}
     for name, step in configurations.items():
-        busy, by_operation = _busy_time_by_operation(step, args.steps, args.device)
-        profiles[name] = {"busy_s": busy, "by_operation": by_operation}
+        busy, by_operation, synchronisations = _busy_time_by_operation(step, args.steps, args.device)
+        profiles[name] = {"busy_s": busy, "by_operation": by_operation, "synchronisations": synchronisations}
     floor_operations = profiles[FLOOR]["by_operation"]
     result = {}
     for name, measured in profiles.items():
-        result[name] = {"busy_s_per_step": measured["busy_s"]}
+        result[name] = {"busy_s_per_step": measured["busy_s"], "host_waits_per_step": measured["synchronisations"]}
         if name.startswith("distill: "):
             extra = Counter(measured["by_operation"])
             extra.subtract(floor_operations)
@@ -591,6 +600,8 @@ def main(argv: list[str] | None = None) -> None:
                 row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
         if profiles:
             row["device_busy_s_per_step"] = profiles[name]["busy_s_per_step"]
+            if profiles[name]["host_waits_per_step"] is not None:
+                row["measured_host_waits_per_step"] = profiles[name]["host_waits_per_step"]
             if timings:
                 row["device_busy_share"] = profiles[name]["busy_s_per_step"] / timings[name]["median_s"]
             if "extra_s_by_operation" in profiles[name]:
@@ -641,10 +652,15 @@ def main(argv: list[str] | None = None) -> None:
             f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
         ]
     if profiles:
-        lines += ["", "| configuration | device busy ms/step | share of the step's time |", "|---|---|---|"]
+        lines += [
+            "",
+            "| configuration | device busy ms/step | share of the step's time | host waits/step (measured) |",
+            "|---|---|---|---|",
+        ]
         for row in rows:
             share = f"{row['device_busy_share']:.2f}" if "device_busy_share" in row else "-"
-            lines.append(f"| {row['configuration']} | {row['device_busy_s_per_step'] * 1000:.2f} | {share} |")
+            waits = f"{row['measured_host_waits_per_step']:.1f}" if "measured_host_waits_per_step" in row else "-"
+            lines.append(f"| {row['configuration']} | {row['device_busy_s_per_step'] * 1000:.2f} | {share} | {waits} |")
         for row in rows:
             if "extra_device_s_by_operation" in row:
                 listed = ", ".join(

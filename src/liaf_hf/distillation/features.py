@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar
 
 __all__ = [
     "FEATURE_SCALES",
@@ -111,7 +111,7 @@ def teacher_mean_square(teacher_map: torch.Tensor) -> torch.Tensor:
     """The mean squared activation of a (B, C, H, W) teacher map over the whole batch, all processes included
     (sums and counts are reduced, since processes may pad to different sizes), so that several processes
     scale their losses alike and train like one process on the whole batch."""
-    count = torch.tensor(float(teacher_map.numel()), device=teacher_map.device)
+    count = host_scalar(float(teacher_map.numel()), device=teacher_map.device)
     return _mean_over_processes(teacher_map.detach().float().square().sum(), count)
 
 

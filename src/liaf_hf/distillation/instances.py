@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.gfl.modeling_gfl import host_tensor
 from .features import level_mean_squares
 from .masks import LevelGrid, multi_level_gaussian_masks
 
@@ -61,11 +62,15 @@ class InstanceLayout:
         """From each image's (n_i, 4) xyxy boxes (and (n_i,) classes), on `device` (default: the boxes')."""
         device = torch.device(device) if device is not None else (boxes[0].device if boxes else torch.device("cpu"))
         counts = [int(image_boxes.shape[0]) for image_boxes in boxes]
-        # Each instance's (image, slot) and the images with instances, listed in Python and sent in one copy.
-        places = torch.tensor(
-            [(image, slot) for image, count in enumerate(counts) for slot in range(count)], dtype=torch.long
+        # Each instance's image and slot, each image's count and the images with instances, listed in Python
+        # and sent in one copy that does not make the host wait.
+        image_column = [image for image, count in enumerate(counts) for _ in range(count)]
+        slot_column = [slot for count in counts for slot in range(count)]
+        with_instances = [image for image, count in enumerate(counts) if count]
+        sent = host_tensor(image_column + slot_column + counts + with_instances, dtype=torch.long, device=device)
+        image_index, slot, sent_counts, images_with_instances = sent.split(
+            [len(image_column), len(slot_column), len(counts), len(with_instances)]
         )
-        image_index, slot = places.reshape(-1, 2).to(device).unbind(1)
         max_count = max(counts, default=0)
         instance_mask = torch.zeros(len(counts), max_count, dtype=torch.bool, device=device)
         instance_mask[image_index, slot] = True
@@ -78,10 +83,8 @@ class InstanceLayout:
             else torch.cat([labels.reshape(-1) for labels in class_labels]).to(device).long(),
             image_index=image_index,
             slot=slot,
-            counts=torch.tensor(counts, dtype=torch.float32, device=device),
-            images_with_instances=torch.tensor([i for i, count in enumerate(counts) if count], dtype=torch.long).to(
-                device
-            ),
+            counts=sent_counts.float(),
+            images_with_instances=images_with_instances,
             max_count=max_count,
             instance_mask=instance_mask,
         )

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
 from .features import FeatureAligner, check_feature_scale
 from .instances import InstanceDiscrepancy, InstanceLayout, LevelGrid, cell_errors, take_part_in_level_scales
@@ -289,7 +289,7 @@ class LIAFDistiller(Distiller):
                 student=student,
                 strides=batch.strides,
                 layout=layout,
-                progress=torch.tensor(float(batch.progress), device=layout.counts.device),
+                progress=host_scalar(float(batch.progress), device=layout.counts.device),
             )
         return [
             LevelSelection(discrepancy=discrepancy, scores=scores, weights=weights, instance_mask=layout.instance_mask)
@@ -396,7 +396,7 @@ class LIAFDistiller(Distiller):
                     teacher=teacher,
                     strides=list(batch.strides),
                     layout=layout,
-                    progress=torch.tensor(float(batch.progress), device=device),
+                    progress=host_scalar(float(batch.progress), device=device),
                     result=result,
                 )
             if self.beta > 0:

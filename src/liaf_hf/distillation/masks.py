@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..models.gfl.modeling_gfl import host_tensor
+
 __all__ = [
     "LevelGrid",
     "box_cell_masks",
@@ -355,8 +357,10 @@ def multi_level_box_cells(
 
 def _owner_matrix(counts: list[int], device: torch.device) -> torch.Tensor:
     """(B, n) float, 1 where box j (the images' boxes one after another, `counts[i]` for image i) is image i's."""
-    owners = torch.tensor([image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long)
-    return (owners.to(device)[None, :] == torch.arange(len(counts), device=device)[:, None]).float()
+    owners = host_tensor(
+        [image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=device
+    )
+    return (owners[None, :] == torch.arange(len(counts), device=device)[:, None]).float()
 
 
 def multi_level_background_masks(

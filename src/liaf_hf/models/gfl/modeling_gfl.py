@@ -44,6 +44,28 @@ def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
     return torch.cat([(top_left + bottom_right) * 0.5, bottom_right - top_left], dim=-1)
 
 
+# Host data (Python numbers and lists) sent to the device without making the host wait for it.
+# `torch.tensor(data, device="cuda")`, or `torch.tensor(data).to("cuda")`, copies from pageable memory, and
+# PyTorch synchronises the stream after such a copy: the host waits until the GPU has run everything queued
+# before it. In a training step whose host is the bottleneck (the GPU idles between kernels it has not been
+# given yet) each such wait is time lost. (Here rather than in a module of their own: this file is the model
+# code that `trust_remote_code=True` loads, and it cannot import liaf_hf.)
+
+
+def host_tensor(data, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
+    """`torch.tensor(data, dtype=dtype)` on `device`; on a CUDA device copied from pinned memory without
+    blocking the host (PyTorch's pinned-memory cache keeps the source until the copy has run)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return torch.tensor(data, dtype=dtype, device=device)
+    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
+
+
+def host_scalar(value: float, *, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A () tensor holding `value` on `device`, filled there: no copy from the host at all."""
+    return torch.full((), value, dtype=dtype, device=device)
+
+
 def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image lists `(n_i, ...)` stacked as `(B, max n_i, ...)` with zeros after each list's end, and the
     `(B, max n_i)` mask of real entries (a handful of kernel launches whatever B is)."""
@@ -53,7 +75,7 @@ def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     stacked = flat.new_zeros((len(tensors), width, *flat.shape[1:]))
     # Where each entry goes, worked out in Python and sent to the device in one copy.
     places = [(row, column) for row, count in enumerate(counts) for column in range(count)]
-    rows, columns = torch.tensor(places, dtype=torch.long).reshape(-1, 2).to(flat.device).unbind(1)
+    rows, columns = host_tensor(places, dtype=torch.long, device=flat.device).reshape(-1, 2).unbind(1)
     stacked[rows, columns] = flat
     valid = torch.zeros(len(tensors), width, dtype=torch.bool, device=flat.device)
     valid[rows, columns] = True
@@ -63,8 +85,10 @@ def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def _to_pixels(boxes: torch.Tensor, counts: list[int], scales: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(N, 4) normalised cxcywh boxes of several images, `counts[i]` of them from image i, to xyxy pixels
     with image i's `scales[i]` (w, h, w, h); returned split per image."""
-    image_of_box = torch.tensor([image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long)
-    return (box_cxcywh_to_xyxy(boxes) * scales[image_of_box.to(scales.device)]).split(counts)
+    image_of_box = host_tensor(
+        [image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=scales.device
+    )
+    return (box_cxcywh_to_xyxy(boxes) * scales[image_of_box]).split(counts)
 
 
 def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -710,7 +734,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         """(B, 2) height and width of each image's unpadded region (images sit at the top left)."""
         batch_size, _, height, width = pixel_values.shape
         if pixel_mask is None:
-            return torch.tensor([[height, width]], device=pixel_values.device).expand(batch_size, 2).float()
+            return host_tensor([[height, width]], dtype=torch.float32, device=pixel_values.device).expand(batch_size, 2)
         mask = pixel_mask.bool()
         return torch.stack([mask[:, :, 0].sum(dim=1), mask[:, 0, :].sum(dim=1)], dim=1).float()
 
@@ -986,7 +1010,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         positive_batch, positive_anchor = positive.nonzero(as_tuple=True)
         # Each positive's box and class in the batch's concatenated lists: its image's offset plus its index.
         counts = [len(boxes) for _, boxes, _ in targets]
-        offsets = torch.tensor([sum(counts[:image]) for image in range(len(counts))]).to(gt_index.device)
+        offsets = host_tensor(
+            [sum(counts[:image]) for image in range(len(counts))], dtype=torch.long, device=gt_index.device
+        )
         positive_gt = offsets[positive_batch] + gt_index[positive_batch, positive_anchor]
         positive_boxes = torch.cat([boxes for _, boxes, _ in targets])[positive_gt]
         cls_targets = torch.full_like(gt_index, num_classes)  # (B, A)
@@ -1006,7 +1032,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             quality_targets.reshape(-1),
             beta=self.config.qfl_beta,
         )
-        qfl_normaliser = _mean_over_processes(torch.tensor(float(num_positives), device=flat_logits.device))
+        qfl_normaliser = _mean_over_processes(host_scalar(float(num_positives), device=flat_logits.device))
         loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
 
         # Box losses weigh each positive by the detached predicted quality, so confident locations count
