@@ -694,7 +694,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
         loss, loss_dict, positive_mask = None, None, None
         if labels is not None:
-            loss_dict, positive_mask = self._loss_and_positives(
+            loss_dict, positive_mask = self.loss(
                 flat_logits=flat_logits,
                 flat_distributions=flat_distributions,
                 boxes_xyxy=boxes_xyxy,
@@ -703,6 +703,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 num_anchors_per_level=[f.shape[-2] * f.shape[-1] for f in fpn_features],
                 valid_sizes=valid_sizes,
                 labels=labels,
+                return_positive_mask=True,
             )
             loss = sum(loss_dict.values())
 
@@ -951,7 +952,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         num_anchors_per_level: list[int],
         valid_sizes: torch.Tensor,
         labels: list[dict] | GFLTargets,
-    ) -> dict[str, torch.Tensor]:
+        return_positive_mask: bool = False,
+    ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
         """The GFL losses, normalised as in the paper's code.
 
         Args:
@@ -963,37 +965,15 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             num_anchors_per_level: anchors per level, summing to A.
             valid_sizes: (B, 2) unpadded (height, width) per image.
             labels: the `labels` argument of `forward`.
+            return_positive_mask: also return the (B, A) bool mask of the anchors the assignment made
+                positive (`forward` reports it, so that nothing assigns the anchors a second time).
 
         Returns:
             `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed
             over positives weighted by the predicted quality / the sum of those weights), each times its
-            weight from the config. Both normalisers are averaged over processes.
+            weight from the config. Both normalisers are averaged over processes. With
+            `return_positive_mask`, the losses and the mask.
         """
-        return self._loss_and_positives(
-            flat_logits=flat_logits,
-            flat_distributions=flat_distributions,
-            boxes_xyxy=boxes_xyxy,
-            anchor_points=anchor_points,
-            anchor_strides=anchor_strides,
-            num_anchors_per_level=num_anchors_per_level,
-            valid_sizes=valid_sizes,
-            labels=labels,
-        )[0]
-
-    def _loss_and_positives(
-        self,
-        *,
-        flat_logits: torch.Tensor,
-        flat_distributions: torch.Tensor,
-        boxes_xyxy: torch.Tensor,
-        anchor_points: torch.Tensor,
-        anchor_strides: torch.Tensor,
-        num_anchors_per_level: list[int],
-        valid_sizes: torch.Tensor,
-        labels: list[dict] | GFLTargets,
-    ) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """`loss`'s losses and the (B, A) bool mask of the positive anchors they were computed on (which
-        forward reports, so that nothing assigns the anchors a second time)."""
         reg_max = self.config.reg_max
         num_classes = self.config.num_labels
         targets = self._targets(labels, valid_sizes)
@@ -1062,7 +1042,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
             "loss_giou": self.config.loss_giou_weight * loss_giou / box_normaliser,
         }
-        return losses, positive
+        return (losses, positive) if return_positive_mask else losses
 
 
 __all__ = [
