@@ -26,6 +26,7 @@ __all__ = [
     "FEATURE_SCALES",
     "FeatureAligner",
     "check_feature_scale",
+    "flat_class_logits",
     "level_mean_squares",
     "squared_error_per_cell",
     "teacher_mean_square",
@@ -91,6 +92,17 @@ class FeatureAligner(nn.Module):
             self.align(student_map=student_map, teacher_map=teacher_map, level=level)
             for level, (student_map, teacher_map) in enumerate(zip(student.fpn_features, teacher.fpn_features))
         ]
+
+
+def flat_class_logits(output: GFLObjectDetectionOutput) -> torch.Tensor:
+    """(B, A, C) classification logits, anchors in the order of `GFLObjectDetectionOutput.logits`: the output's
+    own `logits` when it has them (the detector's forward has concatenated the levels already; doing it again
+    is a copy of the whole tensor per step), else the per-level `class_logits` maps flattened."""
+    if output.logits is not None:
+        return output.logits
+    if output.class_logits is None:
+        raise ValueError("The output has neither logits nor class_logits.")
+    return torch.cat([level_map.flatten(2).transpose(1, 2) for level_map in output.class_logits], dim=1)
 
 
 def squared_error_per_cell(teacher_map: torch.Tensor, student_map: torch.Tensor, *, feature_scale: str) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from .features import flat_class_logits
 
 __all__ = ["LDDistiller", "localization_distillation_kl"]
 
@@ -142,7 +143,7 @@ class LDDistiller(Distiller):
                 teacher_distributions.reshape(-1, bins),
                 temperature=self.temperature,
             ).reshape(image_count, anchor_count, 4)
-            quality = _flatten_levels(student.class_logits).detach().float().sigmoid().amax(dim=2)  # (B, A)
+            quality = flat_class_logits(student).detach().float().sigmoid().amax(dim=2)  # (B, A)
             positive_weights = positive.to(quality.dtype)
             anchor_kl = edge_kl.mean(dim=2)  # (B, A)
             weighted_sum = (quality * positive_weights * anchor_kl).sum()

@@ -31,7 +31,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale
+from .features import FeatureAligner, check_feature_scale, flat_class_logits
 from .instances import InstanceDiscrepancy, InstanceLayout, LevelGrid, cell_errors, take_part_in_level_scales
 from .masks import multi_level_background_masks
 
@@ -328,10 +328,10 @@ class LIAFDistiller(Distiller):
         if self.use_progress:
             scalars.append(progress.to(scalars[0].dtype).expand_as(scalars[0]))
         if self.use_student_quality:
-            if student.class_logits is None:
-                raise ValueError("use_student_quality needs the student's class_logits in its output.")
-            class_logits = torch.cat([logits.detach().flatten(2) for logits in student.class_logits], dim=2)
-            class_scores = class_logits.float().sigmoid()[layout.image_index, layout.class_labels]  # (N, P)
+            if student.logits is None and student.class_logits is None:
+                raise ValueError("use_student_quality needs the student's logits or class_logits in its output.")
+            class_probabilities = flat_class_logits(student).detach().float().sigmoid()  # (B, P, C)
+            class_scores = class_probabilities[layout.image_index, :, layout.class_labels]  # (N, P)
             scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
         logits = self.selector(
             teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)
