@@ -143,27 +143,34 @@ def test_logged_components_are_each_averaged_over_the_steps_that_had_them(shapes
 
 
 class ReadBackCounter(TorchDispatchMode):
-    """Counts the values read back from tensors (on a GPU the host then waits for the device) by liaf_hf's code."""
+    """Counts the operations of liaf_hf's code that make the host wait for the device on a GPU: a value read
+    back, and a result whose size depends on the data (`nonzero`, a boolean mask's selection)."""
+
+    WAITING = frozenset({"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_consecutive"})
 
     def __init__(self) -> None:
         super().__init__()
         self.sites: list[str] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func.overloadpacket.__name__ == "_local_scalar_dense":
+        name = func.overloadpacket.__name__
+        masked = name in ("index", "index_put", "index_put_") and any(
+            isinstance(index, torch.Tensor) and index.dtype == torch.bool for index in (args[1] or ())
+        )
+        if name in self.WAITING or masked:
             # The innermost caller outside torch: liaf_hf's, or another library's (transformers' own checks).
             stack = traceback.extract_stack()[:-1]  # without this frame
             caller = [frame for frame in stack if f"{os.sep}torch{os.sep}" not in frame.filename][-1]
             if f"{os.sep}liaf_hf{os.sep}" in caller.filename:
-                self.sites.append(f"{os.path.basename(caller.filename)}:{caller.lineno}")
+                self.sites.append(f"{name} at {os.path.basename(caller.filename)}:{caller.lineno}")
         return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("method", ["liaf", "ld"])
 def test_a_training_step_reads_back_only_the_finiteness_of_its_loss(shapes, teacher_dir, tmp_path, method):
     """Between logging steps the host waits for the device twice a step in liaf_hf's code: the non-finite
-    guard and the check of the batch's labels (each names what is wrong), nothing else (LD included: it
-    reads the student's positive anchors without counting or picking them)."""
+    guard and the check of the batch's labels (each names what is wrong), nothing else: the GFL loss and LD
+    use the positive anchors as a mask, without counting or picking them."""
     trainer = make_trainer(
         shapes, teacher_dir, tmp_path / "run", method=method, max_steps=3, evaluate_teacher_at_start=False
     )

@@ -153,6 +153,32 @@ def test_ignore_regions_remove_negatives_from_the_loss():
     assert without_negatives < full
 
 
+def test_box_losses_pull_only_the_positive_anchors():
+    """The box losses are computed at every anchor and weighted by 0 off the positives (no host wait to pick
+    them): the negatives' box distributions get exactly no gradient, each positive's does, and a batch
+    without boxes still reaches every box parameter (multi-process training needs a gradient for each)."""
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(small_config())
+    pixels = torch.randn(2, 3, 64, 96)
+    output = model(pixel_values=pixels, labels=example_labels())
+    for distributions in output.box_distributions:
+        distributions.retain_grad()
+    (output.loss_dict["loss_dfl"] + output.loss_dict["loss_giou"]).backward()
+    gradient = torch.cat([d.grad.flatten(2).transpose(1, 2) for d in output.box_distributions], dim=1).abs().sum(2)
+    positive = output.positive_mask
+    assert positive[0].sum() > 0 and not positive[1].any()
+    assert torch.all(gradient[~positive] == 0)
+    assert torch.all(gradient[positive] > 0)
+
+    model.zero_grad()
+    empty = [example_labels()[1]] * 2
+    output = model(pixel_values=pixels, labels=empty)
+    assert output.loss_dict["loss_dfl"] == 0 and output.loss_dict["loss_giou"] == 0
+    output.loss.backward()
+    box_parameters = [p for name, p in model.head.named_parameters() if "reg" in name or "box" in name]
+    assert box_parameters and all(p.grad is not None and torch.isfinite(p.grad).all() for p in box_parameters)
+
+
 def test_config_round_trip_and_validation(tmp_path):
     config = small_config(reg_max=8, atss_topk=5)
     config.save_pretrained(tmp_path)

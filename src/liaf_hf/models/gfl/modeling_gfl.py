@@ -987,24 +987,24 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
         gt_index = assignments.gt_index  # (B, A)
         positive = gt_index >= 0
-        positive_batch, positive_anchor = positive.nonzero(as_tuple=True)
-        # Each positive's box and class in the batch's concatenated lists: its image's offset plus its index.
+        # Every anchor's target, computed densely and weighted by 0 off the positives: selecting the positives
+        # (`nonzero`) made the host wait for the device once a step. Each positive's box and class sit in the
+        # batch's concatenated lists at its image's offset plus its index; the negatives read a last, dummy row.
         counts = [len(boxes) for _, boxes, _ in targets]
         offsets = host_tensor(
             [sum(counts[:image]) for image in range(len(counts))], dtype=torch.long, device=gt_index.device
         )
-        positive_gt = offsets[positive_batch] + gt_index[positive_batch, positive_anchor]
-        positive_boxes = torch.cat([boxes for _, boxes, _ in targets])[positive_gt]
-        cls_targets = torch.full_like(gt_index, num_classes)  # (B, A)
-        cls_targets[positive_batch, positive_anchor] = torch.cat([labels for labels, _, _ in targets])[positive_gt]
+        flat_index = torch.where(positive, offsets[:, None] + gt_index, sum(counts))  # (B, A)
+        all_boxes = torch.cat([boxes for _, boxes, _ in targets] + [anchor_points.new_zeros((1, 4))])
+        all_classes = torch.cat([classes for classes, _, _ in targets] + [gt_index.new_full((1,), num_classes)])
+        cls_targets = all_classes[flat_index]  # (B, A), num_classes (background) off the positives
+        # Off the positives the box target is a 2-pixel square on the anchor point: never degenerate, so the
+        # GIoU and its gradient stay finite there before the zero weight removes them.
+        unit_boxes = torch.cat([anchor_points - 1.0, anchor_points + 1.0], dim=1)  # (A, 4)
+        target_boxes = torch.where(positive[..., None], all_boxes[flat_index], unit_boxes)  # (B, A, 4)
         cls_weights = (~assignments.ignored).float()
-        quality_targets = torch.zeros(gt_index.shape, device=anchor_points.device)
-        num_positives = positive_anchor.numel()
-
-        positive_pred_boxes = boxes_xyxy[positive_batch, positive_anchor]
-        quality_targets[positive_batch, positive_anchor] = aligned_box_iou(
-            positive_pred_boxes.detach().float(), positive_boxes
-        ).clamp(min=0.0)
+        overlaps = aligned_box_iou(boxes_xyxy.detach().float().reshape(-1, 4), target_boxes.reshape(-1, 4))
+        quality_targets = torch.where(positive, overlaps.reshape(positive.shape).clamp(min=0.0), 0.0)
 
         qfl = quality_focal_loss(
             flat_logits.reshape(-1, num_classes),
@@ -1012,31 +1012,27 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             quality_targets.reshape(-1),
             beta=self.config.qfl_beta,
         )
-        qfl_normaliser = _mean_over_processes(host_scalar(float(num_positives), device=flat_logits.device))
+        qfl_normaliser = _mean_over_processes(positive.sum().float())
         loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
 
         # Box losses weigh each positive by the detached predicted quality, so confident locations count
-        # more (the paper's code does this; it keeps poorly classified positives from dominating).
-        quality_weights = flat_logits[positive_batch, positive_anchor].detach().float().sigmoid().max(dim=1).values
-        box_normaliser = _mean_over_processes(quality_weights.sum().detach())
-        if num_positives > 0:
-            loss_giou = (giou_loss(positive_pred_boxes, positive_boxes) * quality_weights).sum()
-            strides = anchor_strides[positive_anchor][:, None]
-            points = anchor_points[positive_anchor]
-            target_distances = (
-                torch.cat([points - positive_boxes[:, :2], positive_boxes[:, 2:] - points], dim=1) / strides
-            )
-            target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)
-            positive_distributions = flat_distributions[positive_batch, positive_anchor].reshape(-1, reg_max + 1)
-            loss_dfl = (
-                distribution_focal_loss(positive_distributions, target_distances.reshape(-1))
-                * quality_weights[:, None].expand(-1, 4).reshape(-1)
-            ).sum() / 4.0
-        else:
-            # Keep the box branch in the graph, so multi-process training sees a gradient for every
-            # parameter even when a process has no positives.
-            loss_giou = flat_distributions.sum() * 0.0
-            loss_dfl = flat_distributions.sum() * 0.0
+        # more (the paper's code does this; it keeps poorly classified positives from dominating). The zero
+        # weight of the negatives also keeps the box branch in the graph when a batch has no positives, so
+        # multi-process training sees a gradient for every parameter.
+        quality_weights = torch.where(positive, flat_logits.detach().float().sigmoid().max(dim=2).values, 0.0)
+        box_normaliser = _mean_over_processes(quality_weights.sum())
+        loss_giou = (
+            giou_loss(boxes_xyxy.reshape(-1, 4), target_boxes.reshape(-1, 4)) * quality_weights.reshape(-1)
+        ).sum()
+        target_distances = (
+            torch.cat([anchor_points - target_boxes[..., :2], target_boxes[..., 2:] - anchor_points], dim=2)
+            / anchor_strides[:, None]
+        )
+        target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)  # (B, A, 4)
+        loss_dfl = (
+            distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
+            * quality_weights[..., None].expand(-1, -1, 4).reshape(-1)
+        ).sum() / 4.0
         losses = {
             "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
             "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
