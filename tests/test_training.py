@@ -82,3 +82,23 @@ def test_trainer_scales_the_loss_for_gradient_accumulation(tmp_path):
     model = GFLForObjectDetection(GFLConfig(backbone="resnet18", fpn_channels=16, head_channels=16, head_norm_groups=4))
     args = TrainingArguments(output_dir=str(tmp_path), report_to="none", gradient_accumulation_steps=2)
     assert Trainer(model=model, args=args).model_accepts_loss_kwargs is False
+
+
+def test_detection_batches_are_copied_to_a_gpu_without_waiting(tmp_path, monkeypatch):
+    """A batch's many small label tensors go to a GPU from pinned memory without a stream synchronisation
+    each; on a machine without one, nothing is pinned (torch would warn)."""
+    from transformers import TrainingArguments
+
+    from liaf_hf.training import configure_for_detection
+
+    cpu_args = configure_for_detection(TrainingArguments(output_dir=str(tmp_path), report_to=[]))
+    assert not cpu_args.dataloader_pin_memory and not cpu_args.accelerator_config.non_blocking
+
+    pinned = TrainingArguments(output_dir=str(tmp_path), report_to=[])
+    unpinned = TrainingArguments(output_dir=str(tmp_path), report_to=[], dataloader_pin_memory=False)
+    with monkeypatch.context() as patched:  # only while configuring: the arguments would look for a driver
+        patched.setattr(torch.cuda, "is_available", lambda: True)
+        configure_for_detection(pinned)
+        configure_for_detection(unpinned)
+    assert pinned.dataloader_pin_memory and pinned.accelerator_config.non_blocking
+    assert not unpinned.accelerator_config.non_blocking  # from pageable memory it would gain nothing

@@ -284,7 +284,7 @@ def detection_trainer_kwargs(
 
 def configure_for_detection(training_args: TrainingArguments) -> TrainingArguments:
     """Detection batches are images plus a list of label dicts, which the Trainer must pass through
-    untouched and keep per batch."""
+    untouched and keep per batch, and copy to a GPU without waiting for it."""
     training_args.remove_unused_columns = False
     training_args.eval_do_concat_batches = False
     # Labels hold a different number of boxes per image: several processes can only exchange them as objects
@@ -293,6 +293,12 @@ def configure_for_detection(training_args: TrainingArguments) -> TrainingArgumen
     if not torch.cuda.is_available():
         # Pinned memory only helps copies to an accelerator; on a CPU-only machine torch warns about it.
         training_args.dataloader_pin_memory = False
+    elif training_args.dataloader_pin_memory:
+        # A batch carries six label tensors per image (classes, boxes, ignore regions, id, sizes), each copied
+        # to the GPU on its own. A blocking copy synchronises the stream (the host waits for every kernel
+        # queued before it): 194 waits for a batch of 32 images. From the loader's pinned memory the copies are
+        # queued without waiting.
+        training_args.accelerator_config.non_blocking = True
     return training_args
 
 
