@@ -172,14 +172,16 @@ def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch
         (M,) loss per sample: cross-entropy towards the two integers around the target, weighted by
         closeness.
     """
-    logits = logits.float()
+    # One log-softmax for both neighbours (two cross-entropies would keep two for the backward pass: the GFL
+    # loss evaluates this at every anchor, so that is a (B * A * 4, R + 1) tensor).
+    log_probs = F.log_softmax(logits.float(), dim=1)
     left = target.long()
     right = left + 1
     weight_left = right.float() - target
     weight_right = target - left.float()
-    return (
-        F.cross_entropy(logits, left, reduction="none") * weight_left
-        + F.cross_entropy(logits, right, reduction="none") * weight_right
+    return -(
+        log_probs.gather(1, left[:, None]).squeeze(1) * weight_left
+        + log_probs.gather(1, right[:, None]).squeeze(1) * weight_right
     )
 
 
