@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_tensor
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, group_of_each
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
 from .features import FeatureAligner, check_feature_scale, teacher_mean_square
 from .masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
@@ -141,11 +141,7 @@ def fgd_multi_level_masks(
     # Each box's cells on a level share 1 / (its cells on that level).
     grid = LevelGrid.of_sizes(feature_sizes, device)
     per_box = cells / (cells @ grid.indicator).clamp(min=1.0)[:, grid.level_of_cell]
-    owner = host_tensor(
-        [image for image, image_boxes in enumerate(boxes) for _ in range(len(image_boxes))],
-        dtype=torch.long,
-        device=device,
-    )
+    owner = group_of_each([len(image_boxes) for image_boxes in boxes], device=device)
     empty = torch.zeros(len(boxes), cells.shape[1], device=device)
     foreground = empty.scatter_reduce(0, owner[:, None].expand_as(per_box), per_box, reduce="amax")
     background = multi_level_background_masks(

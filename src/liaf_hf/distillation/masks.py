@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gfl.modeling_gfl import host_tensor
+from ..models.gfl.modeling_gfl import group_of_each
 
 __all__ = [
     "LevelGrid",
@@ -158,7 +158,7 @@ def _level_grid(sizes: tuple[tuple[int, int], ...], device: torch.device) -> Lev
     per step)."""
     cells = [height * width for height, width in sizes]
     starts = [sum(cells[:level]) for level in range(len(cells))]
-    level_of_cell = torch.tensor([level for level, count in enumerate(cells) for _ in range(count)]).to(device)
+    level_of_cell = group_of_each(cells, device=device)
     # A comparison rather than one_hot, whose range check reads values back on the CPU.
     indicator = (level_of_cell[:, None] == torch.arange(len(cells), device=device)).float()
     return LevelGrid(
@@ -357,9 +357,7 @@ def multi_level_box_cells(
 
 def _owner_matrix(counts: list[int], device: torch.device) -> torch.Tensor:
     """(B, n) float, 1 where box j (the images' boxes one after another, `counts[i]` for image i) is image i's."""
-    owners = host_tensor(
-        [image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=device
-    )
+    owners = group_of_each(counts, device=device)
     return (owners[None, :] == torch.arange(len(counts), device=device)[:, None]).float()
 
 

@@ -66,6 +66,14 @@ def host_scalar(value: float, *, device: torch.device | str, dtype: torch.dtype 
     return torch.full((), value, dtype=dtype, device=device)
 
 
+def group_of_each(counts: list[int], *, device: torch.device | str) -> torch.Tensor:
+    """(sum(counts),) long: `i` repeated `counts[i]` times, e.g. the image of each box of a batch whose boxes
+    are listed one image after another (`repeat_interleave` on the host, sent with `host_tensor`)."""
+    return host_tensor(
+        [group for group, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=device
+    )
+
+
 def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image lists `(n_i, ...)` stacked as `(B, max n_i, ...)` with zeros after each list's end, and the
     `(B, max n_i)` mask of real entries (a handful of kernel launches whatever B is)."""
@@ -85,9 +93,7 @@ def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 def _to_pixels(boxes: torch.Tensor, counts: list[int], scales: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """(N, 4) normalised cxcywh boxes of several images, `counts[i]` of them from image i, to xyxy pixels
     with image i's `scales[i]` (w, h, w, h); returned split per image."""
-    image_of_box = host_tensor(
-        [image for image, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=scales.device
-    )
+    image_of_box = group_of_each(counts, device=scales.device)
     return (box_cxcywh_to_xyxy(boxes) * scales[image_of_box]).split(counts)
 
 
