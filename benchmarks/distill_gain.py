@@ -1,14 +1,25 @@
 """What does each distillation method gain? One teacher, then the student trained with each method and seed
-on the same data and schedule; COCO metrics as mean and standard deviation over seeds.
+on the same data and schedule; the metrics as mean and standard deviation over seeds.
 
     python benchmarks/distill_gain.py --preset cpu                                  # every method, 3 seeds
     python benchmarks/distill_gain.py --preset cpu --methods none liaf \\
         'liaf-robust=liaf:{"objective": "robust"}' --seeds 0                          # compare variants
 
 A method is given as `method`, or `label=method:{json options}` for a variant. The teacher is trained once
-per setting and cached (runs/distill_gain/teacher-...); with `--reuse`, students whose folder already holds
+per setting and cached (runs/teachers/...); with `--reuse`, students whose folder already holds
 results are not trained again. Prints a table and writes benchmarks/results/distill_gain_<preset>.json.
 Every run goes through examples/distill.py (via the demo's helpers), so it measures what users run.
+
+By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
+disk, or the network for a Hub id and pretrained weights):
+
+    python benchmarks/distill_gain.py --dataset_format kitti --data_dir /data/kitti \\
+        --teacher_model_name_or_path runs/kitti-teacher --student_backbone resnet18 --backbone_pretrained \\
+        --shortest_edge 384 --longest_edge 1280 --student_steps 20000 --batch_size 16 --methods none aid liaf \\
+        --training_flags "--optim sgd --learning_rate 0.01 --warmup_steps 500"
+
+On KITTI-layout data the runs are also scored with VOC mAP at IoU 0.5 and KITTI AP40, and the gain and the
+share of the gap recovered are given in VOC mAP50 (the paper's KITTI metric; `--metric` picks another).
 """
 
 from __future__ import annotations
@@ -27,7 +38,14 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
 
-from demo import add_setting_arguments, train_student, train_teacher  # noqa: E402
+from demo import (  # noqa: E402
+    add_setting_arguments,
+    check_setting_arguments,
+    data_key,
+    teacher_key,
+    train_student,
+    train_teacher,
+)
 from liaf_hf.distillation import available_methods, method_settings, parse_method_spec  # noqa: E402
 
 PRESETS = {
@@ -48,10 +66,12 @@ PRESETS = {
     },
 }  # fmt: skip
 METRICS = ("AP", "AP50", "APs", "APm", "APl")
+# Scored besides COCO's on KITTI-layout data (VOC mAP at IoU 0.5 is the paper's KITTI metric).
+KITTI_METRICS = ("VOC_mAP50", "KITTI_mAP40_easy", "KITTI_mAP40_moderate", "KITTI_mAP40_hard")
 DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"]
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--methods", nargs="+", default=None, help="Methods or label=method:{json} variants.")
@@ -72,19 +92,26 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--teacher_batch_size", type=int, default=None, help="Overrides the preset's.")
     add_setting_arguments(parser)
     # The preset supplies defaults; a flag given on the command line wins over it.
-    preset, _ = parser.parse_known_args()
+    preset, _ = parser.parse_known_args(argv)
     parser.set_defaults(**PRESETS[preset.preset])
-    args = parser.parse_args()
+    parser.add_argument(
+        "--metric",
+        default=None,
+        help="The metric of the gain and the gap recovered (default: VOC_mAP50 on KITTI-layout data, else AP).",
+    )
+    args = parser.parse_args(argv)
+    if args.dataset_format == "generated":
+        args.data_dir = args.data_dir or str(ROOT / "data" / f"shapes-{args.difficulty}")
+    args = check_setting_arguments(parser, args)
     args.output_dir = args.output_dir or str(
         ROOT
         / "runs"
         / "distill_gain"
         / (
-            f"{args.teacher_backbone}-{args.teacher_steps}steps-to-{args.student_backbone}-{args.student_steps}steps-"
-            f"batch{args.batch_size}-{args.difficulty}-{args.image_size}px-{args.num_train}images-{args.channels}ch"
+            f"{teacher_key(args)}-to-{args.student_backbone}-{args.student_steps}steps-"
+            f"batch{args.batch_size}-{data_key(args)}-{args.channels}ch"
         )
     )
-    args.data_dir = args.data_dir or str(ROOT / "data" / f"shapes-{args.difficulty}")
     args.methods = args.methods or [m for m in DEFAULT_METHODS if all(p in available_methods() for p in m.split("+"))]
     args.output = args.output or str(ROOT / "benchmarks" / "results" / f"distill_gain_{args.preset}.json")
     return args
@@ -106,11 +133,11 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     started = time.perf_counter()
-    teacher_dir = train_teacher(argparse.Namespace(**{**vars(args), "batch_size": args.teacher_batch_size}))
-    teacher = json.loads((teacher_dir / "summary.json").read_text())
+    teacher_source = train_teacher(argparse.Namespace(**{**vars(args), "batch_size": args.teacher_batch_size}))
+    teacher = json.loads(teacher_source.summary_file.read_text())
     runs = []
     # Seed by seed, so a run stopped part way still compares every method on the seeds it finished.
     for seed in args.seeds:
@@ -121,41 +148,48 @@ def main() -> None:
             summary_file = student_dir / "summary.json"
             if not (args.reuse and trained_with(summary_file, method_settings(method, options))):
                 run_started = time.perf_counter()
-                train_student(args, teacher_dir, method, json.dumps(options), name=name, seed=seed)
+                train_student(args, teacher_source, method, json.dumps(options), name=name, seed=seed)
                 summary = json.loads(summary_file.read_text())
                 summary["run_seconds"] = round(time.perf_counter() - run_started, 1)
                 summary_file.write_text(json.dumps(summary, indent=2))
             summary = json.loads(summary_file.read_text())
             runs.append({"label": label, "method": method, "options": options, "seed": seed, **summary})
 
-    baseline = [run["eval_AP"] for run in runs if run["label"] == "none"]
-    baseline_ap = statistics.fmean(baseline) if baseline else None
+    # The metrics every run has: COCO's, and KITTI's on KITTI-layout data.
+    metrics = [metric for metric in METRICS + KITTI_METRICS if all(f"eval_{metric}" in run for run in runs)]
+    headline = args.metric or ("VOC_mAP50" if "VOC_mAP50" in metrics else "AP")
+    if headline not in metrics:
+        raise ValueError(f"--metric {headline}: the runs were scored with {', '.join(metrics)}")
+    baseline = [run[f"eval_{headline}"] for run in runs if run["label"] == "none"]
+    baseline_score = statistics.fmean(baseline) if baseline else None
     rows = []
     for label in dict.fromkeys(run["label"] for run in runs):
         chosen = [run for run in runs if run["label"] == label]
         row = {"label": label, "method": chosen[0]["method"], "options": chosen[0]["options"], "seeds": len(chosen)}
-        for metric in METRICS:
+        for metric in metrics:
             row[metric] = summarise([run[f"eval_{metric}"] for run in chosen])
         row["run_seconds"] = statistics.fmean(run.get("run_seconds", float("nan")) for run in chosen)
-        if baseline_ap is not None:
-            row["gain_AP"] = row["AP"]["mean"] - baseline_ap
-            gap = teacher["eval_AP"] - baseline_ap
-            row["gap_recovered"] = row["gain_AP"] / gap if gap > 0 else None
+        if baseline_score is not None:
+            row[f"gain_{headline}"] = row[headline]["mean"] - baseline_score
+            gap = teacher[f"eval_{headline}"] - baseline_score
+            row["gap_recovered"] = row[f"gain_{headline}"] / gap if gap > 0 else None
         rows.append(row)
 
-    print(f"\nTeacher {args.teacher_backbone} ({args.teacher_steps} steps): AP {teacher['eval_AP']:.3f}")
-    print("| method | seeds | AP | AP50 | APs | APm | APl | gain AP | gap recovered | s/run |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    teacher_name = args.teacher_model_name_or_path or f"{args.teacher_backbone} ({args.teacher_steps} steps)"
+    print(f"\nTeacher {teacher_name}: " + ", ".join(f"{m} {teacher[f'eval_{m}']:.3f}" for m in metrics))
+    print(f"| method | seeds | {' | '.join(metrics)} | gain {headline} | gap recovered | s/run |")
+    print("|---|---|" + "---|" * (len(metrics) + 3))
     for row in rows:
         # pycocotools reports -1 for an area range with no objects (APl on the small shapes sets).
-        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" if row[m]["mean"] >= 0 else "-" for m in METRICS]
-        gain = f"{row['gain_AP']:+.3f}" if row.get("gain_AP") is not None else "-"
+        cells = [f"{row[m]['mean']:.3f} ± {row[m]['std']:.3f}" if row[m]["mean"] >= 0 else "-" for m in metrics]
+        gain = row.get(f"gain_{headline}")
+        gain = f"{gain:+.3f}" if gain is not None else "-"
         recovered = f"{row['gap_recovered']:.0%}" if row.get("gap_recovered") is not None else "-"
         seconds = f"{row['run_seconds']:.0f}" if row["run_seconds"] == row["run_seconds"] else "-"  # NaN: not timed
         print(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + f" | {gain} | {recovered} | {seconds} |")
 
     command = "python benchmarks/distill_gain.py " + " ".join(
-        f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in sys.argv[1:]
+        f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in (sys.argv[1:] if argv is None else argv)
     )
     result = {
         "command": command.strip(),
@@ -166,7 +200,11 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("methods", "output")},
-        "teacher": {k: v for k, v in teacher.items() if k.startswith("eval_") or k == "parameters"},
+        "teacher": {
+            "name_or_path": teacher_source.name_or_path,
+            **{k: v for k, v in teacher.items() if k.startswith("eval_") or k == "parameters"},
+        },
+        "headline_metric": headline,
         "rows": rows,
         "runs": runs,
         "total_minutes": round((time.perf_counter() - started) / 60, 1),
@@ -174,6 +212,7 @@ def main() -> None:
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"\nWrote {args.output} ({result['total_minutes']} minutes)")
+    return result
 
 
 if __name__ == "__main__":

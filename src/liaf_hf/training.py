@@ -20,6 +20,9 @@ from .models.gfl.configuration_gfl import GFLConfig
 from .models.gfl.image_processing_gfl import GFLImageProcessor
 from .models.gfl.modeling_gfl import GFLForObjectDetection
 
+#: What `DataArguments.dataset_format` takes: auto finds coco, kitti or hub from the layout.
+DATASET_FORMATS = ("auto", "coco", "kitti", "hub")
+
 
 @dataclass
 class DetectorArguments:
@@ -122,7 +125,7 @@ class DataArguments:
     def __post_init__(self) -> None:
         if (self.data_dir is None) == (self.dataset_name is None):
             raise ValueError("give exactly one of --data_dir and --dataset_name")
-        if self.dataset_format not in ("auto", "coco", "kitti", "hub"):
+        if self.dataset_format not in DATASET_FORMATS:
             raise ValueError(f"--dataset_format must be auto, coco, kitti or hub, got {self.dataset_format!r}")
         if self.dataset_name is not None and self.dataset_format not in ("auto", "hub"):
             raise ValueError("--dataset_name is a Hub-format set: use --data_dir for coco and kitti")

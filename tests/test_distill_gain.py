@@ -1,0 +1,78 @@
+"""benchmarks/distill_gain.py on data other than the generated shapes set: a KITTI-layout root on disk, a
+teacher trained elsewhere, extra training flags."""
+
+import json
+
+import pytest
+
+from liaf_hf.data.synthetic import generate_kitti_dataset
+from tiny import ROOT, load_script
+
+
+def distill_gain():
+    return load_script(ROOT / "benchmarks" / "distill_gain.py", "distill_gain")
+
+
+def tiny_flags(tmp_path, *more):
+    """A run small enough for the test suite: 48 x 144 px frames, two training steps per student."""
+    return [
+        "--student_steps", "2", "--batch_size", "4", "--channels", "32",
+        "--shortest_edge", "48", "--longest_edge", "144", "--seeds", "0",
+        "--teacher_cache_dir", str(tmp_path / "teachers"), "--output", str(tmp_path / "results.json"),
+        "--training_flags", "--per_device_eval_batch_size 3 --logging_steps 1",
+        *more,
+    ]  # fmt: skip
+
+
+def test_your_kitti_data_and_teacher_are_scored_with_kittis_metric(tmp_path):
+    """A KITTI-layout root read as it lies: the gain is in VOC mAP50; then a teacher given by path is scored
+    once, the students of the first run are kept with --reuse, and the extra flags reach every run."""
+    data_dir = tmp_path / "kitti"
+    generate_kitti_dataset(data_dir, num_train=12, num_val=6, seed=0)
+    students = tmp_path / "students"
+    first = distill_gain().main(
+        ["--dataset_format", "kitti", "--data_dir", str(data_dir), "--output_dir", str(students)]
+        + ["--teacher_backbone", "resnet18", "--teacher_steps", "3", "--teacher_batch_size", "4"]
+        + tiny_flags(tmp_path, "--methods", "none", "liaf")
+    )
+    assert first["headline_metric"] == "VOC_mAP50"
+    plain, liaf = first["rows"]
+    assert {"VOC_mAP50", "KITTI_mAP40_moderate", "AP"} <= set(liaf)
+    assert liaf["gain_VOC_mAP50"] == pytest.approx(liaf["VOC_mAP50"]["mean"] - plain["VOC_mAP50"]["mean"])
+    (teacher_dir,) = (tmp_path / "teachers").iterdir()
+    # --logging_steps 1 won over the default 50: a training loss logged at each of the student's 2 steps.
+    log = json.loads((students / "student-resnet18-liaf-seed0" / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in log if "loss" in entry] == [1, 2]
+
+    student_file = students / "student-resnet18-liaf-seed0" / "summary.json"
+    trained = student_file.stat().st_mtime_ns
+    for _ in range(2):
+        second = distill_gain().main(
+            ["--dataset_format", "auto", "--data_dir", str(data_dir), "--output_dir", str(students), "--reuse"]
+            + ["--teacher_model_name_or_path", str(teacher_dir), "--metric", "AP50"]
+            + tiny_flags(tmp_path, "--methods", "none", "liaf")
+        )
+        assert second["headline_metric"] == "AP50" and "gain_AP50" in second["rows"][1]
+        assert second["teacher"]["name_or_path"] == str(teacher_dir)
+        assert second["teacher"]["eval_VOC_mAP50"] == first["teacher"]["eval_VOC_mAP50"]
+    assert student_file.stat().st_mtime_ns == trained  # the same student settings: not trained again
+    # The given teacher was scored once, not trained: beside it, one folder with its scores.
+    scores = [path for path in (tmp_path / "teachers").iterdir() if path != teacher_dir]
+    assert len(scores) == 1 and (scores[0] / "summary.json").is_file()
+    assert not (scores[0] / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--dataset_format", "coco"], "give exactly one of --data_dir and --dataset_name"),
+        (["--dataset_format", "hub", "--data_dir", "a", "--dataset_name", "b"], "exactly one of --data_dir"),
+        (["--dataset_name", "cppe-5"], "give --dataset_format hub"),
+        (["--training_flags", '--optim "sgd'], "is not a valid command line"),
+    ],
+)
+def test_contradictory_data_settings_stop_before_any_training(tmp_path, capsys, flags, message):
+    with pytest.raises(SystemExit):
+        distill_gain().main(flags + ["--teacher_cache_dir", str(tmp_path / "teachers")])
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "teachers").exists()
