@@ -90,15 +90,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student_steps", type=int, default=None, help="Overrides the preset's.")
     parser.add_argument("--image_size", type=int, default=None, help="Overrides the preset's.")
     parser.add_argument("--teacher_batch_size", type=int, default=None, help="Overrides the preset's.")
-    add_setting_arguments(parser)
-    # The preset supplies defaults; a flag given on the command line wins over it.
-    preset, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**PRESETS[preset.preset])
     parser.add_argument(
         "--metric",
         default=None,
         help="The metric of the gain and the gap recovered (default: VOC_mAP50 on KITTI-layout data, else AP).",
     )
+    add_setting_arguments(parser)
+    # The preset supplies defaults; a flag given on the command line wins over it.
+    preset, _ = parser.parse_known_args(argv)
+    parser.set_defaults(**PRESETS[preset.preset])
     args = parser.parse_args(argv)
     if args.dataset_format == "generated":
         args.data_dir = args.data_dir or str(ROOT / "data" / f"shapes-{args.difficulty}")
