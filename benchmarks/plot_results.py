@@ -3,9 +3,10 @@
     python benchmarks/plot_results.py                                    # every file in benchmarks/results/
     python benchmarks/plot_results.py benchmarks/results/distill_gain_cpu.json
 
-- `distill_gain*.json` (benchmarks/distill_gain.py): student AP per method as bars, the mean over seeds with
-  the standard deviation as error bars and each seed as a dot where there are several; the teacher's AP
-  and the plain student's (method `none`) as horizontal lines; the gain over the plain student above each bar.
+- `distill_gain*.json` (benchmarks/distill_gain.py): the student's score per method as bars (the file's headline
+  metric: COCO AP, or VOC mAP50 on KITTI-layout data), the mean over seeds with the standard deviation as
+  error bars and each seed as a dot where there are several; the teacher's and the plain student's (method
+  `none`) as horizontal lines; the gain over the plain student above each bar.
 - `detector_capacity*.json` (benchmarks/detector_capacity.py): AP and AP50 per backbone as bars, and AP
   against training steps where the run scored along the way (`--eval_steps`).
 
@@ -91,10 +92,15 @@ def _field(path: Path, record: str, mapping: Any, key: str) -> Any:
 
 # ------------------------------------------------------------------------------------ distillation gain
 
+METRIC_NAMES = {"AP": "COCO AP", "AP50": "COCO AP50", "VOC_mAP50": "VOC mAP50"}
+
 
 def plot_distill_gain(path: Path) -> Path:
-    """Bar chart of the student's AP per method in a distill_gain results file; returns the PNG's path."""
+    """Bar chart of the student's score per method in a distill_gain results file (its headline metric: COCO AP,
+    or VOC mAP50 on KITTI-layout data); returns the PNG's path."""
     data = _load(path)
+    metric = data.get("headline_metric", "AP")
+    metric_name = METRIC_NAMES.get(metric, metric)
     rows = _field(path, "the file", data, "rows")
     if not isinstance(rows, list) or not rows:
         raise DataError(f"{path}: 'rows' must be a non-empty list of methods.")
@@ -102,16 +108,16 @@ def plot_distill_gain(path: Path) -> Path:
     for index, row in enumerate(rows):
         record = f"rows[{index}]"
         label = _field(path, record, row, "label")
-        ap = _field(path, f"{record} ({label})", row, "AP")
+        score = _field(path, f"{record} ({label})", row, metric)
         labels.append(label)
-        means.append(float(_field(path, f"{record} ({label}) AP", ap, "mean")))
-        stds.append(float(ap.get("std", 0.0)))
+        means.append(float(_field(path, f"{record} ({label}) {metric}", score, "mean")))
+        stds.append(float(score.get("std", 0.0)))
         colours.append(method_colour(label, index))
     seeds_by_label: dict[str, list[float]] = {}
     for run in data.get("runs", []):
-        if "label" in run and "eval_AP" in run:
-            seeds_by_label.setdefault(run["label"], []).append(float(run["eval_AP"]))
-    teacher_ap = data.get("teacher", {}).get("eval_AP")
+        if "label" in run and f"eval_{metric}" in run:
+            seeds_by_label.setdefault(run["label"], []).append(float(run[f"eval_{metric}"]))
+    teacher_ap = data.get("teacher", {}).get(f"eval_{metric}")
     plain_ap = means[labels.index("none")] if "none" in labels else None
     settings = data.get("settings", {})
     max_seeds = max((int(row.get("seeds", 1)) for row in rows), default=1)
@@ -150,14 +156,15 @@ def plot_distill_gain(path: Path) -> Path:
             color=_text_colour(colour), fontweight="bold", zorder=5,
         )  # fmt: skip
     axes.set_xticks(list(positions), labels, fontsize=10)
-    axes.set_ylabel(f"COCO AP (axis from {low:.2f})")
+    axes.set_ylabel(f"{metric_name} (axis from {low:.2f})")
     seeds_text = f"mean ± std over {max_seeds} seeds (dots: seeds)" if max_seeds > 1 else "one seed"
     student = settings.get("student_backbone", "student")
     setting = f", preset {settings['preset']}" if "preset" in settings else ""
     if "difficulty" in settings:
         setting += f", {settings['difficulty']} set"
     axes.set_title(
-        f"Distilling into a GFL {student}: student AP by method{setting}\n{seeds_text}; bar text: AP (gain over alone)",
+        f"Distilling into a GFL {student}: student {metric_name} by method{setting}\n{seeds_text}; "
+        f"bar text: {metric_name} (gain over alone)",
         fontsize=10.5,
     )
     if teacher_ap is not None or plain_ap is not None:

@@ -209,6 +209,28 @@ def test_plot_results_draws_the_distillation_and_capacity_charts(tmp_path):
         plot_results.main([str(broken)])
 
 
+def test_a_kitti_comparison_is_charted_in_its_headline_metric(tmp_path):
+    """distill_gain's KITTI-layout results carry VOC mAP50 as their headline: the chart draws it, and a file
+    that lacks it is named with the missing field."""
+    plot_results = load_script(ROOT / "benchmarks" / "plot_results.py", "plot_results")
+    results = gain_results([("none", [0.72, 0.75]), ("liaf", [0.87, 0.88])])
+    for row in results["rows"]:
+        row["VOC_mAP50"] = row.pop("AP")
+    for run in results["runs"]:
+        run["eval_VOC_mAP50"] = run.pop("eval_AP")
+    results["teacher"] = {"eval_VOC_mAP50": 0.93}
+    results["headline_metric"] = "VOC_mAP50"
+    path = tmp_path / "distill_gain_kitti.json"
+    path.write_text(json.dumps(results))
+    assert plot_results.main([str(path)]) == [tmp_path / "distill_gain_kitti.png"]
+    results["headline_metric"] = "KITTI_mAP40_moderate"
+    path.write_text(json.dumps(results))
+    from liaf_hf.errors import DataError
+
+    with pytest.raises(DataError, match="KITTI_mAP40_moderate"):
+        plot_results.main([str(path)])
+
+
 def test_distilled_card_carries_the_teacher_ap_from_a_metrics_file(shapes, teacher_dir, tmp_path):
     from huggingface_hub import ModelCard
 
