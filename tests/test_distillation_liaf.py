@@ -240,6 +240,32 @@ def test_gaussian_mask_sums_to_one_and_peaks_inside_the_box():
     assert float(masks[0, 7, 7]) == 0.0  # beyond the window twice the box's size
 
 
+def test_gaussian_mask_follows_its_formula_up_to_the_windows_edge():
+    """The documented mask, computed cell by cell: 1 inside the box, exp(-d^2 / (2 (side / 6)^2)) outside it
+    per axis, 0 beyond a window twice the box's size. Here cell centres fall exactly on the window's edge (row
+    centres 12 and 44 for a box spanning 20-36 in y): they are inside it, with the edge's value exp(-4.5)."""
+    box = (10.0, 20.0, 30.0, 36.0)  # x1, y1, x2, y2
+
+    def axis(low: float, high: float, size: int) -> list[float]:
+        side, centre = high - low, (low + high) / 2
+        values = []
+        for index in range(size):
+            point = (index + 0.5) * 8
+            distance = max(low - point, point - high, 0.0)
+            values.append(0.0 if abs(point - centre) > side else math.exp(-(distance**2) / (2 * (side / 6) ** 2)))
+        return [value / sum(values) for value in values]
+
+    xs, ys = axis(box[0], box[2], 8), axis(box[1], box[3], 8)
+    expected = torch.tensor([[y * x for x in xs] for y in ys])
+    assert expected[1, 2] > 0 and expected[5, 2] > 0 and expected[0, 2] == 0 and expected[6, 2] == 0
+    boxes = torch.tensor([box])
+    alone = gaussian_instance_masks(boxes, feature_size=(8, 8), stride=8)[0]
+    together = multi_level_gaussian_masks(boxes, feature_sizes=[(8, 8), (4, 4)], strides=[8, 16])[0, :64]
+    for masks in (alone, together.view(8, 8)):
+        assert torch.allclose(masks, expected, rtol=1e-5, atol=1e-9)
+        assert torch.equal(masks == 0, expected == 0)  # the same cells beyond the window
+
+
 def test_box_smaller_than_a_cell_keeps_one_cell():
     masks = gaussian_instance_masks(torch.tensor([[65.0, 65.0, 67.0, 67.0]]), feature_size=(4, 4), stride=32)
     assert float(masks[0, 2, 2]) == pytest.approx(1.0)

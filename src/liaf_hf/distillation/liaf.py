@@ -105,9 +105,10 @@ class _Selection:
     """Every level's selection, levels stacked first (see `LevelSelection` for one level's fields)."""
 
     instances: InstanceDiscrepancy  # its discrepancy: (L, B, n_max)
-    scores: torch.Tensor  # (L, B, n_max, K)
+    scores: torch.Tensor  # (L, N, K) a_klj, the instances flat (`InstanceLayout`'s order)
     weights: torch.Tensor  # (L, B, n_max)
     log_shares: torch.Tensor  # (L, B, n_max) log(w_j / n_i), each image's weights as a distribution's logs
+    real_discrepancy: torch.Tensor  # (L, N) d_lj without gradient, the instances flat
 
     @property
     def discrepancy(self) -> torch.Tensor:
@@ -126,9 +127,9 @@ def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
     num_selectors = scores.shape[1]
     products = scores.t() @ scores  # (K, K)
     squares = products.diagonal()
-    dice = 2 * products / (squares[:, None] + squares[None, :]).clamp(min=1e-12)
-    pairs = torch.triu_indices(num_selectors, num_selectors, offset=1, device=scores.device)
-    return dice[pairs[0], pairs[1]].mean()
+    dice = products / (squares[:, None] + squares[None, :]).clamp(min=1e-12)
+    # The pairs above the diagonal, 2 * dice each, averaged: one kernel for the selection, not an index list.
+    return dice.triu(diagonal=1).sum() * (4.0 / (num_selectors * (num_selectors - 1)))
 
 
 @register_distiller("liaf")
@@ -294,7 +295,9 @@ class LIAFDistiller(Distiller):
         return [
             LevelSelection(discrepancy=discrepancy, scores=scores, weights=weights, instance_mask=layout.instance_mask)
             for discrepancy, scores, weights in zip(
-                selection.discrepancy.unbind(), selection.scores.unbind(), selection.weights.unbind()
+                selection.discrepancy.unbind(),
+                layout.pad(selection.scores.transpose(0, 1)).permute(2, 0, 1, 3).unbind(),
+                selection.weights.unbind(),
             )
         ]
 
@@ -324,7 +327,8 @@ class LIAFDistiller(Distiller):
         discrepancy, grid = instances.discrepancy, instances.grid
         # e_T and e_S of every level (without gradient), each (L N, C).
         teacher_descriptors, student_descriptors = layout.real(instances.feature_means).flatten(0, 1).chunk(2, dim=1)
-        scalars = [layout.real(discrepancy.detach()).log1p()]  # (L, N)
+        real_discrepancy = layout.real(discrepancy.detach())  # (L, N)
+        scalars = [real_discrepancy.log1p()]
         if self.use_progress:
             scalars.append(progress.to(scalars[0].dtype).expand_as(scalars[0]))
         if self.use_student_quality:
@@ -339,9 +343,10 @@ class LIAFDistiller(Distiller):
         weights, log_shares = self._weights(logits, layout)
         return _Selection(
             instances=instances,
-            scores=layout.pad(logits.sigmoid().transpose(0, 1)).permute(2, 0, 1, 3),
+            scores=logits.sigmoid(),
             weights=weights,
             log_shares=log_shares,
+            real_discrepancy=real_discrepancy,
         )
 
     # --------------------------------------------------------------------------------------------- losses
@@ -435,8 +440,9 @@ class LIAFDistiller(Distiller):
             weights = _ReverseGradient.apply(weights)
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
         entropy = _image_entropy(selection.log_shares)[:, layout.images_with_instances]  # (L, B')
-        result.losses["loss_liaf"] = self.alpha * feature_loss / num_levels
-        all_scores = layout.real(selection.scores).flatten(0, 1)  # (L * N, K), level by level
+        # Constants folded into one factor per term: each operation is a kernel launch on a GPU.
+        result.losses["loss_liaf"] = feature_loss * (self.alpha / num_levels)
+        all_scores = selection.scores.flatten(0, 1)  # (L * N, K), level by level
         if all_scores.shape[1] > 1:
             result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
         else:
@@ -444,7 +450,7 @@ class LIAFDistiller(Distiller):
         if self.objective == "robust":
             image_counts = layout.counts[layout.images_with_instances]
             entropy_gap = (image_counts.log() - entropy).mean(dim=1).sum()
-            result.losses["loss_liaf_entropy"] = self.alpha * self.entropy_weight * entropy_gap / num_levels
+            result.losses["loss_liaf_entropy"] = entropy_gap * (self.alpha * self.entropy_weight / num_levels)
 
         real_weights = layout.real(selection.weights).detach()  # (L, N)
         per_level = {
@@ -452,7 +458,7 @@ class LIAFDistiller(Distiller):
             "weight_min": real_weights.amin(dim=1),
             "weight_max": real_weights.amax(dim=1),
             "weight_entropy": entropy.detach().mean(dim=1),
-            "discrepancy": layout.real(selection.discrepancy).detach().mean(dim=1),
+            "discrepancy": selection.real_discrepancy.mean(dim=1),
         }
         per_level = {name: values.unbind() for name, values in per_level.items()}
         for level in range(num_levels):

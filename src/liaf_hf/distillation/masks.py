@@ -70,11 +70,11 @@ def _gaussian_window(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor
     centred on the box), 0 beyond the window.
     """
     side = (high - low).clamp(min=0)
-    centre = (low + high) * 0.5
     sigma = (side * GAUSSIAN_SIGMA_PER_SIDE).clamp(min=1e-6)
     outside = torch.maximum(low - points, points - high).clamp(min=0)
     profile = torch.exp(-0.5 * (outside / sigma).square())
-    return profile.masked_fill((points - centre).abs() > side, 0.0)
+    # Beyond the window: more than half a side from the box (its centre more than a side away).
+    return profile.masked_fill(outside > side * 0.5, 0.0)
 
 
 def _gaussian_profile(low: torch.Tensor, high: torch.Tensor, points: torch.Tensor, *, stride: int) -> torch.Tensor:
@@ -181,7 +181,7 @@ class _AxisCells:
     group_indicator: torch.Tensor  # (Q, 2L) float, 1 where the cell belongs to the group
     group_axis: torch.Tensor  # (2L,) long, 0 for x groups, 1 for y groups
     group_strides: torch.Tensor  # (2L,) float
-    group_last_cell: torch.Tensor  # (2L,) long, the last cell index along the group's axis
+    group_last_cell: torch.Tensor  # (2L,) float, the last cell index along the group's axis
     group_offsets: torch.Tensor  # (2L,) long, where each group starts among the Q cells
     places: torch.Tensor  # (2, P) each grid cell's (row, column) among the Q cells, levels side by side
 
@@ -215,7 +215,7 @@ def _axis_cells(
         group_indicator=(group_of_cell[:, None] == groups).float(),
         group_axis=(groups >= num_levels).long(),
         group_strides=torch.tensor(group_strides, dtype=torch.float32).to(device),
-        group_last_cell=torch.tensor(sizes).to(device) - 1,
+        group_last_cell=torch.tensor(sizes, dtype=torch.float32).to(device) - 1,
         group_offsets=torch.tensor(offsets).to(device),
         places=torch.tensor([rows, columns], dtype=torch.long).to(device),
     )
@@ -225,12 +225,12 @@ def _fill_empty_groups(profile: torch.Tensor, boxes: torch.Tensor, cells: _AxisC
     """(n, Q) per-axis profiles of (n, 4) boxes -> the same, in place, where every group (one level's cells
     along one axis) that holds no positive value has 1 at the cell containing the box's centre on that axis."""
     centres = (boxes[:, :2] + boxes[:, 2:]) * 0.5  # (n, 2)
-    nearest = (centres[:, cells.group_axis] / cells.group_strides).floor().long().clamp(min=0)
-    nearest = torch.minimum(nearest, cells.group_last_cell) + cells.group_offsets  # (n, 2L)
-    rows = torch.arange(profile.shape[0], device=profile.device)[:, None].expand_as(nearest)
-    empty = (profile @ cells.group_indicator) <= 0  # (n, 2L)
-    profile[rows, nearest] = profile[rows, nearest].masked_fill(empty, 1.0)
-    return profile
+    cell = (centres[:, cells.group_axis] / cells.group_strides).floor().clamp(min=0).minimum(cells.group_last_cell)
+    nearest = cell.long() + cells.group_offsets  # (n, 2L)
+    # An empty group holds only zeros, so adding 1 at its nearest cell sets that cell to 1; elsewhere this
+    # adds 0 (one scatter instead of a gather, a fill and a write-back).
+    empty = ((profile @ cells.group_indicator) <= 0).to(profile.dtype)  # (n, 2L)
+    return profile.scatter_add_(1, nearest, empty)
 
 
 def multi_level_gaussian_masks(
