@@ -141,6 +141,86 @@ def test_robust_objective_reverses_the_selector_gradient_only():
     assert torch.allclose(grads["robust"][1], grads["joint"][1])
 
 
+def student_with_task_loss(channels=4, seed=20):
+    """A student output whose `loss` is a fixed smooth function of its FPN maps, as a detection loss is."""
+    student = output(random_features(channels=channels, seed=seed), requires_grad=True)
+    generator = torch.Generator().manual_seed(seed + 1)
+    targets = [torch.randn(f.shape, generator=generator) for f in student.fpn_features]
+    student.loss = sum((f.tanh() - t).square().mean() for f, t in zip(student.fpn_features, targets))
+    return student
+
+
+def test_task_objective_selectors_seek_the_instances_whose_imitation_lowers_the_detection_loss():
+    """objective="task": the student gets the joint objective's pull (weights as given), and the selectors
+    ascend mean_j w_lj b_lj with b_lj = <dd_lj/dS_l, g_l> (g_l: the detection loss's gradient on the student's
+    map), scaled to unit RMS per level. The reference b is taken instance by instance with autograd, through
+    an align conv (student 4 channels, teacher 8)."""
+    teacher = output(random_features(channels=8, seed=21))
+    batch = make_batch(TWO_IMAGES)
+    runs = {}
+    for objective in ("joint", "task"):
+        torch.manual_seed(0)
+        distiller = build_distiller(
+            "liaf", student_config=config(channels=4), teacher_config=config(channels=8), objective=objective, alpha=2.0
+        )
+        student = student_with_task_loss()
+        result = distiller(student=student, teacher=teacher, batch=batch)
+        assert ("loss_liaf_entropy" in result.losses) == (objective == "task")
+        result.losses["loss_liaf"].backward()
+        runs[objective] = (distiller, student, result)
+    (joint, joint_student, joint_result), (task, task_student, task_result) = runs["joint"], runs["task"]
+    # The same value, and the same pull on the student and on the align convs.
+    assert float(task_result.losses["loss_liaf"].detach()) == pytest.approx(
+        float(joint_result.losses["loss_liaf"].detach()), rel=1e-6
+    )
+    for joint_map, task_map in zip(joint_student.fpn_features, task_student.fpn_features):
+        assert torch.allclose(task_map.grad, joint_map.grad, rtol=1e-5, atol=1e-8)
+    for joint_conv, task_conv in zip(joint.aligner.convs, task.aligner.convs):
+        assert torch.allclose(task_conv.weight.grad, joint_conv.weight.grad, rtol=1e-5, atol=1e-8)
+
+    # The reference: b_lj from autograd, and the selectors' gradient of -alpha mean_l mean_i mean_j w_lj b_lj.
+    torch.manual_seed(0)
+    reference = build_distiller(
+        "liaf", student_config=config(channels=4), teacher_config=config(channels=8), objective="task", alpha=2.0
+    )
+    student = student_with_task_loss()
+    task_gradients = torch.autograd.grad(student.loss, student.fpn_features)
+    layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=torch.device("cpu"))
+    instances = InstanceDiscrepancy.of(
+        reference.aligner.levels(student, teacher), layout=layout, strides=STRIDES, feature_scale="teacher"
+    )
+    alignment = torch.zeros(3, 2, 3)
+    for level in range(3):
+        for image, slot in [(0, 0), (0, 1), (0, 2), (1, 0)]:
+            (instance_gradient,) = torch.autograd.grad(
+                instances.discrepancy[level, image, slot], student.fpn_features[level], retain_graph=True
+            )
+            alignment[level, image, slot] = (instance_gradient * task_gradients[level]).sum()
+    real = alignment[:, [0, 0, 0, 1], [0, 1, 2, 0]]
+    alignment = alignment / real.square().mean(dim=1).sqrt()[:, None, None]
+    weights = torch.stack(
+        [selection.weights for selection in reference.select(student=student, teacher=teacher, batch=batch)]
+    )
+    per_image_mean = (weights * alignment).sum(dim=2) / torch.tensor([3.0, 1.0])
+    (-2.0 * per_image_mean.mean(dim=1).mean()).backward()
+    for name, parameter in task.selector.named_parameters():
+        expected = dict(reference.selector.named_parameters())[name].grad
+        assert parameter.grad.abs().max() > 0, name
+        assert torch.allclose(parameter.grad, expected, rtol=1e-4, atol=1e-7), name
+    # The log says whether the selectors lean towards the aligned instances.
+    assert "liaf/alignment_gain_l0" in task_result.stats
+
+
+def test_task_objective_needs_the_students_own_loss():
+    distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), objective="task")
+    with pytest.raises(ValueError, match="detection loss"):
+        distiller(
+            student=output(random_features(), requires_grad=True),
+            teacher=output(random_features(seed=1)),
+            batch=make_batch(TWO_IMAGES),
+        )
+
+
 def test_alpha_sets_the_pull_on_the_student_but_not_how_the_selectors_choose():
     """The selectors' gradient from the feature and entropy terms scales with alpha as a whole, so under a
     scale-free optimiser (Adam) they pick the same instances at any alpha; the student's pull scales too."""

@@ -248,8 +248,17 @@ def test_distillation_model_hides_the_teacher(shapes):
     assert all(name.startswith(("student.", "distiller.")) for name in wrapper.state_dict())
 
 
-def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes, teacher_dir, tmp_path):
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False)
+@pytest.mark.parametrize("objective", ["robust", "task"])
+def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes, teacher_dir, tmp_path, objective):
+    # "task" reads the gradient of the student's own GFL loss on its FPN maps, through the real detector.
+    trainer = make_trainer(
+        shapes,
+        teacher_dir,
+        tmp_path / "run",
+        method="liaf",
+        method_options={"objective": objective},
+        evaluate_teacher_at_start=False,
+    )
     distiller = trainer.distillation_model.distiller
     # The resnet34 teacher is 48 wide, the student 32: the distiller owns one align conv per level.
     assert all(isinstance(conv, torch.nn.Conv2d) for conv in distiller.aligner.convs)
@@ -262,6 +271,7 @@ def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"loss_liaf", "loss_liaf_div", "liaf/weight_entropy_l0", "liaf/weight_max_l4"} <= set(logged[0])
+    assert ("liaf/alignment_gain_l0" in logged[0]) == (objective == "task")
     saved = tmp_path / "final"
     trainer.save_model(str(saved))
     assert set(load_file(str(saved / "model.safetensors"))) == set(trainer.student.state_dict())

@@ -79,6 +79,13 @@ class FeatureAligner(nn.Module):
             )
         return teacher_map, student_map
 
+    def align_direction(self, direction: torch.Tensor, *, level: int) -> torch.Tensor:
+        """(B, C_S, H, W) a change of the student's map on `level` -> (B, C_T, H, W) the change it makes to the
+        aligned map: the align conv's linear part (no bias), as float32."""
+        conv = self.convs[level]
+        direction = direction.float()
+        return direction if isinstance(conv, nn.Identity) else nn.functional.conv2d(direction, conv.weight)
+
     def levels(
         self, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -37,7 +37,9 @@ from .masks import multi_level_background_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
 
-OBJECTIVES = ("joint", "robust")
+OBJECTIVES = ("joint", "robust", "task")
+# The objectives whose selectors are kept from piling every weight on one instance by an entropy term.
+_ENTROPY_OBJECTIVES = ("robust", "task")
 NORMALISATIONS = ("mean", "softmax")
 
 
@@ -155,7 +157,7 @@ class LIAFDistiller(Distiller):
             it off.
         diversity_weight: lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors'
             score vectors over all (level, instance) pairs of the batch.
-        entropy_weight: `robust` only: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)),
+        entropy_weight: `robust` and `task`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)),
             the gap between the weights' entropy and the uniform one per image and level (averaged over
             levels and images, like `loss_liaf`). The selector's optimum is then w_j proportional to
             exp(d_j / entropy_weight): with the default 0.1, instances whose d differ by 0.1 (d is about 1
@@ -170,7 +172,14 @@ class LIAFDistiller(Distiller):
             instance of each image (weight entropy near 0). The student minimises the same weighted loss
             either way. Measured with benchmarks/distill_gain.py (ResNet-50 teacher AP 0.776, ResNet-18
             student at batch 16 for 400 steps, one seed; BENCHMARKS.md): plain student AP 0.663, joint
-            0.698, robust 0.717.
+            0.698, robust 0.717. `"task"` (beyond docs/method.md): the selectors seek the instances whose
+            imitation also serves the student's own detection loss. For each instance, b_lj = <dd_lj/dS_l,
+            g_l>, with g_l the gradient of the student's GFL loss with respect to its map on level l, is
+            the first-order drop of that loss when the student's map takes a step down the instance's
+            imitation gradient; scaled to unit RMS per level, the selectors maximise mean_j w_lj b_lj (under
+            the same entropy term, so w_lj is proportional to exp(b_lj / entropy_weight) at their optimum)
+            and the student minimises `loss_liaf` with the weights as given. The student's learning state
+            enters through g_l, which costs a second backward pass through the head each step.
         use_progress: give the selector the training progress t = step / total steps.
         use_student_quality: give the selector the student's predicted quality for the instance's class,
             the mask-weighted mean of sigmoid(class logit) on the level.
@@ -393,7 +402,7 @@ class LIAFDistiller(Distiller):
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero
                 result.losses["loss_liaf_div"] = zero.clone()
-                if self.objective == "robust":
+                if self.objective in _ENTROPY_OBJECTIVES:
                     result.losses["loss_liaf_entropy"] = zero.clone()
             else:
                 levels, errors = self._instance_terms(
@@ -402,12 +411,26 @@ class LIAFDistiller(Distiller):
                     strides=list(batch.strides),
                     layout=layout,
                     progress=host_scalar(float(batch.progress), device=device),
+                    task_gradients=self._task_gradients(student) if self.objective == "task" else None,
                     result=result,
                 )
             if self.beta > 0:
                 background_loss = self._background_loss(cell_errors=errors, levels=levels, batch=batch)
                 result.losses["loss_liaf_bg"] = self.beta * background_loss
         return result
+
+    @staticmethod
+    def _task_gradients(student: GFLObjectDetectionOutput) -> tuple[torch.Tensor, ...]:
+        """g_l, the gradient of the student's GFL loss with respect to each of its FPN maps, (B, C_S, H_l, W_l)
+        each: the way the student's next step moves them for its own task (`objective="task"`)."""
+        if student.loss is None or not student.loss.requires_grad:
+            raise ValueError(
+                'objective="task" needs the student\'s own detection loss with its graph '
+                "(GFLObjectDetectionOutput.loss): run the student with labels and gradients, as the trainer does."
+            )
+        return torch.autograd.grad(
+            student.loss, student.fpn_features, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
 
     def _instance_terms(
         self,
@@ -417,6 +440,7 @@ class LIAFDistiller(Distiller):
         strides: list[int],
         layout: InstanceLayout,
         progress: torch.Tensor,
+        task_gradients: tuple[torch.Tensor, ...] | None,
         result: DistillationResult,
     ) -> tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
         """The step's tensor work for a batch with instances, from the aligned maps to every instance loss
@@ -424,21 +448,67 @@ class LIAFDistiller(Distiller):
         the host, so that a compiled step sees the instance counts only as tensor sizes (the background term
         stays eager too: its masks start from the lists of boxes).
 
+        `task_gradients`: the student's `_task_gradients` for `objective="task"`, else None.
+
         Returns every level's (teacher map, aligned student map) and the (B, P) cell errors, which the
         background term reuses.
         """
         levels = self.aligner.levels(student, teacher)
         selection = self._select(levels=levels, student=student, strides=strides, layout=layout, progress=progress)
-        self._instance_losses(selection, layout, result)
+        alignment = None
+        if task_gradients is not None:
+            alignment = self._task_alignment(levels, task_gradients, selection.instances, layout)
+        self._instance_losses(selection, layout, result, alignment=alignment)
         return levels, selection.instances.cell_errors
 
-    def _instance_losses(self, selection: _Selection, layout: InstanceLayout, result: DistillationResult) -> None:
-        """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
+    @torch.no_grad()
+    def _task_alignment(
+        self,
+        levels: list[tuple[torch.Tensor, torch.Tensor]],
+        task_gradients: tuple[torch.Tensor, ...],
+        instances: InstanceDiscrepancy,
+        layout: InstanceLayout,
+    ) -> torch.Tensor:
+        """(L, B, n_max) b_lj = <dd_lj/dS_l, g_l> of every instance, scaled to unit RMS over each level's real
+        instances; 0 in padding.
+
+        dd_lj/dS_l is sum_p G_lj(p) 2 (S_l - T_l)(p) / (C E_l) pulled back through the align conv, so
+        b_lj = sum_p G_lj(p) <(S_l - T_l)(p), A_l g_l(p)> times a constant of the level, which the scaling
+        removes (and with it E_l): A_l g_l is how a step along g_l moves the aligned map.
+        """
+        teacher_cells = LevelGrid.side_by_side([teacher_map for teacher_map, _ in levels])
+        difference = LevelGrid.side_by_side([student_map for _, student_map in levels]).sub_(teacher_cells)
+        directions = LevelGrid.side_by_side(
+            [self.aligner.align_direction(gradient, level=level) for level, gradient in enumerate(task_gradients)]
+        )
+        cell_alignment = (difference * directions).sum(dim=1)  # (B, P)
+        grid = instances.grid
+        alignment = torch.bmm(instances.padded_masks, cell_alignment[:, :, None] * grid.indicator).permute(2, 0, 1)
+        scale = layout.real(alignment).square().mean(dim=1).sqrt().clamp(min=1e-30)  # (L,)
+        return alignment / scale[:, None, None]
+
+    def _instance_losses(
+        self,
+        selection: _Selection,
+        layout: InstanceLayout,
+        result: DistillationResult,
+        *,
+        alignment: torch.Tensor | None = None,
+    ) -> None:
+        """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats;
+        `alignment`: (L, B, n_max) `_task_alignment`, for `objective="task"`."""
         num_levels = selection.weights.shape[0]
         weights = selection.weights
         if self.objective == "robust":
             weights = _ReverseGradient.apply(weights)
+        elif self.objective == "task":
+            weights = weights.detach()
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
+        if alignment is not None:
+            # Worth 0, so loss_liaf keeps its value; its gradient, -b_lj per weight, reaches the selectors only.
+            weight_steps = selection.weights - selection.weights.detach()
+            per_image = (weight_steps * alignment).sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
+            feature_loss = feature_loss - per_image[:, layout.images_with_instances].mean(dim=1).sum()
         entropy = _image_entropy(selection.log_shares)[:, layout.images_with_instances]  # (L, B')
         # Constants folded into one factor per term: each operation is a kernel launch on a GPU.
         result.losses["loss_liaf"] = feature_loss * (self.alpha / num_levels)
@@ -447,7 +517,7 @@ class LIAFDistiller(Distiller):
             result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
-        if self.objective == "robust":
+        if self.objective in _ENTROPY_OBJECTIVES:
             image_counts = layout.counts[layout.images_with_instances]
             entropy_gap = (image_counts.log() - entropy).mean(dim=1).sum()
             result.losses["loss_liaf_entropy"] = entropy_gap * (self.alpha * self.entropy_weight / num_levels)
@@ -460,6 +530,9 @@ class LIAFDistiller(Distiller):
             "weight_entropy": entropy.detach().mean(dim=1),
             "discrepancy": selection.real_discrepancy.mean(dim=1),
         }
+        if alignment is not None:
+            # Above 0 when the selectors weigh up the instances whose imitation serves the detection loss.
+            per_level["alignment_gain"] = ((real_weights - 1.0) * layout.real(alignment)).mean(dim=1)
         per_level = {name: values.unbind() for name, values in per_level.items()}
         for level in range(num_levels):
             for name, values in per_level.items():
