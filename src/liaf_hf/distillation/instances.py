@@ -174,6 +174,8 @@ class InstanceDiscrepancy:
         feature_means: (L, B, n_max, 2C) with `feature_means=True`, else None: each instance's mask-weighted
             mean of the teacher's map (first C channels) and of the detached student's (last C) on every
             level, without gradient; 0 in padding.
+        alignment: (L, B, n_max) with `directions`, else None: sum_p G_lj(p) <(S_l - T_l)(p), D_l(p)> of every
+            instance, without gradient; 0 in padding.
     """
 
     grid: LevelGrid
@@ -182,6 +184,7 @@ class InstanceDiscrepancy:
     discrepancy: torch.Tensor
     cell_errors: torch.Tensor
     feature_means: torch.Tensor | None = None
+    alignment: torch.Tensor | None = None
 
     @classmethod
     def of(
@@ -192,12 +195,15 @@ class InstanceDiscrepancy:
         strides: list[int],
         feature_scale: str,
         feature_means: bool = False,
+        directions: list[torch.Tensor] | None = None,
     ) -> InstanceDiscrepancy:
         """From every level's (teacher map, aligned student map), (B, C, H_l, W_l) each, finest first, float32
         as `FeatureAligner.levels` gives them.
 
         `feature_scale`: `"teacher"` divides level l's squared errors by E_l, its teacher's mean squared
         activation over the batch, all processes included (one reduction for all levels); `"none"`: E_l = 1.
+        `directions`: (B, C, H_l, W_l) per level, D_l, to take `alignment` against: read from the differences
+        S - T this computes anyway.
         """
         teacher_maps, student_maps = [list(maps) for maps in zip(*levels)]
         grid = LevelGrid.of(teacher_maps)
@@ -221,6 +227,12 @@ class InstanceDiscrepancy:
         errors = _relative_errors(teacher_cells, student_cells, grid=grid, feature_scale=feature_scale)
         # Each level's block of the masks against that level's errors: (B, n_max, P) @ (B, P, L).
         discrepancy = torch.bmm(padded_masks, errors[:, :, None] * grid.indicator).permute(2, 0, 1)
+        alignment = None
+        if directions is not None:
+            with torch.no_grad():
+                # `student_cells` now holds S - T (`_relative_errors`).
+                cell_alignment = (student_cells * LevelGrid.side_by_side(directions)).sum(dim=1)  # (B, P)
+                alignment = torch.bmm(padded_masks, cell_alignment[:, :, None] * grid.indicator).permute(2, 0, 1)
         return cls(
             grid=grid,
             masks=masks,
@@ -228,6 +240,7 @@ class InstanceDiscrepancy:
             discrepancy=discrepancy,
             cell_errors=errors,
             feature_means=means,
+            alignment=alignment,
         )
 
     def image_means(self, layout: InstanceLayout, weights: torch.Tensor | None = None) -> torch.Tensor:

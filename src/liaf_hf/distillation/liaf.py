@@ -318,11 +318,13 @@ class LIAFDistiller(Distiller):
         strides: list[int],
         layout: InstanceLayout,
         progress: torch.Tensor,
+        directions: list[torch.Tensor] | None = None,
     ) -> _Selection:
         """Every level's selection, computed for all levels together.
 
         `levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them;
-        `progress`: () the training progress, a tensor so that a compiled step does not specialise on it.
+        `progress`: () the training progress, a tensor so that a compiled step does not specialise on it;
+        `directions`: for `objective="task"`, `InstanceDiscrepancy.of`'s, to take the instances' alignment.
         The levels' cells are laid side by side (P = sum_l H_l W_l) and the selectors score every level's
         instances in one pass: a pass per level cost some hundred tensor operations per level, forward and
         backward, each a kernel launch on a GPU, where launches rather than arithmetic set a step's time.
@@ -331,7 +333,12 @@ class LIAFDistiller(Distiller):
             raise ValueError("The batch has no instances to select from.")
         num_levels = len(levels)
         instances = InstanceDiscrepancy.of(
-            levels, layout=layout, strides=strides, feature_scale=self.feature_scale, feature_means=True
+            levels,
+            layout=layout,
+            strides=strides,
+            feature_scale=self.feature_scale,
+            feature_means=True,
+            directions=directions,
         )
         discrepancy, grid = instances.discrepancy, instances.grid
         # e_T and e_S of every level (without gradient), each (L N, C).
@@ -454,49 +461,20 @@ class LIAFDistiller(Distiller):
         background term reuses.
         """
         levels = self.aligner.levels(student, teacher)
-        selection = self._select(levels=levels, student=student, strides=strides, layout=layout, progress=progress)
-        alignment = None
+        directions = None
         if task_gradients is not None:
-            alignment = self._task_alignment(levels, task_gradients, selection.instances, layout)
-        self._instance_losses(selection, layout, result, alignment=alignment)
+            # A_l g_l: how a step along g_l moves the aligned map.
+            directions = [
+                self.aligner.align_direction(gradient, level=level) for level, gradient in enumerate(task_gradients)
+            ]
+        selection = self._select(
+            levels=levels, student=student, strides=strides, layout=layout, progress=progress, directions=directions
+        )
+        self._instance_losses(selection, layout, result)
         return levels, selection.instances.cell_errors
 
-    @torch.no_grad()
-    def _task_alignment(
-        self,
-        levels: list[tuple[torch.Tensor, torch.Tensor]],
-        task_gradients: tuple[torch.Tensor, ...],
-        instances: InstanceDiscrepancy,
-        layout: InstanceLayout,
-    ) -> torch.Tensor:
-        """(L, B, n_max) b_lj = <dd_lj/dS_l, g_l> of every instance, scaled to unit RMS over each level's real
-        instances; 0 in padding.
-
-        dd_lj/dS_l is sum_p G_lj(p) 2 (S_l - T_l)(p) / (C E_l) pulled back through the align conv, so
-        b_lj = sum_p G_lj(p) <(S_l - T_l)(p), A_l g_l(p)> times a constant of the level, which the scaling
-        removes (and with it E_l): A_l g_l is how a step along g_l moves the aligned map.
-        """
-        teacher_cells = LevelGrid.side_by_side([teacher_map for teacher_map, _ in levels])
-        difference = LevelGrid.side_by_side([student_map for _, student_map in levels]).sub_(teacher_cells)
-        directions = LevelGrid.side_by_side(
-            [self.aligner.align_direction(gradient, level=level) for level, gradient in enumerate(task_gradients)]
-        )
-        cell_alignment = (difference * directions).sum(dim=1)  # (B, P)
-        grid = instances.grid
-        alignment = torch.bmm(instances.padded_masks, cell_alignment[:, :, None] * grid.indicator).permute(2, 0, 1)
-        scale = layout.real(alignment).square().mean(dim=1).sqrt().clamp(min=1e-30)  # (L,)
-        return alignment / scale[:, None, None]
-
-    def _instance_losses(
-        self,
-        selection: _Selection,
-        layout: InstanceLayout,
-        result: DistillationResult,
-        *,
-        alignment: torch.Tensor | None = None,
-    ) -> None:
-        """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats;
-        `alignment`: (L, B, n_max) `_task_alignment`, for `objective="task"`."""
+    def _instance_losses(self, selection: _Selection, layout: InstanceLayout, result: DistillationResult) -> None:
+        """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
         num_levels = selection.weights.shape[0]
         weights = selection.weights
         if self.objective == "robust":
@@ -504,7 +482,14 @@ class LIAFDistiller(Distiller):
         elif self.objective == "task":
             weights = weights.detach()
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
+        alignment = selection.instances.alignment
         if alignment is not None:
+            # b_lj = <dd_lj/dS_l, g_l>: dd_lj/dS_l is sum_p G_lj(p) 2 (S_l - T_l)(p) / (C E_l) pulled back through
+            # the align conv, so b_lj is the instances' `alignment` times a constant of the level. Scaling each
+            # level to unit RMS over its real instances removes that constant, E_l with it.
+            real_alignment = layout.real(alignment)  # (L, N)
+            scale = real_alignment.square().mean(dim=1).sqrt().clamp(min=1e-30)[:, None]  # (L, 1)
+            alignment, real_alignment = alignment / scale[:, :, None], real_alignment / scale
             # Worth 0, so loss_liaf keeps its value; its gradient, -b_lj per weight, reaches the selectors only.
             weight_steps = selection.weights - selection.weights.detach()
             per_image = (weight_steps * alignment).sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
@@ -532,7 +517,7 @@ class LIAFDistiller(Distiller):
         }
         if alignment is not None:
             # Above 0 when the selectors weigh up the instances whose imitation serves the detection loss.
-            per_level["alignment_gain"] = ((real_weights - 1.0) * layout.real(alignment)).mean(dim=1)
+            per_level["alignment_gain"] = ((real_weights - 1.0) * real_alignment).mean(dim=1)
         per_level = {name: values.unbind() for name, values in per_level.items()}
         for level in range(num_levels):
             for name, values in per_level.items():
