@@ -8,6 +8,9 @@ on the same data and schedule; the metrics as mean and standard deviation over s
 A method is given as `method`, or `label=method:{json options}` for a variant. The teacher is trained once
 per setting and cached (runs/teachers/...); with `--reuse`, students whose folder already holds
 results are not trained again. Prints a table and writes benchmarks/results/distill_gain_<preset>.json.
+Each seed fixes the student's initial weights and data order for every method, so the table is followed by
+each method's seed-by-seed difference from one of them (`--paired_against`, `aid` by default): a
+difference smaller than its standard error is a tie, however the means fall.
 Every run goes through examples/distill.py (via the demo's helpers), so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import statistics
 import sys
@@ -95,6 +99,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="The metric of the gain and the gap recovered (default: VOC_mAP50 on KITTI-layout data, else AP).",
     )
+    parser.add_argument(
+        "--paired_against",
+        default="aid",
+        help="Compare every method seed by seed with this one (a label of --methods; skipped when absent): each "
+        "seed fixes the initial weights and data order of every method, so per-seed differences cancel the "
+        "spread that seeds share.",
+    )
     add_setting_arguments(parser)
     # The preset supplies defaults; a flag given on the command line wins over it.
     preset, _ = parser.parse_known_args(argv)
@@ -131,6 +142,35 @@ def trained_with(summary_file: Path, settings: dict) -> bool:
 
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def paired_differences(runs: list[dict], *, reference: str, metric: str) -> list[dict]:
+    """Every other method's score minus `reference`'s on the seeds both ran (the plain student `none` left out).
+
+    Returns one row per label that shares at least one seed with the reference: its seeds, the differences
+    in seed order, their mean, standard deviation and standard error, and on how many seeds it was ahead.
+    """
+    scores = {(run["label"], run["seed"]): run[f"eval_{metric}"] for run in runs}
+    rows = []
+    for label in dict.fromkeys(run["label"] for run in runs):
+        if label in (reference, "none"):
+            continue
+        seeds = [seed for (other, seed) in scores if other == label and (reference, seed) in scores]
+        if not seeds:
+            continue
+        differences = [scores[label, seed] - scores[reference, seed] for seed in seeds]
+        spread = summarise(differences)
+        rows.append(
+            {
+                "label": label,
+                "seeds": seeds,
+                "differences": differences,
+                **spread,
+                "standard_error": spread["std"] / math.sqrt(len(seeds)),
+                "ahead_on": sum(difference > 0 for difference in differences),
+            }
+        )
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -188,6 +228,19 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = f"{row['run_seconds']:.0f}" if row["run_seconds"] == row["run_seconds"] else "-"  # NaN: not timed
         print(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + f" | {gain} | {recovered} | {seconds} |")
 
+    paired = []
+    if any(run["label"] == args.paired_against for run in runs):
+        paired = paired_differences(runs, reference=args.paired_against, metric=headline)
+    if paired:
+        print(f"\nSeed by seed against {args.paired_against} ({headline}, on the seeds both ran):")
+        print("| method | seeds | mean difference | std | standard error | ahead on |")
+        print("|---|---|---|---|---|---|")
+        for row in paired:
+            print(
+                f"| {row['label']} | {len(row['seeds'])} | {row['mean']:+.4f} | {row['std']:.4f} | "
+                f"{row['standard_error']:.4f} | {row['ahead_on']} of {len(row['seeds'])} |"
+            )
+
     command = "python benchmarks/distill_gain.py " + " ".join(
         f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in (sys.argv[1:] if argv is None else argv)
     )
@@ -206,6 +259,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "headline_metric": headline,
         "rows": rows,
+        "paired_against": args.paired_against if paired else None,
+        "paired": paired,
         "runs": runs,
         "total_minutes": round((time.perf_counter() - started) / 60, 1),
     }

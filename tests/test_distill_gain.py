@@ -76,3 +76,25 @@ def test_contradictory_data_settings_stop_before_any_training(tmp_path, capsys, 
         distill_gain().main(flags + ["--teacher_cache_dir", str(tmp_path / "teachers")])
     assert message in capsys.readouterr().err
     assert not (tmp_path / "teachers").exists()
+
+
+def test_methods_are_compared_seed_by_seed_on_the_seeds_they_share():
+    """The paired table: differences per seed (not of the means), only on seeds both methods ran, without the
+    plain student; a method ahead on two seeds of three by a margin below its spread reads as such."""
+    runs = [
+        {"label": label, "seed": seed, "eval_AP": score}
+        for label, scores in {
+            "none": [0.10, 0.20, 0.30],
+            "aid": [0.50, 0.60, 0.70],
+            "liaf": [0.52, 0.59, 0.73],
+        }.items()
+        for seed, score in enumerate(scores)
+    ] + [{"label": "liaf", "seed": 7, "eval_AP": 0.99}]  # a seed the reference did not run
+    (liaf,) = distill_gain().paired_differences(runs, reference="aid", metric="AP")
+    assert liaf["label"] == "liaf" and liaf["seeds"] == [0, 1, 2]
+    assert liaf["differences"] == pytest.approx([0.02, -0.01, 0.03])
+    assert liaf["mean"] == pytest.approx(0.04 / 3)
+    assert liaf["std"] == pytest.approx(0.0208167, rel=1e-5)
+    assert liaf["standard_error"] == pytest.approx(0.0208167 / 3**0.5, rel=1e-5)
+    assert liaf["ahead_on"] == 2
+    assert distill_gain().paired_differences(runs, reference="pkd", metric="AP") == []
