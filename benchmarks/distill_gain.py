@@ -9,8 +9,8 @@ A method is given as `method`, or `label=method:{json options}` for a variant. T
 per setting and cached (runs/teachers/...); with `--reuse`, students whose folder already holds
 results are not trained again. Prints a table and writes benchmarks/results/distill_gain_<preset>.json.
 Each seed fixes the student's initial weights and data order for every method, so the table is followed by
-each method's seed-by-seed difference from one of them (`--paired_against`, `aid` by default): a
-difference smaller than its standard error is a tie, however the means fall.
+each method's seed-by-seed difference from one of them (`--paired_against`, `aid` by default): a mean
+difference within about two standard errors of 0 is no evidence either way, however the means fall.
 Every run goes through examples/distill.py (via the demo's helpers), so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
