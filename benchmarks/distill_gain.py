@@ -11,6 +11,8 @@ results are not trained again. Prints a table and writes benchmarks/results/dist
 Each seed fixes the student's initial weights and data order for every method, so the table is followed by
 each method's seed-by-seed difference from one of them (`--paired_against`, `aid` by default): a mean
 difference within about two standard errors of 0 is no evidence either way, however the means fall.
+What LIAF-KD's selectors add is measured against the same instance loss with uniform weights at the same
+strength, AID without its teacher factor: add `'uniform=aid:{"decay": 0.0}'` and `--paired_against uniform`.
 Every run goes through examples/distill.py (via the demo's helpers), so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on

@@ -41,7 +41,11 @@ class AIDDistiller(Distiller):
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
         weight: weight of `loss_aid`. The default, 10.0, is LIAF's `alpha` for the same feature term, so the
             two compare at equal strength (no published value exists for this pairing).
-        decay: the 0.1 in exp(-0.1 L_T) (docs/method.md).
+        decay: the 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every batch 1: the same instance loss
+            with uniform weights at the full `weight`, the control that isolates what LIAF-KD's selectors
+            add. A trained teacher's loss barely moves from batch to batch, so the factor acts as a fixed
+            cut of the weight: on benchmarks/distill_gain.py's generated sets it stayed within 0.936-0.966
+            over training (BENCHMARKS.md, "Uniform instance weights at the same strength").
         feature_scale: `"teacher"`: divide each level's squared errors by the teacher's mean squared
             activation on it; `"none"`: plain squared error per channel.
     """
