@@ -44,7 +44,7 @@ class AIDDistiller(Distiller):
         decay: the 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every batch 1: the same instance loss
             with uniform weights at the full `weight`, the control that isolates what LIAF-KD's selectors
             add. A trained teacher's loss barely moves from batch to batch, so the factor acts as a fixed
-            cut of the weight: on benchmarks/distill_gain.py's generated sets it stayed within 0.936-0.966
+            cut of the weight: on benchmarks/distill_gain.py's generated sets it stayed within 0.937-0.966
             over training (BENCHMARKS.md, "Uniform instance weights at the same strength").
         feature_scale: `"teacher"`: divide each level's squared errors by the teacher's mean squared
             activation on it; `"none"`: plain squared error per channel.
