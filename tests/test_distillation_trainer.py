@@ -1,6 +1,7 @@
 """LIAFDistillationTrainer: a frozen teacher, a plain saved student, checkpoints that resume exactly."""
 
 import json
+import logging
 import os
 import traceback
 
@@ -236,6 +237,53 @@ def test_resumed_run_matches_uninterrupted_run(shapes, teacher_dir, tmp_path, me
         assert torch.equal(value, resumed_distiller[name]), name
     state = json.loads((tmp_path / "part" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+
+
+def test_resuming_under_another_method_or_other_settings_is_refused_naming_them(shapes, teacher_dir, tmp_path):
+    def trainer(**method):
+        return make_trainer(
+            shapes, teacher_dir, tmp_path / "run", max_steps=4, evaluate_teacher_at_start=False, **method
+        )
+
+    interrupted = trainer(method="liaf", method_options={"entropy_weight": 0.1})
+    interrupted.add_callback(StopAfter(2))
+    interrupted.train()
+    checkpoint = str(tmp_path / "run" / "checkpoint-2")
+    # The defaults of today (entropy 1.0) are not what the checkpoint ran with: no silent switch.
+    changed = trainer(method="liaf")
+    refusal = (
+        r"checkpoint-2 was trained with other 'liaf' settings .*entropy_weight: 0\.1 in the checkpoint, 1\.0 now\)\. "
+        r"To continue it, pass .*\"entropy_weight\": 0\.1"
+    )
+    with pytest.raises(ValueError, match=refusal):
+        changed.train(resume_from_checkpoint=checkpoint)
+    assert changed.state.global_step == 0
+    with pytest.raises(ValueError, match=r"trained with distillation method 'liaf'; this run is set up for 'aid'"):
+        trainer(method="aid").train(resume_from_checkpoint=checkpoint)
+    same = trainer(method="liaf", method_options={"entropy_weight": 0.1})
+    same.train(resume_from_checkpoint=checkpoint)
+    assert same.state.global_step == 4
+
+
+def test_a_checkpoint_that_does_not_record_its_method_still_resumes_with_a_warning(
+    shapes, teacher_dir, tmp_path, caplog
+):
+    def trainer():
+        return make_trainer(
+            shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=4, evaluate_teacher_at_start=False
+        )
+
+    interrupted = trainer()
+    interrupted.add_callback(StopAfter(2))
+    interrupted.train()
+    # As liaf-hf wrote it before checkpoints recorded the method.
+    distiller_file = tmp_path / "run" / "checkpoint-2" / "distiller.safetensors"
+    save_file(load_file(distiller_file), distiller_file, metadata={"format": "pt"})
+    resumed = trainer()
+    with caplog.at_level(logging.WARNING, logger="liaf_hf.distillation"):
+        resumed.train(resume_from_checkpoint=str(distiller_file.parent))
+    assert resumed.state.global_step == 4
+    assert "checkpoint-2 does not record its distillation settings" in caplog.text
 
 
 def test_distillation_model_hides_the_teacher(shapes):

@@ -9,6 +9,7 @@ the checkpoints, DDP or the published student. `save_model` writes a plain GFL d
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import os
 from collections import Counter, defaultdict
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import Trainer
@@ -25,11 +26,69 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
 from ..trainers import DetectionTrainer, require_safetensors_checkpoint
-from .base import DistillationBatch, Distiller, build_distiller
+from .base import DistillationBatch, Distiller, build_distiller, method_settings
 
 logger = logging.getLogger("liaf_hf.distillation")
 
 DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
+#: Key of the distiller file's safetensors metadata that records the method and every setting it ran with.
+DISTILLER_SETTINGS_KEY = "liaf_hf_method"
+
+
+def _flat_settings(settings: dict, prefix: str = "") -> dict:
+    """{"liaf": {"alpha": 10}} -> {"liaf.alpha": 10}: a combined method's settings as one level of names."""
+    flat = {}
+    for name, value in settings.items():
+        if isinstance(value, dict):
+            flat.update(_flat_settings(value, f"{prefix}{name}."))
+        else:
+            flat[f"{prefix}{name}"] = value
+    return flat
+
+
+def check_resumed_method(checkpoint: str, recorded: dict | None, current: dict | None) -> None:
+    """Refuse to resume a distillation checkpoint under another method or other method settings.
+
+    `recorded` is what the checkpoint's distiller file says it ran with (`{"method": ..., "settings": ...}`),
+    `current` what this trainer was built with; either is None when unknown (a checkpoint written before
+    liaf-hf recorded it, a `Distiller` passed in built). A changed setting would otherwise continue silently,
+    e.g. a default changed by an upgrade: LIAF-KD's `entropy_weight` went from 0.1 to 1.0.
+    """
+    if current is None:
+        return
+    if recorded is None:
+        logger.warning(
+            "Checkpoint %s does not record its distillation settings (written before liaf-hf recorded them); "
+            "resuming with %s.",
+            checkpoint,
+            current,
+        )
+        return
+    current = json.loads(json.dumps(current))  # as the checkpoint stores it (tuples read back as lists)
+    if recorded["method"] != current["method"]:
+        raise ValueError(
+            f"Checkpoint {checkpoint} was trained with distillation method {recorded['method']!r}; this run is "
+            f"set up for {current['method']!r}. Resume it with the same method, or start a new run."
+        )
+    before, now = _flat_settings(recorded["settings"]), _flat_settings(current["settings"])
+    changed = [
+        f"{name}: {before.get(name, '(absent)')!r} in the checkpoint, {now.get(name, '(absent)')!r} now"
+        for name in sorted(set(before) | set(now))
+        if before.get(name) != now.get(name)
+    ]
+    if changed:
+        raise ValueError(
+            f"Checkpoint {checkpoint} was trained with other {current['method']!r} settings than this run's "
+            f"({'; '.join(changed)}). To continue it, pass the checkpoint's values as method options "
+            f"(--method_options or method_options=): {json.dumps(recorded['settings'])}."
+        )
+
+
+def recorded_method(distiller_file: str) -> dict | None:
+    """The method and settings a checkpoint's distiller file was written with, or None if it has none."""
+    with safe_open(distiller_file, framework="pt") as weights:
+        text = (weights.metadata() or {}).get(DISTILLER_SETTINGS_KEY)
+    return json.loads(text) if text else None
 
 
 @dataclass
@@ -251,6 +310,11 @@ class LIAFDistillationTrainer(DetectionTrainer):
                 method, student_config=model.config, teacher_config=teacher.config, **(method_options or {})
             )
         )
+        # Recorded in every checkpoint and compared on resume, so that a run is not continued under other
+        # settings; unknown for a Distiller passed in built.
+        self.method_record = None
+        if not isinstance(method, Distiller):
+            self.method_record = {"method": method, "settings": method_settings(method, method_options)}
         if compile_distiller:
             distiller.compile_losses()
         teacher.eval().requires_grad_(False)
@@ -359,7 +423,10 @@ class LIAFDistillationTrainer(DetectionTrainer):
         if self._saving_checkpoint:
             distiller = self.distillation_model.distiller
             distiller_state = {name: value.detach().contiguous() for name, value in distiller.state_dict().items()}
-            save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata={"format": "pt"})
+            metadata = {"format": "pt"}
+            if self.method_record is not None:
+                metadata[DISTILLER_SETTINGS_KEY] = json.dumps(self.method_record)
+            save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata=metadata)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         require_safetensors_checkpoint(resume_from_checkpoint)
@@ -369,6 +436,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
         for path in (student_file, distiller_file):
             if not os.path.isfile(path):
                 raise ValueError(f"Checkpoint {resume_from_checkpoint} has no {os.path.basename(path)}.")
+        check_resumed_method(resume_from_checkpoint, recorded_method(distiller_file), self.method_record)
         target.student.load_state_dict(load_file(student_file), strict=True)
         target.distiller.load_state_dict(load_file(distiller_file), strict=True)
 
