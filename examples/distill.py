@@ -29,7 +29,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
-from liaf_hf.distillation import LIAFDistillationTrainer, method_settings
+from liaf_hf.distillation import LIAFDistillationTrainer
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.pictures import PICTURES_DIR, add_selector_pictures
 from liaf_hf.hub import take_over_push_to_hub
@@ -105,8 +105,9 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
         f"teacher_{name}": value for name, value in teacher_file_metrics.items()
     }
     if training_args.process_index == 0:
-        # Defaults included, so the run's settings stay known if a default changes later.
-        settings = method_settings(distill_args.method, distill_args.options)
+        # Defaults included, so the run's settings stay known if a default changes later; the same record
+        # the trainer writes into its checkpoints.
+        settings = trainer.method_record["settings"]
         write_run_summary(
             training_args.output_dir,
             model=student,
