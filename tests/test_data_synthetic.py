@@ -20,6 +20,7 @@ from liaf_hf.data.synthetic import (
     generate_coco_dataset,
     generate_scene,
     main,
+    read_instance_facts,
 )
 
 # Palette colours stay above this spread between their largest and smallest channel even after
@@ -51,7 +52,7 @@ def test_same_seed_gives_identical_bytes_and_other_seed_differs(tmp_path: Path) 
     first = _files(generate_coco_dataset(tmp_path / "a", num_train=5, num_val=3, seed=7))
     second = _files(generate_coco_dataset(tmp_path / "b", num_train=5, num_val=3, seed=7))
     other = _files(generate_coco_dataset(tmp_path / "c", num_train=5, num_val=3, seed=8))
-    assert len(first) == 5 + 3 + 3  # images, two annotation files, the manifest
+    assert len(first) == 5 + 3 + 3 + 2  # images, two annotation files, the manifest, two instance facts files
     assert first == second
     for name in ("annotations/instances_train.json", "train/000000.png", "val/000000.png"):
         assert first[name] != other[name]
@@ -148,7 +149,7 @@ def test_presets(difficulty: str, size: int, num_classes: int) -> None:
 
 def test_default_spec_is_easy_and_presets_are_listed() -> None:
     assert SyntheticSpec() == SyntheticSpec.preset("easy")
-    assert DIFFICULTIES == ("easy", "medium", "hard")
+    assert DIFFICULTIES == ("easy", "medium", "hard", "varied")
     with pytest.raises(ValueError, match="unknown difficulty"):
         SyntheticSpec.preset("extreme")
 
@@ -206,3 +207,91 @@ def test_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> Non
     assert manifest["spec"]["image_width"] == 256
     with Image.open(output / "val" / "000000.png") as image:
         assert image.size == (256, 256)
+
+
+# ------------------------------------------------------------------------------------- the varied preset
+
+
+@pytest.fixture(scope="module")
+def varied_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return generate_coco_dataset(tmp_path_factory.mktemp("varied"), difficulty="varied", num_train=300, num_val=40)
+
+
+def _annotations(root: Path, split: str) -> list[dict]:
+    return json.loads((root / "annotations" / f"instances_{split}.json").read_text())["annotations"]
+
+
+def test_varied_instances_differ_as_the_docstring_says(varied_set: Path) -> None:
+    spec = SyntheticSpec.preset("varied")
+    annotations = _annotations(varied_set, "train")
+    facts = [record for records in read_instance_facts(varied_set, "train").values() for record in records]
+    assert [record["annotation_id"] for record in facts] == [annotation["id"] for annotation in annotations]
+    # Long tail: the commonest class (the first) at least 10 times as frequent as the rarest (the last).
+    counts = np.bincount([record["clean_category_id"] for record in facts], minlength=7)[1:]
+    assert counts[0] >= 10 * counts[-1] > 0 and counts.argmax() == 0
+    sizes = [record["size"] for record in facts]
+    assert max(sizes) >= 10 * min(sizes)
+    per_image = np.bincount([annotation["image_id"] for annotation in annotations])[1:]
+    assert (per_image > spec.max_objects).mean() > 0.1 and (per_image <= 2).mean() > 0.1  # crowds beside sparse
+    assert np.mean([record["truncation"] > 0 for record in facts]) > 0.1
+    assert np.mean([record["visible_fraction"] < 0.9 for record in facts]) > 0.03
+    faint = [record["contrast"] for record in facts if record["contrast"] < 1]
+    assert 0.15 < len(faint) / len(facts) < 0.35
+    assert all(spec.faint_contrast[0] <= contrast <= spec.faint_contrast[1] for contrast in faint)
+    # About 10% wrong annotations, both kinds, recorded against what was drawn; the validation split is clean.
+    kinds = [record["noise"] for record in facts]
+    assert 0.07 < (len(kinds) - kinds.count("none")) / len(kinds) < 0.13
+    assert kinds.count("box") > 0 and kinds.count("class") > 0
+    for annotation, record in zip(annotations, facts):
+        moved = not np.allclose(annotation["bbox"], record["clean_bbox"])
+        relabelled = annotation["category_id"] != record["clean_category_id"]
+        assert (moved, relabelled) == (record["noise"] == "box", record["noise"] == "class")
+    val_facts = [record for records in read_instance_facts(varied_set, "val").values() for record in records]
+    assert {record["noise"] for record in val_facts} == {"none"}
+
+
+def test_annotation_noise_changes_labels_only(tmp_path: Path) -> None:
+    spec = SyntheticSpec.preset("varied")
+    noisy = generate_coco_dataset(tmp_path / "noisy", spec=spec, num_train=20, num_val=5)
+    clean = generate_coco_dataset(
+        tmp_path / "clean", spec=dataclasses.replace(spec, annotation_noise=0.0), num_train=20, num_val=5
+    )
+    assert {k: v for k, v in _files(noisy).items() if k.endswith(".png")} == {
+        k: v for k, v in _files(clean).items() if k.endswith(".png")
+    }
+    assert _annotations(noisy, "val") == _annotations(clean, "val")
+    clean_boxes = [annotation["bbox"] for annotation in _annotations(clean, "train")]
+    facts = [record for records in read_instance_facts(noisy, "train").values() for record in records]
+    assert [record["clean_bbox"] for record in facts] == clean_boxes
+
+
+def test_the_loaders_do_not_read_the_instance_facts(varied_set: Path) -> None:
+    loaded = load_coco_detection(varied_set, "train")
+    annotations = _annotations(varied_set, "train")
+    assert sum(len(objects["bbox"]) for objects in loaded["objects"]) == len(annotations)
+    assert "noise" not in str(loaded.features)
+
+
+@pytest.mark.parametrize(
+    ("knob", "value"),
+    [
+        ("annotation_noise", 1.5),
+        ("annotation_noise", -0.1),
+        ("class_frequency_ratio", 0.5),
+        ("crowded_fraction", 2.0),
+        ("max_truncation", 1.0),
+        ("faint_fraction", -1.0),
+        ("faint_contrast", (0.5, 0.2)),
+        ("noise_box_shift", 3.0),
+    ],
+)
+def test_varied_knobs_reject_bad_values_by_name(knob: str, value: object) -> None:
+    with pytest.raises(ValueError, match=knob):
+        dataclasses.replace(SyntheticSpec.preset("varied"), **{knob: value})
+
+
+def test_sizes_that_do_not_fit_the_image_and_crowds_smaller_than_sparse_images_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_size"):
+        dataclasses.replace(SyntheticSpec.preset("varied"), max_size=200)
+    with pytest.raises(ValueError, match="crowded_max_objects"):
+        dataclasses.replace(SyntheticSpec.preset("varied"), crowded_max_objects=3)

@@ -1,6 +1,7 @@
 """Baseline distillers (mimic, FGD, PKD, LD, AID) and combined methods, on hand-built outputs where the answer
 is known, plus two training steps of each through the trainer."""
 
+import json
 import math
 
 import pytest
@@ -52,8 +53,9 @@ def random_maps(channels, batch=2, seed=0):
     return [torch.randn(batch, channels, s, s, generator=generator) for s in SIZES]
 
 
-def output(features=None, distributions=None, *, num_classes=2, loss=None, requires_grad=False):
-    """A detector output with the given FPN maps and box distributions (zeros where not given)."""
+def output(features=None, distributions=None, *, num_classes=2, loss=None, instance_losses=None, requires_grad=False):
+    """A detector output with the given FPN maps and box distributions (zeros where not given), and the loss
+    (with `loss`, each instance's loss as well: `instance_losses`, or `loss` for each of TWO_IMAGES' three)."""
     if features is None:
         features = random_maps(8)
     batch = features[0].shape[0]
@@ -62,8 +64,14 @@ def output(features=None, distributions=None, *, num_classes=2, loss=None, requi
     features = tuple(f.clone().requires_grad_(requires_grad) for f in features)
     distributions = tuple(d.clone().requires_grad_(requires_grad) for d in distributions)
     class_logits = tuple(torch.zeros(batch, num_classes, *f.shape[-2:]) for f in features)
+    if loss is not None and instance_losses is None:
+        instance_losses = loss.expand(3)
     return GFLObjectDetectionOutput(
-        loss=loss, fpn_features=features, class_logits=class_logits, box_distributions=distributions
+        loss=loss,
+        fpn_features=features,
+        class_logits=class_logits,
+        box_distributions=distributions,
+        instance_losses=instance_losses,
     )
 
 
@@ -371,26 +379,126 @@ def test_ld_without_positives_gives_a_zero_that_reaches_the_box_branch():
     assert all(d.grad is not None for d in student.box_distributions)
 
 
-def test_aid_scales_the_instance_error_by_the_teachers_loss():
+def test_aid_scales_each_instance_error_by_the_teachers_loss_on_it():
     """Each Gaussian mask sums to 1, so a constant offset c gives d = c^2 for every instance."""
     distiller = build_distiller(
         "aid", student_config=config(), teacher_config=config(), weight=3.0, feature_scale="none"
     )
     teacher = random_maps(8, seed=8)
     student = [t - 0.5 for t in teacher]
+    instance_losses = torch.tensor([0.0, 4.0, 2.0])  # image 0: two instances, image 1: one
     result = distiller(
-        student=output(student), teacher=output(teacher, loss=torch.tensor(2.0)), batch=make_batch(TWO_IMAGES)
+        student=output(student),
+        teacher=output(teacher, loss=torch.tensor(2.0), instance_losses=instance_losses),
+        batch=make_batch(TWO_IMAGES),
+    )
+    weights = torch.exp(-0.1 * instance_losses)
+    image_means = [(weights[0] + weights[1]) / 2, weights[2]]
+    expected = 3.0 * 0.25 * float(sum(image_means) / 2)
+    assert float(result.losses["loss_aid"]) == pytest.approx(expected, rel=1e-5)
+    assert float(result.stats["aid/teaching_weight"]) == pytest.approx(float(weights.mean()), rel=1e-6)
+
+
+def test_aid_per_batch_scales_every_instance_by_the_teachers_loss_on_the_batch():
+    distiller = build_distiller(
+        "aid", student_config=config(), teacher_config=config(), weight=3.0, feature_scale="none", weighting="batch"
+    )
+    assert distiller.needs_teacher_loss and not distiller.needs_teacher_instance_losses
+    teacher = random_maps(8, seed=8)
+    student = [t - 0.5 for t in teacher]
+    result = distiller(
+        student=output(student),
+        teacher=output(teacher, loss=torch.tensor(2.0), instance_losses=torch.tensor([0.0, 9.0, 9.0])),
+        batch=make_batch(TWO_IMAGES),
     )
     assert float(result.losses["loss_aid"]) == pytest.approx(3.0 * math.exp(-0.1 * 2.0) * 0.25, rel=1e-5)
     assert float(result.stats["aid/teaching_weight"]) == pytest.approx(math.exp(-0.2), rel=1e-6)
 
 
-def test_aid_needs_the_teachers_loss():
+def test_aid_needs_the_teachers_instance_losses_and_uniform_aid_needs_nothing_of_the_teacher_but_its_maps():
     distiller = build_distiller("aid", student_config=config(), teacher_config=config())
-    assert distiller.needs_teacher_loss
+    assert distiller.needs_teacher_instance_losses and not distiller.needs_teacher_head
     features = random_maps(8)
-    with pytest.raises(ValueError, match="teacher's loss"):
+    with pytest.raises(ValueError, match="teacher's loss on each instance"):
         distiller(student=output(features), teacher=output(features), batch=make_batch(TWO_IMAGES))
+    uniform = build_distiller("aid", student_config=config(), teacher_config=config(), decay=0.0, feature_scale="none")
+    assert not (uniform.needs_teacher_loss or uniform.needs_teacher_instance_losses or uniform.needs_teacher_head)
+    student = output([f - 0.5 for f in features])
+    result = uniform(student=student, teacher=output(features), batch=make_batch(TWO_IMAGES))
+    assert float(result.losses["loss_aid"]) == pytest.approx(10.0 * 0.25, rel=1e-5)
+
+
+def _facts_file(tmp_path, noise_per_image):
+    """An instance facts file: image ids 1, 2, ... with each annotation's noise kind."""
+    records = [
+        {"annotation_id": 0, "image_id": image_id, "noise": noise}
+        for image_id, kinds in enumerate(noise_per_image, start=1)
+        for noise in kinds
+    ]
+    path = tmp_path / "instance_facts_train.json"
+    path.write_text(json.dumps({"annotations": records}))
+    return str(path)
+
+
+def _oracle_loss_and_weights(distiller, batch, *, teacher=None, student=None):
+    features = random_maps(8, seed=8)
+    result = distiller(
+        student=student or output([f - 0.5 for f in features]), teacher=teacher or output(features), batch=batch
+    )
+    return result
+
+
+def test_noise_oracle_gives_the_corrupted_annotations_no_weight_at_uniform_strength(tmp_path):
+    facts = _facts_file(tmp_path, [["none", "box"], ["none"]])
+    distiller = build_distiller(
+        "oracle", student_config=config(), teacher_config=config(), source="noise", facts_file=facts,
+        feature_scale="none", weight=1.0,
+    )  # fmt: skip
+    assert distiller.needs_image_ids and not distiller.needs_teacher_instance_losses
+    batch = make_batch(TWO_IMAGES)
+    batch.image_ids = [1, 2]
+    result = _oracle_loss_and_weights(distiller, batch)
+    # Raw weights (1, 0 | 1): image means 0.5 and 1, their mean 0.75, so the weights are (4/3, 0 | 4/3); every
+    # instance's d is 0.25, and the loss is mean(4/3 / 2, 4/3) * 0.25, what uniform weights give: 0.25.
+    assert float(result.losses["loss_oracle"]) == pytest.approx(0.25, rel=1e-5)
+    assert float(result.stats["oracle/weight_min"]) == 0.0
+    assert float(result.stats["oracle/weight_max"]) == pytest.approx(4 / 3, rel=1e-5)
+
+
+def test_noise_oracle_refuses_facts_of_another_set(tmp_path):
+    facts = _facts_file(tmp_path, [["none"], ["none"]])
+    distiller = build_distiller(
+        "oracle", student_config=config(), teacher_config=config(), source="noise", facts_file=facts
+    )
+    batch = make_batch(TWO_IMAGES)
+    batch.image_ids = [1, 2]
+    with pytest.raises(ValueError, match="image 1 has 2 instances in the batch but 1 in"):
+        _oracle_loss_and_weights(distiller, batch)
+    with pytest.raises(FileNotFoundError, match="facts_file .*missing.json does not exist"):
+        build_distiller(
+            "oracle", student_config=config(), teacher_config=config(), source="noise",
+            facts_file=str(tmp_path / "missing.json"),
+        )  # fmt: skip
+    with pytest.raises(ValueError, match="needs facts_file"):
+        build_distiller("oracle", student_config=config(), teacher_config=config(), source="noise")
+
+
+def test_teacher_quality_oracle_weighs_by_the_teachers_correctness():
+    distiller = build_distiller(
+        "oracle", student_config=config(), teacher_config=config(), source="teacher_quality", feature_scale="none"
+    )
+    assert distiller.needs_teacher_instance_losses and not distiller.needs_student_instance_losses
+    features = random_maps(8, seed=8)
+    teacher = output(features)
+    teacher.instance_quality = torch.tensor([0.2, 0.6, 0.4])
+    student = output([f - 0.5 for f in features])
+    result = distiller(student=student, teacher=teacher, batch=make_batch(TWO_IMAGES))
+    # Image means 0.4 and 0.4: every weight divided by 0.4, so (0.5, 1.5 | 1.0), and the loss is uniform's.
+    assert float(result.stats["oracle/weight_min"]) == pytest.approx(0.5, rel=1e-5)
+    assert float(result.stats["oracle/weight_max"]) == pytest.approx(1.5, rel=1e-5)
+    assert float(result.losses["loss_oracle"]) == pytest.approx(10.0 * 0.25, rel=1e-5)
+    with pytest.raises(ValueError, match="needs the teacher's instance_quality"):
+        distiller(student=student, teacher=output(features), batch=make_batch(TWO_IMAGES))
 
 
 # ------------------------------------------------------------------------------------ LD refusals
@@ -444,7 +552,7 @@ def test_combined_method_is_parsed_and_gets_options_per_part():
     assert list(distiller.parts) == ["liaf", "ld"]
     assert distiller.parts["liaf"].alpha == 2.0 and distiller.parts["ld"].weight == 0.5
     assert distiller.needs_teacher and distiller.needs_positive_mask and not distiller.needs_teacher_loss
-    assert build_distiller("mimic+aid", student_config=config(), teacher_config=config()).needs_teacher_loss
+    assert build_distiller("mimic+aid", student_config=config(), teacher_config=config()).needs_teacher_instance_losses
 
 
 def test_method_settings_are_what_the_built_distiller_uses():

@@ -179,3 +179,80 @@ class TestATSSAssigner:
     def test_no_ground_truth_means_all_negative(self):
         result = ATSSAssigner().assign(anchors=grid_anchors(), num_anchors_per_level=[16], gt_boxes=torch.zeros(0, 4))
         assert (result.gt_index == -1).all()
+
+
+# ------------------------------------------------------------------------------------ per-instance terms
+
+
+def _instance_terms_by_hand(model, pixel_values, labels):
+    """Each instance's loss and quality from the public loss functions and the model's own assignment, one
+    instance at a time."""
+    config = model.config
+    features = model.forward_features(pixel_values)
+    class_logits, distributions = model.head(features)
+    points, strides, _ = model._anchor_points(features)
+    logits = torch.cat([logit.flatten(2).transpose(1, 2) for logit in class_logits], dim=1)
+    flat_distributions = torch.cat([d.flatten(2).transpose(1, 2) for d in distributions], dim=1)
+    boxes = model._decode_boxes(flat_distributions, points, strides)
+    valid_sizes = model.valid_sizes(pixel_values, None)
+    targets = model.labels_in_pixels(labels, valid_sizes)
+    assignment = model._assign_anchors(
+        anchor_points=points,
+        anchor_strides=strides,
+        num_anchors_per_level=[f.shape[-2] * f.shape[-1] for f in features],
+        valid_sizes=valid_sizes,
+        targets=targets,
+    )
+    losses, qualities = [], []
+    for image, (classes, gt_boxes, _) in enumerate(targets):
+        for index in range(len(classes)):
+            anchors = (assignment.gt_index[image] == index).nonzero().flatten()
+            if len(anchors) == 0:
+                losses.append(None)
+                qualities.append(0.0)
+                continue
+            target = gt_boxes[index].expand(len(anchors), 4)
+            iou = aligned_box_iou(boxes[image, anchors], target)
+            qfl = quality_focal_loss(logits[image, anchors], classes[index].expand(len(anchors)), iou)
+            giou = giou_loss(boxes[image, anchors], target)
+            point = points[anchors]
+            distances = torch.cat([point - target[:, :2], target[:, 2:] - point], dim=1) / strides[anchors, None]
+            dfl = (
+                distribution_focal_loss(
+                    flat_distributions[image, anchors].reshape(-1, config.reg_max + 1),
+                    distances.clamp(0, config.reg_max - 0.01).reshape(-1),
+                )
+                .view(-1, 4)
+                .mean(dim=1)
+            )
+            anchor_loss = config.loss_qfl_weight * qfl + config.loss_giou_weight * giou + config.loss_dfl_weight * dfl
+            losses.append(float(anchor_loss.mean()))
+            qualities.append(float((logits[image, anchors, classes[index]].sigmoid() * iou).max()))
+    highest = max(loss for loss in losses if loss is not None)
+    return [highest if loss is None else loss for loss in losses], qualities
+
+
+def test_instance_losses_and_quality_are_each_instances_own():
+    from tiny import tiny_detector
+
+    model = tiny_detector({0: "a", 1: "b"}, seed=3).eval()
+    torch.manual_seed(0)
+    pixel_values = torch.randn(2, 3, 64, 64)
+    labels = [
+        # cxcywh normalised; the last box of image 0 is 2 px wide, too small for any anchor to be assigned to it.
+        {
+            "class_labels": torch.tensor([0, 1, 1]),
+            "boxes": torch.tensor([[0.3, 0.3, 0.4, 0.3], [0.7, 0.6, 0.5, 0.6], [0.9, 0.1, 0.03, 0.03]]),
+        },
+        {"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.8, 0.8]])},
+    ]
+    with torch.no_grad():
+        output = model(pixel_values=pixel_values, labels=labels, output_instance_losses=True)
+        plain = model(pixel_values=pixel_values, labels=labels)
+        expected_losses, expected_quality = _instance_terms_by_hand(model, pixel_values, labels)
+    assert output.instance_losses.shape == output.instance_quality.shape == (4,)
+    torch.testing.assert_close(output.instance_losses, torch.tensor(expected_losses), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(output.instance_quality, torch.tensor(expected_quality), rtol=1e-4, atol=1e-6)
+    assert float(output.instance_quality[2]) == 0.0  # the unassigned instance
+    assert plain.instance_losses is None and plain.instance_quality is None
+    torch.testing.assert_close(output.loss, plain.loss)  # asking for them changes nothing else

@@ -35,6 +35,7 @@ __all__ = [
     "load_hub_detection",
     "load_kitti",
     "normalise_detection_dataset",
+    "read_instance_facts",
 ]
 
 _SYNTHETIC_NAMES = {
@@ -45,6 +46,7 @@ _SYNTHETIC_NAMES = {
     "generate_coco_dataset",
     "generate_kitti_dataset",
     "generate_scene",
+    "read_instance_facts",
 }
 
 

@@ -1,6 +1,6 @@
 """Detector distillation: the method interface and registry, the methods, and the trainer."""
 
-from .aid import AIDDistiller
+from .aid import AIDDistiller, InstanceImitation
 from .base import (
     CompositeDistiller,
     DistillationBatch,
@@ -18,6 +18,7 @@ from .fgd import FGDDistiller, GlobalContextBlock
 from .ld import LDDistiller
 from .liaf import InstanceSelector, LIAFDistiller
 from .mimic import MimicDistiller
+from .oracle import OracleDistiller
 from .pictures import SelectorWeightsCallback, add_selector_pictures
 from .pkd import PKDDistiller
 from .trainer import DistillationModel, DistillationOutput, LIAFDistillationTrainer, inherit_from_teacher, load_teacher
@@ -32,12 +33,14 @@ __all__ = [
     "Distiller",
     "FGDDistiller",
     "GlobalContextBlock",
+    "InstanceImitation",
     "InstanceSelector",
     "LDDistiller",
     "LIAFDistiller",
     "LIAFDistillationTrainer",
     "MimicDistiller",
     "NoDistillation",
+    "OracleDistiller",
     "PKDDistiller",
     "SelectorWeightsCallback",
     "add_selector_pictures",

@@ -1,22 +1,22 @@
 """AID-style distillation: instance feature imitation weighted by the teacher's own loss (hand-set, teacher
-driven).
+driven), and the instance-imitation base it shares with the oracle weightings.
 
 After Lan and Tian, "Adaptive Instance Distillation for Object Detection in Autonomous Driving", arXiv
 2201.11097, 2022: the teacher's prediction loss on a training instance sets how much the student imitates
 the teacher there, through a fixed decreasing function, so the teacher teaches where it is itself right.
-This is the kind of filter LIAF-KD claims to beat, and the feature term is LIAF's with every instance
-weighted 1, so the two differ only in the weighting. For FPN level l, teacher map T_l, aligned student map
-S_l and the Gaussian mask G_lj of instance j (`masks.gaussian_instance_masks`, sums to 1; all levels at once
-in `instances.InstanceDiscrepancy`, as LIAF-KD computes them):
+This is the kind of filter LIAF-KD claims to beat, and the feature term is LIAF's with fixed instance
+weights, so the two differ only in the weighting. For FPN level l, teacher map T_l, aligned student map S_l
+and the Gaussian mask G_lj of instance j (`masks.gaussian_instance_masks`, sums to 1; all levels at once in
+`instances.InstanceDiscrepancy`, as LIAF-KD computes them):
 
     d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l)           (masked instance MSE)
-    w = exp(-decay * L_T)                                               (L_T: the teacher's GFL loss)
-    loss_aid = weight * w * mean_l mean_{images with instances} mean_j d_lj
+    w_j = exp(-decay * L_T,j)                                           (L_T,j: the teacher's loss on j)
+    loss_aid = weight * mean_l mean_{images with instances} mean_j w_j d_lj
 
-with E_l the teacher's mean squared activation on the level (`feature_scale="teacher"`) or 1 (`"none"`). L_T
-is the teacher's own GFL loss (QFL + DFL + GIoU, with its config's weights) on the batch's labels, computed
-without gradient; AID weighs each image by the teacher's loss on it, here the batch shares one weight (the
-two agree at one image per batch).
+with E_l the teacher's mean squared activation on the level (`feature_scale="teacher"`) or 1 (`"none"`).
+L_T,j is the teacher's own GFL loss on instance j (`GFLObjectDetectionOutput.instance_losses`: QFL + DFL +
+GIoU over the anchors assigned to it), as AID weighs each instance; `weighting="batch"` gives every instance
+of the batch one factor from the teacher's loss on the whole batch instead.
 """
 
 from __future__ import annotations
@@ -29,29 +29,40 @@ from .base import DistillationBatch, DistillationResult, Distiller, check_pair, 
 from .features import FeatureAligner, check_feature_scale
 from .instances import InstanceDiscrepancy, InstanceLayout, take_part_in_level_scales
 
-__all__ = ["AIDDistiller"]
+__all__ = ["AIDDistiller", "InstanceImitation", "normalise_over_batch"]
+
+WEIGHTINGS = ("instance", "batch")
 
 
-@register_distiller("aid")
-class AIDDistiller(Distiller):
-    """Masked instance feature MSE scaled by exp(-decay * the teacher's loss on the batch).
+def normalise_over_batch(weights: torch.Tensor, layout: InstanceLayout) -> torch.Tensor:
+    """(B, n_max) instance weights (0 in padding) scaled so that the mean over the images with instances of
+    each image's mean weight is 1: the loss then has the strength of uniform weights, and images, not only
+    the instances of one image, compete for it. All-zero weights fall back to uniform ones."""
+    image_means = weights.sum(dim=1) / layout.counts.clamp(min=1)  # (B,)
+    scale = image_means[layout.images_with_instances].mean()
+    uniform = layout.instance_mask.to(weights.dtype)
+    return torch.where(scale > 0, weights / scale.clamp(min=1e-12), uniform)
+
+
+class InstanceImitation(Distiller):
+    """Masked instance feature MSE with fixed (not learned) instance weights: `loss_<name>` is
+    weight * mean_l mean_images mean_j w_j d_lj, with w_j from `instance_weights` (uniform here).
+
+    Subclasses override `instance_weights` (and the flags saying what it reads).
 
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
-        weight: weight of `loss_aid`. The default, 10.0, is LIAF's `alpha` for the same feature term, so the
-            two compare at equal strength (no published value exists for this pairing).
-        decay: the 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every batch 1: the same instance loss
-            with uniform weights at the full `weight`, the control that isolates what LIAF-KD's selectors
-            add. A trained teacher's loss barely moves from batch to batch, so the factor acts as a fixed
-            cut of the weight: on benchmarks/distill_gain.py's generated sets it stayed within 0.937-0.966
-            over training (BENCHMARKS.md, "Uniform instance weights at the same strength").
+        weight: weight of the loss. The default, 10.0, is LIAF's `alpha` for the same feature term, so the
+            two compare at equal strength.
         feature_scale: `"teacher"`: divide each level's squared errors by the teacher's mean squared
             activation on it; `"none"`: plain squared error per channel.
     """
 
-    needs_teacher_loss = True
+    needs_teacher_head = False
     compiled_part = "_level_errors"
+    #: The loss's and the statistics' name: `loss_<name>`, `<name>/...`.
+    loss_name = "imitation"
 
     def __init__(
         self,
@@ -59,27 +70,34 @@ class AIDDistiller(Distiller):
         student_config: GFLConfig,
         teacher_config: GFLConfig,
         weight: float = 10.0,
-        decay: float = 0.1,
         feature_scale: str = "teacher",
+        method_name: str = "instance imitation",
     ) -> None:
         super().__init__()
-        check_pair("AID", student_config, teacher_config)
+        check_pair(method_name, student_config, teacher_config)
         check_feature_scale(feature_scale)
-        if weight < 0 or decay < 0:
-            raise ValueError(f"weight and decay must be non-negative, got {weight} and {decay}.")
+        if weight < 0:
+            raise ValueError(f"weight must be non-negative, got {weight}.")
         self.weight = weight
-        self.decay = decay
         self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+
+    def instance_weights(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        batch: DistillationBatch,
+        layout: InstanceLayout,
+        result: DistillationResult,
+    ) -> torch.Tensor | None:
+        """(N,) each instance's weight, without gradient, in the layout's flat order; None for weight 1 each.
+        May add statistics to `result`."""
+        return None
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
     ) -> DistillationResult:
-        if teacher.loss is None:
-            raise ValueError(
-                "AID needs the teacher's loss on the batch (GFLObjectDetectionOutput.loss): run the teacher with "
-                "the batch's labels (the trainer does for methods with needs_teacher_loss)."
-            )
         if len(batch.strides) != self.aligner.num_levels:
             raise ValueError(f"Expected {self.aligner.num_levels} FPN levels; got {len(batch.strides)} strides.")
         if len(batch.boxes) != student.fpn_features[0].shape[0]:
@@ -87,23 +105,26 @@ class AIDDistiller(Distiller):
                 f"The batch describes {len(batch.boxes)} images but the features hold "
                 f"{student.fpn_features[0].shape[0]}."
             )
-        teacher_loss = teacher.loss.detach().float()
-        teaching_weight = torch.exp(-self.decay * teacher_loss)
-        result = DistillationResult(stats={"aid/teacher_loss": teacher_loss, "aid/teaching_weight": teaching_weight})
+        result = DistillationResult()
+        loss_key = f"loss_{self.loss_name}"
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
             layout = InstanceLayout.from_boxes(batch.boxes, device=teacher.fpn_features[0].device)
             if layout.max_count == 0:
                 levels = self.aligner.levels(student, teacher)
                 # No instance to imitate; a zero that still reaches the align convs (DDP needs their gradients).
-                result.losses["loss_aid"] = zero_with_graph(*(student_map for _, student_map in levels))
+                result.losses[loss_key] = zero_with_graph(*(student_map for _, student_map in levels))
                 take_part_in_level_scales(levels, feature_scale=self.feature_scale)
                 return result
-            level_errors = self._level_errors(
-                student=student, teacher=teacher, strides=list(batch.strides), layout=layout
+            flat_weights = self.instance_weights(
+                student=student, teacher=teacher, batch=batch, layout=layout, result=result
             )
-        result.losses["loss_aid"] = self.weight * teaching_weight * level_errors.mean()
+            weights = None if flat_weights is None else layout.pad(flat_weights.detach().float())
+            level_errors = self._level_errors(
+                student=student, teacher=teacher, strides=list(batch.strides), layout=layout, weights=weights
+            )
+        result.losses[loss_key] = self.weight * level_errors.mean()
         for level, error in enumerate(level_errors.detach().unbind()):
-            result.stats[f"aid/discrepancy_l{level}"] = error
+            result.stats[f"{self.loss_name}/discrepancy_l{level}"] = error
         return result
 
     def _level_errors(
@@ -113,9 +134,96 @@ class AIDDistiller(Distiller):
         teacher: GFLObjectDetectionOutput,
         strides: list[int],
         layout: InstanceLayout,
+        weights: torch.Tensor | None,
     ) -> torch.Tensor:
-        """(L,) each level's instance error averaged over instances and images: the step's tensor work after
-        the host builds the layout, what `compile_losses` compiles."""
+        """(L,) each level's weighted instance error averaged over instances and images, from (B, n_max)
+        `weights` (None: 1 each): the step's tensor work after the host builds the layout, what
+        `compile_losses` compiles."""
         levels = self.aligner.levels(student, teacher)
         instances = InstanceDiscrepancy.of(levels, layout=layout, strides=strides, feature_scale=self.feature_scale)
-        return instances.image_means(layout).mean(dim=1)
+        return instances.image_means(layout, weights).mean(dim=1)
+
+
+@register_distiller("aid")
+class AIDDistiller(InstanceImitation):
+    """Masked instance feature MSE, each instance scaled by exp(-decay * the teacher's loss on it).
+
+    Args:
+        student_config, teacher_config, weight, feature_scale: as for `InstanceImitation` (`loss_aid`).
+        decay: the 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every instance 1: the same instance loss
+            with uniform weights at the full `weight`, the control that isolates what LIAF-KD's selectors
+            add (the teacher's head is then not run).
+        weighting: `"instance"` (default, as AID is published): each instance's factor from the teacher's own
+            loss on it (`GFLObjectDetectionOutput.instance_losses`). `"batch"`: one factor for the whole batch
+            from the teacher's loss on it, which on the generated sets acts as a fixed cut of the weight
+            (BENCHMARKS.md, "Uniform instance weights at the same strength").
+    """
+
+    loss_name = "aid"
+
+    def __init__(
+        self,
+        *,
+        student_config: GFLConfig,
+        teacher_config: GFLConfig,
+        weight: float = 10.0,
+        decay: float = 0.1,
+        weighting: str = "instance",
+        feature_scale: str = "teacher",
+    ) -> None:
+        super().__init__(
+            student_config=student_config,
+            teacher_config=teacher_config,
+            weight=weight,
+            feature_scale=feature_scale,
+            method_name="AID",
+        )
+        if decay < 0:
+            raise ValueError(f"decay must be non-negative, got {decay}.")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+        self.decay = decay
+        self.weighting = weighting
+        self.needs_teacher_loss = decay > 0 and weighting == "batch"
+        self.needs_teacher_instance_losses = decay > 0 and weighting == "instance"
+
+    def instance_weights(
+        self,
+        *,
+        student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
+        batch: DistillationBatch,
+        layout: InstanceLayout,
+        result: DistillationResult,
+    ) -> torch.Tensor | None:
+        if self.decay == 0:
+            return None
+        if self.weighting == "batch":
+            if teacher.loss is None:
+                raise ValueError(
+                    'AID with weighting="batch" needs the teacher\'s loss on the batch '
+                    "(GFLObjectDetectionOutput.loss): run the teacher with the batch's labels (the trainer does for "
+                    "methods with needs_teacher_loss)."
+                )
+            teacher_loss = teacher.loss.detach().float()
+            result.stats["aid/teacher_loss"] = teacher_loss
+            teaching_weight = torch.exp(-self.decay * teacher_loss)
+            result.stats["aid/teaching_weight"] = teaching_weight
+            return teaching_weight.expand(layout.num_instances)
+        if teacher.instance_losses is None:
+            raise ValueError(
+                "AID needs the teacher's loss on each instance (GFLObjectDetectionOutput.instance_losses): run the "
+                "teacher with the batch's labels and output_instance_losses=True (the trainer does for methods "
+                "with needs_teacher_instance_losses)."
+            )
+        instance_losses = teacher.instance_losses.detach().float()
+        if instance_losses.shape[0] != layout.num_instances:
+            raise ValueError(
+                f"The teacher's instance_losses hold {instance_losses.shape[0]} instances, the batch "
+                f"{layout.num_instances}."
+            )
+        weights = torch.exp(-self.decay * instance_losses)
+        result.stats["aid/teacher_loss"] = instance_losses.mean()
+        result.stats["aid/teaching_weight"] = weights.mean()
+        result.stats["aid/teaching_weight_min"] = weights.amin()
+        return weights

@@ -43,6 +43,8 @@ class DistillationBatch:
         positive_mask: (B, A) bool, the anchors the student's ATSS assignment makes positive, over every
             level's cells (the order of `GFLObjectDetectionOutput.logits`: levels finest first, each row by
             row). Filled only for methods with `needs_positive_mask`; None otherwise.
+        image_ids: each image's id in its dataset (the labels' `image_id`). Filled only for methods with
+            `needs_image_ids`; None otherwise.
     """
 
     boxes: list[torch.Tensor]
@@ -54,6 +56,7 @@ class DistillationBatch:
     progress: float = 0.0
     teacher_strides: list[int] | None = None
     positive_mask: torch.Tensor | None = None
+    image_ids: list[int] | None = None
 
 
 @dataclass
@@ -79,6 +82,13 @@ class Distiller(nn.Module):
     needs_teacher_loss: bool = False
     #: True for methods that read `DistillationBatch.positive_mask` (the student's positive anchors).
     needs_positive_mask: bool = False
+    #: True for methods that read the teacher's `instance_losses` and `instance_quality` (its loss and
+    #: correctness on each ground-truth instance): the trainer then runs the teacher's head and loss with them.
+    needs_teacher_instance_losses: bool = False
+    #: True for methods that read the student's `instance_losses` and `instance_quality`.
+    needs_student_instance_losses: bool = False
+    #: True for methods that read `DistillationBatch.image_ids`.
+    needs_image_ids: bool = False
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -251,6 +261,9 @@ class CompositeDistiller(Distiller):
         self.needs_teacher_head = any(part.needs_teacher_head for part in parts.values())
         self.needs_teacher_loss = any(part.needs_teacher_loss for part in parts.values())
         self.needs_positive_mask = any(part.needs_positive_mask for part in parts.values())
+        self.needs_teacher_instance_losses = any(part.needs_teacher_instance_losses for part in parts.values())
+        self.needs_student_instance_losses = any(part.needs_student_instance_losses for part in parts.values())
+        self.needs_image_ids = any(part.needs_image_ids for part in parts.values())
 
     def compile_losses(self, **compile_options) -> None:
         for part in self.parts.values():

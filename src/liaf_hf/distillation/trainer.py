@@ -152,6 +152,17 @@ def inherit_from_teacher(student: GFLForObjectDetection, teacher: GFLForObjectDe
     return copied
 
 
+def _image_ids(labels: list[dict]) -> list[int]:
+    """Each image's `image_id` from the processor's labels; refused when one has none."""
+    missing = [index for index, target in enumerate(labels) if "image_id" not in target]
+    if missing:
+        raise ValueError(
+            f"The distillation method reads each image's id, but labels {missing} have no 'image_id' (the image "
+            "processor writes it from the annotations' image_id)."
+        )
+    return [int(target["image_id"]) for target in labels]
+
+
 class DistillationModel(nn.Module):
     """The module the Trainer trains: `student` and `distiller`. The teacher is attached but not
     registered as a submodule.
@@ -200,19 +211,28 @@ class DistillationModel(nn.Module):
             # step's peak memory is the student's plus the teacher's outputs (run second, the teacher's
             # activations came on top of the student's graph: +31% peak GPU memory at the gpu preset).
             with torch.no_grad():
-                if self.distiller.needs_teacher_head or self.distiller.needs_teacher_loss:
+                teacher_loss = self.distiller.needs_teacher_loss or self.distiller.needs_teacher_instance_losses
+                if self.distiller.needs_teacher_head or teacher_loss:
                     # Labels only when the method weighs by the teacher's own loss: they cost an assignment.
                     teacher_output = self.teacher(
                         pixel_values=pixel_values,
                         pixel_mask=pixel_mask,
-                        labels=targets if self.distiller.needs_teacher_loss else None,
+                        labels=targets if teacher_loss else None,
+                        output_instance_losses=self.distiller.needs_teacher_instance_losses,
                     )
                 else:
                     teacher_output = GFLObjectDetectionOutput(
                         fpn_features=tuple(self.teacher.forward_features(pixel_values))
                     )
-        student_output = self.student(pixel_values=pixel_values, pixel_mask=pixel_mask, labels=targets)
+        student_output = self.student(
+            pixel_values=pixel_values,
+            pixel_mask=pixel_mask,
+            labels=targets,
+            output_instance_losses=self.distiller.needs_student_instance_losses,
+        )
         batch = self.distillation_batch(pixel_values, pixel_mask, targets, student_output)
+        if self.distiller.needs_image_ids:
+            batch.image_ids = _image_ids(labels)
         result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
         loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
         return DistillationOutput(

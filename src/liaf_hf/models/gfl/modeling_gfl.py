@@ -550,6 +550,16 @@ class GFLObjectDetectionOutput(ModelOutput):
             When `labels` are given: True at the anchors the loss's ATSS assignment made positive, the
             locations the box losses regress from (what localization distillation reads; the same as
             `positive_anchor_mask` returns, without assigning the anchors a second time).
+        instance_losses (`torch.FloatTensor` of shape `(N,)`, *optional*):
+            With `output_instance_losses=True` and `labels`: each ground-truth instance's own GFL loss, without
+            gradient, the instances of every image one after another in the order of `labels`. It is the mean
+            over the instance's positive anchors of the QFL (summed over classes) plus the weighted GIoU and
+            DFL losses; an instance that no anchor is assigned to gets the batch's highest instance loss (the
+            detector cannot learn it under this assignment).
+        instance_quality (`torch.FloatTensor` of shape `(N,)`, *optional*):
+            With `output_instance_losses=True` and `labels`: how right the detector is on each instance, the
+            best score x IoU over its positive anchors (the predicted probability of its class times the IoU
+            of the predicted box with its box), in [0, 1]; 0 for an instance without positive anchors.
     """
 
     loss: torch.FloatTensor | None = None
@@ -560,6 +570,8 @@ class GFLObjectDetectionOutput(ModelOutput):
     class_logits: tuple[torch.FloatTensor, ...] | None = None
     box_distributions: tuple[torch.FloatTensor, ...] | None = None
     positive_mask: torch.BoolTensor | None = None
+    instance_losses: torch.FloatTensor | None = None
+    instance_quality: torch.FloatTensor | None = None
 
 
 class GFLPreTrainedModel(PreTrainedModel):
@@ -664,6 +676,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         pixel_mask: torch.LongTensor | None = None,
         labels: list[dict] | GFLTargets | None = None,
         return_dict: bool | None = None,
+        output_instance_losses: bool = False,
     ) -> GFLObjectDetectionOutput | tuple:
         r"""
         Args:
@@ -676,6 +689,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 normalised cxcywh relative to the unpadded image) and optionally `ignore_boxes`
                 (FloatTensor `(k, 4)`, same units): regions (crowds, DontCare) that are neither positives
                 nor negatives. Or the `GFLTargets` that `prepare_targets` made of them for this batch.
+            output_instance_losses (`bool`, *optional*, defaults to `False`):
+                With `labels`, also return each instance's own loss and quality (`instance_losses`,
+                `instance_quality`), e.g. for distillation methods that weigh instances by them.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if isinstance(labels, GFLTargets):
@@ -700,9 +716,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         scale = valid_sizes.flip(-1).repeat(1, 2)[:, None, :].to(boxes_xyxy.dtype)  # (B, 1, 4) as (w, h, w, h)
         pred_boxes = box_xyxy_to_cxcywh((boxes_xyxy / scale).clamp(0.0, 1.0))
 
-        loss, loss_dict, positive_mask = None, None, None
+        loss, loss_dict, positive_mask, instance_terms = None, None, None, (None, None)
         if labels is not None:
-            loss_dict, positive_mask = self.loss(
+            loss_dict, positive_mask, *instance_terms = self.loss(
                 flat_logits=flat_logits,
                 flat_distributions=flat_distributions,
                 boxes_xyxy=boxes_xyxy,
@@ -712,8 +728,11 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 valid_sizes=valid_sizes,
                 labels=labels,
                 return_positive_mask=True,
+                return_instance_terms=output_instance_losses,
             )
             loss = sum(loss_dict.values())
+            if not output_instance_losses:
+                instance_terms = (None, None)
 
         output = GFLObjectDetectionOutput(
             loss=loss,
@@ -724,6 +743,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             class_logits=tuple(class_logits),
             box_distributions=tuple(box_distributions),
             positive_mask=positive_mask,
+            instance_losses=instance_terms[0],
+            instance_quality=instance_terms[1],
         )
         if not return_dict:
             return output.to_tuple()
@@ -961,7 +982,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         valid_sizes: torch.Tensor,
         labels: list[dict] | GFLTargets,
         return_positive_mask: bool = False,
-    ) -> dict[str, torch.Tensor] | tuple[dict[str, torch.Tensor], torch.Tensor]:
+        return_instance_terms: bool = False,
+    ) -> dict[str, torch.Tensor] | tuple[torch.Tensor | dict[str, torch.Tensor], ...]:
         """The GFL losses, normalised as in the paper's code.
 
         Args:
@@ -975,6 +997,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             labels: the `labels` argument of `forward`.
             return_positive_mask: also return the (B, A) bool mask of the anchors the assignment made
                 positive (`forward` reports it, so that nothing assigns the anchors a second time).
+            return_instance_terms: also return each instance's (N,) loss and quality, without gradient (see
+            `GFLObjectDetectionOutput.instance_losses` and `instance_quality`), after the mask when both are asked.
 
         Returns:
             `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed
@@ -1029,24 +1053,70 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         # multi-process training sees a gradient for every parameter.
         quality_weights = torch.where(positive, flat_logits.detach().float().sigmoid().max(dim=2).values, 0.0)
         box_normaliser = _mean_over_processes(quality_weights.sum())
-        loss_giou = (
-            giou_loss(boxes_xyxy.reshape(-1, 4), target_boxes.reshape(-1, 4)) * quality_weights.reshape(-1)
-        ).sum()
+        anchor_giou = giou_loss(boxes_xyxy.reshape(-1, 4), target_boxes.reshape(-1, 4))  # (B A,)
+        loss_giou = (anchor_giou * quality_weights.reshape(-1)).sum()
         target_distances = (
             torch.cat([anchor_points - target_boxes[..., :2], target_boxes[..., 2:] - anchor_points], dim=2)
             / anchor_strides[:, None]
         )
         target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)  # (B, A, 4)
-        loss_dfl = (
-            distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
-            * quality_weights[..., None].expand(-1, -1, 4).reshape(-1)
-        ).sum() / 4.0
+        anchor_dfl = distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
+        loss_dfl = (anchor_dfl * quality_weights[..., None].expand(-1, -1, 4).reshape(-1)).sum() / 4.0
         losses = {
             "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
             "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
             "loss_giou": self.config.loss_giou_weight * loss_giou / box_normaliser,
         }
-        return (losses, positive) if return_positive_mask else losses
+        returned: tuple = (losses,)
+        if return_positive_mask:
+            returned += (positive,)
+        if return_instance_terms:
+            returned += self._instance_terms(
+                anchor_loss=self.config.loss_qfl_weight * qfl
+                + self.config.loss_giou_weight * anchor_giou
+                + self.config.loss_dfl_weight * anchor_dfl.view(-1, 4).mean(dim=1),
+                flat_logits=flat_logits,
+                cls_targets=cls_targets,
+                quality_targets=quality_targets,
+                positive=positive,
+                flat_index=flat_index,
+                num_instances=sum(counts),
+            )
+        return returned if len(returned) > 1 else losses
+
+    @torch.no_grad()
+    def _instance_terms(
+        self,
+        *,
+        anchor_loss: torch.Tensor,
+        flat_logits: torch.Tensor,
+        cls_targets: torch.Tensor,
+        quality_targets: torch.Tensor,
+        positive: torch.Tensor,
+        flat_index: torch.Tensor,
+        num_instances: int,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each instance's (N,) loss and quality. `anchor_loss`: (B A,) every anchor's weighted QFL + GIoU +
+        DFL, unweighted by quality; the others as in `loss`, (B, A) each, `flat_index` holding the instance of
+        each positive anchor and N elsewhere."""
+        num_classes = self.config.num_labels
+        anchor_loss = anchor_loss.detach()
+        is_positive = positive.reshape(-1).float()
+        index = flat_index.reshape(-1)
+        # Slot N collects the negatives and is dropped.
+        sums = anchor_loss.new_zeros(num_instances + 1).index_add_(0, index, anchor_loss * is_positive)
+        anchors = anchor_loss.new_zeros(num_instances + 1).index_add_(0, index, is_positive)
+        losses = sums[:num_instances] / anchors[:num_instances].clamp(min=1)
+        assigned = anchors[:num_instances] > 0
+        highest = torch.where(assigned, losses, 0.0).amax() if num_instances else losses.new_zeros(())
+        losses = torch.where(assigned, losses, highest)
+        class_scores = flat_logits.detach().float().sigmoid().reshape(-1, num_classes)
+        columns = cls_targets.reshape(-1, 1).clamp(max=num_classes - 1)
+        anchor_quality = class_scores.gather(1, columns).squeeze(1) * quality_targets.reshape(-1) * is_positive
+        quality = anchor_loss.new_zeros(num_instances + 1).scatter_reduce_(
+            0, index, anchor_quality, reduce="amax", include_self=True
+        )
+        return losses, quality[:num_instances]
 
 
 __all__ = [

@@ -1,0 +1,137 @@
+"""Can weighting the instances of the instance feature loss beat uniform weights at all, and does LIAF-KD?
+
+An oracle headroom test on the generated `varied` set, whose instances differ as real ones do (long-tailed
+classes, a 10x range of sizes, crowds, occlusion, truncation, faint objects and 10% wrong annotations;
+`liaf_hf.data.synthetic`). One teacher, then the student trained with each weighting of the same instance
+loss at the same strength, seed by seed, every row compared with uniform weights on the same seeds:
+
+    python benchmarks/instance_headroom.py                          # every row, six seeds
+    python benchmarks/instance_headroom.py --rows uniform oracle-noise liaf --seeds 0 1 2
+
+Rows (`--rows`; labels as in the results JSON):
+    none                  the student alone
+    uniform               the instance loss with every instance weighted 1 (`aid` with decay 0)
+    aid                   AID as published: each instance by exp(-0.1 x the teacher's loss on it)
+    aid-batch             AID with one factor per batch (the teacher's loss on the batch)
+    oracle-noise          weight 0 on the annotations the generator corrupted (knowledge no method has)
+    oracle-teacher        weights from the teacher's correctness on each instance (score x IoU)
+    oracle-student        weights from the student's own loss on each instance
+    oracle-teacher-student  the teacher's correctness x the student's loss
+    liaf                  LIAF-KD at its defaults
+The oracles' weights are normalised to the strength of uniform weights over the batch
+(`liaf_hf.distillation.aid.normalise_over_batch`). Runs go through benchmarks/distill_gain.py (and so
+through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000` or `--preset gpu`.
+
+Prints distill_gain's tables, then the verdict: which rows lead uniform by more than two paired standard
+errors, and the issue's targets for LIAF-KD. Writes benchmarks/results/instance_headroom_<preset>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import distill_gain  # noqa: E402
+
+DIFFICULTY = "varied"
+REFERENCE = "uniform"
+
+
+def row_specs(facts_file: Path) -> dict[str, str]:
+    """Every row's `label=method:{options}` spec for distill_gain.py."""
+    return {
+        "none": "none",
+        "uniform": 'uniform=aid:{"decay": 0.0}',
+        "aid": "aid",
+        "aid-batch": 'aid-batch=aid:{"weighting": "batch"}',
+        "oracle-noise": "oracle-noise=oracle:" + json.dumps({"source": "noise", "facts_file": str(facts_file)}),
+        "oracle-teacher": 'oracle-teacher=oracle:{"source": "teacher_quality"}',
+        "oracle-student": 'oracle-student=oracle:{"source": "student_loss"}',
+        "oracle-teacher-student": 'oracle-teacher-student=oracle:{"source": "teacher_right_student_wrong"}',
+        "liaf": "liaf",
+    }
+
+
+def verdict(paired: list[dict]) -> dict:
+    """The headroom and the targets, read from distill_gain's paired rows against uniform weights."""
+    by_label = {row["label"]: row for row in paired}
+
+    def lead(label: str) -> dict | None:
+        row = by_label.get(label)
+        if row is None:
+            return None
+        return {
+            "mean": row["mean"],
+            "standard_error": row["standard_error"],
+            "seeds": len(row["seeds"]),
+            "beyond_two_standard_errors": row["mean"] > 2 * row["standard_error"] and len(row["seeds"]) > 1,
+        }
+
+    oracles = {label: lead(label) for label in by_label if label.startswith("oracle-")}
+    leading = [label for label, row in oracles.items() if row["beyond_two_standard_errors"]]
+    best = max(oracles, key=lambda label: oracles[label]["mean"], default=None)
+    result = {"oracles": oracles, "oracles_ahead": leading, "best_oracle": best, "headroom": bool(leading)}
+    liaf = lead("liaf")
+    if liaf is not None:
+        result["liaf"] = liaf
+        best_lead = oracles[best]["mean"] if best else 0.0
+        result["liaf_at_least_half_the_best_oracle"] = best_lead > 0 and liaf["mean"] >= best_lead / 2
+        if "aid" in by_label and "liaf" in by_label:
+            common = [seed for seed in by_label["liaf"]["seeds"] if seed in by_label["aid"]["seeds"]]
+            differences = dict(zip(by_label["liaf"]["seeds"], by_label["liaf"]["differences"]))
+            aid_differences = dict(zip(by_label["aid"]["seeds"], by_label["aid"]["differences"]))
+            result["liaf_minus_aid"] = sum(differences[s] - aid_differences[s] for s in common) / max(len(common), 1)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", nargs="+", default=None, help="Rows to run (default: all), by label.")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
+    parser.add_argument("--preset", default="cpu")
+    parser.add_argument("--data_dir", default=None, help="Where the varied set is generated.")
+    parser.add_argument("--output", default=None, help="JSON file (default: results/instance_headroom_<preset>.json).")
+    args, passed_on = parser.parse_known_args(argv)
+    data_dir = Path(args.data_dir or ROOT / "data" / f"shapes-{DIFFICULTY}")
+    specs = row_specs(data_dir.resolve() / "instance_facts_train.json")
+    rows = args.rows or list(specs)
+    unknown = sorted(set(rows) - set(specs))
+    if unknown:
+        parser.error(f"unknown rows {unknown}; choose from {list(specs)}")
+    output = args.output or str(ROOT / "benchmarks" / "results" / f"instance_headroom_{args.preset}.json")
+    result = distill_gain.main(
+        [
+            "--preset", args.preset, "--difficulty", DIFFICULTY, "--data_dir", str(data_dir), "--reuse",
+            "--paired_against", REFERENCE, "--output", output, "--seeds", *map(str, args.seeds),
+            "--methods", *(specs[row] for row in rows),
+        ]
+        + passed_on
+    )  # fmt: skip
+    result["verdict"] = verdict(result["paired"])
+    result["command"] = "python benchmarks/instance_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    Path(output).write_text(json.dumps(result, indent=2))
+    summary = result["verdict"]
+    print(f"\nAgainst uniform instance weights ({result['headline_metric']}, paired by seed):")
+    for label, row in summary["oracles"].items():
+        flag = "ahead by > 2 SE" if row["beyond_two_standard_errors"] else "not beyond 2 SE"
+        print(f"  {label}: {row['mean']:+.4f} (SE {row['standard_error']:.4f}, {row['seeds']} seeds): {flag}")
+    print("  headroom: " + ("yes, " + ", ".join(summary["oracles_ahead"]) if summary["headroom"] else "none found"))
+    if "liaf" in summary:
+        liaf = summary["liaf"]
+        print(
+            f"  liaf: {liaf['mean']:+.4f} (SE {liaf['standard_error']:.4f}); beyond 2 SE: "
+            f"{liaf['beyond_two_standard_errors']}; at least half the best oracle's lead: "
+            f"{summary['liaf_at_least_half_the_best_oracle']}"
+            + (f"; minus aid: {summary['liaf_minus_aid']:+.4f}" if "liaf_minus_aid" in summary else "")
+        )
+    print(f"Wrote {output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
