@@ -28,6 +28,17 @@ from .models.gfl.modeling_gfl import GFLForObjectDetection
 
 CARD_NAME = "README.md"
 
+#: The card's deployment section sits between these lines, so a later export replaces it in place.
+EXPORTS_BEGIN, EXPORTS_END = "<!-- liaf-hf exports -->", "<!-- /liaf-hf exports -->"
+
+#: What the deployment section calls each exported file kind (`export_summary.json`'s "files" values).
+_EXPORT_KINDS = {
+    "onnx": "ONNX, float32",
+    "onnx_int8": "ONNX, INT8 (QDQ: convolutions int8)",
+    "torch_export": "`torch.export` (.pt2)",
+    "onnx_raw": "ONNX, float32, without post-processing",
+}
+
 #: Prefixes the Trainer and the example scripts put before metric names (`eval_AP`, `teacher_AP`).
 _METRIC_PREFIXES = ("eval_", "teacher_", "test_")
 
@@ -177,6 +188,7 @@ def write_model_card(
     training: Mapping[str, Any] | None = None,
     license: str | None = None,
     limitations: Iterable[str] = (),
+    export_summary: Mapping[str, Any] | None = None,
     template: str | os.PathLike | None = None,
 ) -> ModelCard:
     """Write the model card of the saved detector in `output_dir` as `output_dir/README.md`.
@@ -206,6 +218,9 @@ def write_model_card(
         training: training settings to list (see `training_hyperparameters`).
         license: license id for the metadata.
         limitations: extra lines for "Intended use and limitations" (e.g. "trained on synthetic shapes").
+        export_summary: what `liaf_hf.export.export_detector` returned (its `export_summary.json`), for a
+            "Deployment" section listing the exported formats and their AP; `add_export_section` adds it to a
+            card already written.
         template: a Jinja/markdown template to use instead of the packaged one; it receives the same variables.
 
     Returns:
@@ -284,10 +299,78 @@ def write_model_card(
         "limitations": list(limitations),
         "code_files": code_files(output_dir),
         "liaf_hf_version": __version__,
+        "exports_section": export_section(export_summary) if export_summary else "",
     }
     card = ModelCard.from_template(card_data, template_path=str(template or template_path()), **variables)
     card.save(output_dir / CARD_NAME)
     return card
+
+
+def export_section(summary: Mapping[str, Any]) -> str:
+    """The card's "Deployment" section (markdown, between `EXPORTS_BEGIN` and `EXPORTS_END`) from an export
+    summary: each exported file, its AP and AP change against PyTorch on the evaluation set, and its parity."""
+    evaluation = summary.get("evaluation") or {}
+    parity = summary.get("parity") or {}
+    base = evaluation.get("pytorch", {}).get("AP")
+    lines = [
+        EXPORTS_BEGIN,
+        "## Deployment",
+        "",
+        f"Exported with liaf-hf {summary.get('liaf_hf_version', __version__)} (`examples/export.py`); the files, "
+        "their inputs and outputs are described in the export folder's README.md.",
+        "",
+        "| format | file | AP | AP change | detections against PyTorch |",
+        "|---|---|---|---|---|",
+    ]
+    if base is not None:
+        lines.append(f"| PyTorch (this model) | model.safetensors | {_percent(base)} | | |")
+    for file, kind in (summary.get("files") or {}).items():
+        ap = evaluation.get(kind, {}).get("AP")
+        change = "" if ap is None or base is None else f"{100 * (ap - base):+.1f}"
+        name, parity_text = _EXPORT_KINDS.get(kind, kind), _parity(parity.get(kind))
+        lines.append(f"| {name} | `{file}` | {_percent(ap)} | {change} | {parity_text} |")
+    if evaluation:
+        lines += [
+            "",
+            f"AP: COCO box AP (pycocotools) in percent on {summary.get('evaluation_images')} evaluation images; "
+            "AP change: the file's AP minus the PyTorch model's on the same images.",
+        ]
+    lines.append(EXPORTS_END)
+    return "\n".join(lines)
+
+
+def _parity(report: Mapping[str, Any] | None) -> str:
+    if not report:
+        return "–"
+    if "passed" not in report:  # the variant without post-processing: dense outputs compared
+        return f"max score difference {report['max_score_difference']:.1e} on {report['images']} images"
+    if report["passed"]:
+        return (
+            f"the same {report['reference_detections']} detections on {report['images']} images (scores within "
+            f"{report['max_score_difference']:.0e})"
+        )
+    differing, total = len(report["mismatches"]), report["reference_detections"]
+    return f"{differing} differences in {total} detections on {report['images']} images"
+
+
+def add_export_section(model_dir: str | os.PathLike, summary: Mapping[str, Any]) -> Path | None:
+    """Put the "Deployment" section of `summary` into the model card already in `model_dir` (replacing an
+    earlier one, else before "How to use"); returns the card's path, or None when `model_dir` has no card."""
+    card_path = Path(model_dir) / CARD_NAME
+    if not card_path.is_file():
+        return None
+    text = card_path.read_text(encoding="utf-8")
+    section = export_section(summary)
+    if EXPORTS_BEGIN in text and EXPORTS_END in text:
+        before, rest = text.split(EXPORTS_BEGIN, 1)
+        text = before + section + rest.split(EXPORTS_END, 1)[1]
+    elif "\n## How to use" in text:
+        before, after = text.split("\n## How to use", 1)
+        text = f"{before}\n{section}\n\n## How to use{after}"
+    else:
+        text = f"{text.rstrip()}\n\n{section}\n"
+    card_path.write_text(text, encoding="utf-8")
+    return card_path
 
 
 def _eval_results(
@@ -337,10 +420,14 @@ def _percent(value: float | None) -> str:
 
 __all__ = [
     "CARD_NAME",
+    "EXPORTS_BEGIN",
+    "EXPORTS_END",
     "METHOD_DESCRIPTIONS",
     "ModelCardArguments",
     "ResultRow",
+    "add_export_section",
     "count_parameters",
+    "export_section",
     "normalise_metrics",
     "read_metrics_file",
     "template_path",
