@@ -88,6 +88,7 @@ def test_hand_worked_value_for_a_constant_offset():
 
 @pytest.mark.parametrize("normalise", ["mean", "softmax"])
 def test_instance_weights_average_one_per_image(normalise):
+    torch.manual_seed(0)  # the selectors' initial weights
     distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), normalise=normalise)
     torch.nn.init.normal_(distiller.selector.selector_vectors, std=5.0)  # make the weights far from uniform
     teacher, student = random_features(seed=1), random_features(seed=2)
@@ -99,6 +100,51 @@ def test_instance_weights_average_one_per_image(normalise):
         assert float(selection.weights[1, 0]) == pytest.approx(1.0, rel=1e-5)
         assert float(selection.weights[1, 1:].abs().sum()) == 0.0
     assert float(selections[0].weights[0].std()) > 0.01
+
+
+def test_batch_normalised_weights_average_one_over_the_images_and_let_a_lone_instance_move():
+    torch.manual_seed(0)
+    distiller = build_distiller(
+        "liaf", student_config=config(), teacher_config=config(), normalise_over="batch", objective="robust"
+    )
+    torch.nn.init.normal_(distiller.selector.selector_vectors, std=5.0)
+    teacher, student = random_features(seed=1), random_features(seed=2)
+    batch = make_batch(TWO_IMAGES)
+    for selection in distiller.select(student=output(student), teacher=output(teacher), batch=batch):
+        image_means = selection.weights.sum(dim=1) / torch.tensor([3.0, 1.0])
+        assert float(image_means.mean().detach()) == pytest.approx(1.0, rel=1e-5)
+        assert float(selection.weights[1, 1:].abs().sum()) == 0.0
+    lone_weights = [float(selection.weights[1, 0]) for selection in distiller.select(
+        student=output(student), teacher=output(teacher), batch=batch)]  # fmt: skip
+    assert any(abs(weight - 1.0) > 0.05 for weight in lone_weights)  # per image it would be exactly 1
+    # The entropy term is the weights' KL divergence from uniform over the batch: 0 at uniform weights.
+    torch.nn.init.zeros_(distiller.selector.selector_vectors)
+    result = distiller(student=output(student), teacher=output(teacher), batch=batch)
+    assert float(result.losses["loss_liaf_entropy"]) == pytest.approx(0.0, abs=1e-5)
+
+
+def test_optional_selector_inputs_reach_the_selectors_and_are_asked_of_the_models():
+    distiller = build_distiller(
+        "liaf", student_config=config(), teacher_config=config(),
+        use_teacher_quality=True, use_student_loss=True, use_scale=True, use_class=True,
+    )  # fmt: skip
+    assert distiller.needs_teacher_instance_losses and distiller.needs_student_instance_losses
+    # Descriptors (2 x 8), log(1 + d), progress, student quality, teacher quality and loss, student loss, scale,
+    # two classes.
+    assert distiller.selector.embed[0].in_features == 16 + 1 + 1 + 1 + 2 + 1 + 1 + 2
+    teacher_features, student_features = random_features(seed=1), random_features(seed=2)
+    batch = make_batch(TWO_IMAGES, labels_per_image=[[0, 1, 1], [0]])
+    with pytest.raises(ValueError, match="use_teacher_quality needs the teacher's instance_quality"):
+        distiller(student=output(student_features), teacher=output(teacher_features), batch=batch)
+
+    def weights(teacher_quality):
+        teacher, student = output(teacher_features), output(student_features)
+        teacher.instance_quality, teacher.instance_losses = teacher_quality, torch.ones(4)
+        student.instance_losses = torch.ones(4)
+        return torch.stack([s.weights for s in distiller.select(student=student, teacher=teacher, batch=batch)])
+
+    # What the teacher knows of each instance changes the weights.
+    assert not torch.allclose(weights(torch.zeros(4)), weights(torch.tensor([0.9, 0.1, 0.5, 0.3])))
 
 
 def test_gradients_reach_the_student_align_convs_and_selectors_but_not_the_teacher():
@@ -447,9 +493,17 @@ def test_weights_survive_saturated_selectors():
 
 @pytest.mark.parametrize(
     "method, options",
-    [("liaf", {}), ("liaf", {"objective": "joint", "normalise": "softmax"}), ("aid", {})],
-    ids=["liaf", "liaf-joint-softmax", "aid"],
-)
+    [
+        ("liaf", {}),
+        ("liaf", {"objective": "joint", "normalise": "softmax"}),
+        ("liaf", {"normalise_over": "batch", "use_teacher_quality": True, "use_student_loss": True,
+                  "use_scale": True, "use_class": True}),
+        ("aid", {}),
+        ("aid", {"weighting": "batch"}),
+        ("oracle", {"source": "teacher_right_student_wrong"}),
+    ],
+    ids=["liaf", "liaf-joint-softmax", "liaf-batch-all-inputs", "aid", "aid-batch", "oracle"],
+)  # fmt: skip
 def test_instance_distillers_never_make_the_host_wait_for_the_device(method, options):
     # On a GPU, a value read back or a boolean mask's count stops the host from queueing kernels ahead of the
     # device. Which padded slots hold instances is known from the label lists' lengths, so the instance
@@ -458,6 +512,9 @@ def test_instance_distillers_never_make_the_host_wait_for_the_device(method, opt
     distiller = build_distiller(method, student_config=config(), teacher_config=config(), **options)
     student, teacher = output(random_features(batch=3), requires_grad=True), output(random_features(batch=3, seed=1))
     teacher.loss = torch.tensor(1.5)
+    # The instance-level detection terms of the batch's four instances.
+    teacher.instance_losses = student.instance_losses = torch.tensor([1.5, 0.5, 2.0, 1.0])
+    teacher.instance_quality = torch.tensor([0.2, 0.9, 0.5, 0.7])
     batch = make_batch([TWO_IMAGES[0], [], TWO_IMAGES[1]])
     with counter_class() as counter:
         result = distiller(student=student, teacher=teacher, batch=batch)

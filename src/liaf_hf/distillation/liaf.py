@@ -5,13 +5,15 @@ open is an option of `LIAFDistiller`. For FPN level l, teacher map T_l, aligned 
 Gaussian mask G_lj of instance j (see `masks.gaussian_instance_masks`, sums to 1):
 
     d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l)            (instance discrepancy)
-    u_lj = [e_T, e_S, log(1 + d_lj), t, q_lj]                           (detached selector input)
+    u_lj = [e_T, e_S, log(1 + d_lj), t, q_lj, extras_lj]                (detached selector input)
     a_klj = sigmoid(s_k . mlp(u_lj) / sqrt(D)),  k = 1..K                (selector scores)
-    w_lj = normalise_image(mean_k a_klj)                                 (weights average 1 per image)
+    w_lj = normalise(mean_k a_klj)                 (weights average 1 per image, or over the batch's images)
     loss_liaf = alpha * mean_l mean_images mean_j w_lj d_lj
 
 with e_T, e_S the mask-weighted mean teacher and student features of the instance, t the training
-progress and q_lj the student's own predicted quality for the instance's class inside its mask. E_l is
+progress, q_lj the student's own predicted quality for the instance's class inside its mask, and as options
+what the instance-level detection losses tell (the teacher's correctness and loss on the instance, the
+student's loss on it) and the instance's scale and class. E_l is
 the teacher's mean squared activation on the level (`feature_scale="teacher"`, the default) or 1
 (`"none"`, the paper's plain squared error): trained FPNs grow their coarse levels' activations by an
 order of magnitude (a trained GFL ResNet-18 on the shapes sets: RMS 3 on P3, 35-70 on P7), so without it the
@@ -29,7 +31,7 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar, host_tensor
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
 from .features import FeatureAligner, check_feature_scale, flat_class_logits
 from .instances import InstanceDiscrepancy, InstanceLayout, LevelGrid, cell_errors, take_part_in_level_scales
@@ -41,6 +43,8 @@ OBJECTIVES = ("joint", "robust", "task")
 # The objectives whose selectors are kept from piling every weight on one instance by an entropy term.
 _ENTROPY_OBJECTIVES = ("robust", "task")
 NORMALISATIONS = ("mean", "softmax")
+# Over what the weights average 1: each image's instances, or the batch (the images' mean weights average 1).
+NORMALISATION_GROUPS = ("image", "batch")
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -109,7 +113,7 @@ class _Selection:
     instances: InstanceDiscrepancy  # its discrepancy: (L, B, n_max)
     scores: torch.Tensor  # (L, N, K) a_klj, the instances flat (`InstanceLayout`'s order)
     weights: torch.Tensor  # (L, B, n_max)
-    log_shares: torch.Tensor  # (L, B, n_max) log(w_j / n_i), each image's weights as a distribution's logs
+    log_shares: torch.Tensor  # (L, B, n_max) log p_j, the weights as a distribution's logs (see `_weights`)
     real_discrepancy: torch.Tensor  # (L, N) d_lj without gradient, the instances flat
 
     @property
@@ -122,6 +126,20 @@ def _image_entropy(log_shares: torch.Tensor) -> torch.Tensor:
     (padding slots far below any real one, so that their p_j is exactly 0; an image without instances gets
     the entropy of its padding, to be left out)."""
     return -(log_shares.exp() * log_shares).sum(dim=-1)
+
+
+def _instance_field(output: GFLObjectDetectionOutput, field: str, option: str, layout: InstanceLayout) -> torch.Tensor:
+    """(N,) an output's per-instance `field` without gradient, for the selector input that `option` adds."""
+    values = getattr(output, field, None)
+    if values is None:
+        model = "teacher" if option == "use_teacher_quality" else "student"
+        raise ValueError(
+            f"LIAF-KD's {option} needs the {model}'s {field}: run the {model} with the batch's labels and "
+            "output_instance_losses=True (the trainer does for the method's needs_*_instance_losses flags)."
+        )
+    if values.shape[0] != layout.num_instances:
+        raise ValueError(f"{option}: {field} holds {values.shape[0]} instances, the batch {layout.num_instances}.")
+    return values.detach().float()
 
 
 def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
@@ -190,6 +208,16 @@ class LIAFDistiller(Distiller):
             the mask-weighted mean of sigmoid(class logit) on the level.
         normalise: `"mean"`: w_j = m_j / mean_i m_i with m_j the mean score over selectors; `"softmax"`:
             w_j = n softmax_j(mean_k logit_kj) over the image's instances.
+        normalise_over: `"image"` (default): the weights of each image's instances average 1, so an image's
+            lone instance always weighs 1 and the selectors choose only within images; `"batch"`: the images'
+            mean weights average 1 over the batch, so the selectors may also favour one image's instances over
+            another's (the entropy term then measures the weights' spread over the whole batch).
+        use_teacher_quality: give the selectors what the teacher's own detection says of the instance: its
+            correctness there (best class score x IoU, `GFLObjectDetectionOutput.instance_quality`) and
+            log(1 + its loss on the instance) (`instance_losses`). The teacher then runs its head and loss.
+        use_student_loss: give the selectors log(1 + the student's own detection loss on the instance).
+        use_scale: give the selectors the instance's scale on each level, log2(sqrt(box area) / stride) / 4.
+        use_class: give the selectors the instance's class, one-hot.
         feature_scale: `"teacher"`: divide the squared errors of a level by the teacher's mean squared
             activation on it (over the batch, all cells and channels, no gradient); `"none"`: plain squared
             error per channel.
@@ -234,6 +262,11 @@ class LIAFDistiller(Distiller):
         use_progress: bool = True,
         use_student_quality: bool = True,
         normalise: str = "mean",
+        normalise_over: str = "image",
+        use_teacher_quality: bool = False,
+        use_student_loss: bool = False,
+        use_scale: bool = False,
+        use_class: bool = False,
         feature_scale: str = "teacher",
     ) -> None:
         super().__init__()
@@ -242,6 +275,8 @@ class LIAFDistiller(Distiller):
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
         if normalise not in NORMALISATIONS:
             raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}.")
+        if normalise_over not in NORMALISATION_GROUPS:
+            raise ValueError(f"normalise_over must be one of {NORMALISATION_GROUPS}, got {normalise_over!r}.")
         check_feature_scale(feature_scale)
         if num_selectors < 1 or embed_dim < 1:
             raise ValueError(f"num_selectors ({num_selectors}) and embed_dim ({embed_dim}) must be at least 1.")
@@ -261,11 +296,25 @@ class LIAFDistiller(Distiller):
         self.use_progress = use_progress
         self.use_student_quality = use_student_quality
         self.normalise = normalise
+        self.normalise_over = normalise_over
+        self.use_teacher_quality = use_teacher_quality
+        self.use_student_loss = use_student_loss
+        self.use_scale = use_scale
+        self.use_class = use_class
+        self.needs_teacher_instance_losses = use_teacher_quality
+        self.needs_student_instance_losses = use_student_loss
         self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+        self.num_classes = teacher_config.num_labels
         self.selector = InstanceSelector(
             descriptor_channels=teacher_config.fpn_channels,
-            num_scalars=1 + int(use_progress) + int(use_student_quality),
+            num_scalars=1
+            + int(use_progress)
+            + int(use_student_quality)
+            + 2 * int(use_teacher_quality)
+            + int(use_student_loss)
+            + int(use_scale)
+            + self.num_classes * int(use_class),
             embed_dim=embed_dim,
             num_selectors=num_selectors,
         )
@@ -273,21 +322,43 @@ class LIAFDistiller(Distiller):
     # ----------------------------------------------------------------------------------------- selection
 
     def _weights(self, logits: torch.Tensor, layout: InstanceLayout) -> tuple[torch.Tensor, torch.Tensor]:
-        """(L, N, K) selector logits -> (L, B, n_max) weights averaging 1 over each image's instances, and the
-        logs of their shares w_j / n_i (exact where a share underflows, for the entropy term).
+        """(L, N, K) selector logits -> (L, B, n_max) weights, and the logs of their shares p_j (exact where a
+        share underflows, for the entropy term).
 
-        Both normalisations are n_i softmax_j(s_j) over the image's instances, with s_j = log mean_k
-        sigmoid(logit_kj) for `"mean"` (that is m_j / mean_i m_i) and s_j = mean_k logit_kj for `"softmax"`.
-        Computing the first in log space matters: selectors trained with `objective="joint"` push every
-        score towards 0, and the ratio of underflowed sigmoids is 0 / 0.
+        With `normalise_over="image"`, p_j = w_j / n_i is each image's distribution: w_j = n_i softmax_j(s_j)
+        over the image's instances, with s_j = log mean_k sigmoid(logit_kj) for `"mean"` (that is
+        m_j / mean_i m_i) and s_j = mean_k logit_kj for `"softmax"`. With `"batch"`, p_j = w_j / (n_i B') is one
+        distribution over the batch's instances (B' images with instances): a softmax of s_j - log n_i over
+        them, so that equal scores give every weight 1 as before. Computing in log space matters: selectors
+        trained with `objective="joint"` push every score towards 0, and the ratio of underflowed sigmoids is
+        0 / 0.
         """
         if self.normalise == "mean":
             instance_scores = torch.logsumexp(nn.functional.logsigmoid(logits), dim=2) - math.log(logits.shape[2])
         else:
             instance_scores = logits.mean(dim=2)
         padded = layout.pad(instance_scores.t(), fill=-1e9).permute(2, 0, 1)  # (L, B, n_max)
-        log_shares = padded.log_softmax(dim=2)
-        return log_shares.exp() * (layout.instance_mask * layout.counts[:, None]), log_shares
+        scale = layout.instance_mask * layout.counts[:, None]  # (B, n_max): n_i on real slots
+        if self.normalise_over == "image":
+            log_shares = padded.log_softmax(dim=2)
+            return log_shares.exp() * scale, log_shares
+        log_counts = layout.counts.clamp(min=1).log()[:, None]  # (B, 1)
+        log_shares = (padded - log_counts).flatten(1).log_softmax(dim=1).view_as(padded)
+        return log_shares.exp() * (scale * layout.images_with_instances.shape[0]), log_shares
+
+    def _uniformity_gap(self, log_shares: torch.Tensor, layout: InstanceLayout) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L,) each level's KL divergence of the weights' distribution from the one uniform weights give, and
+        (L,) its entropy: per image and averaged over the images with instances (`"image"`), or over the
+        batch's instances at once (`"batch"`)."""
+        if self.normalise_over == "image":
+            entropy = _image_entropy(log_shares)[:, layout.images_with_instances]  # (L, B')
+            image_counts = layout.counts[layout.images_with_instances]
+            return (image_counts.log() - entropy).mean(dim=1), entropy.mean(dim=1)
+        shares = log_shares.exp()
+        # Uniform weights give p_j = 1 / (n_i B'); padding slots have p_j = 0 and add nothing.
+        log_uniform = -(layout.counts.clamp(min=1).log() + math.log(layout.images_with_instances.shape[0]))
+        entropy = -(shares * log_shares).flatten(1).sum(dim=1)
+        return (shares * (log_shares - log_uniform[:, None])).flatten(1).sum(dim=1), entropy
 
     def select(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -302,6 +373,7 @@ class LIAFDistiller(Distiller):
             selection = self._select(
                 levels=levels,
                 student=student,
+                teacher=teacher,
                 strides=batch.strides,
                 layout=layout,
                 progress=host_scalar(float(batch.progress), device=layout.counts.device),
@@ -320,6 +392,7 @@ class LIAFDistiller(Distiller):
         *,
         levels: list[tuple[torch.Tensor, torch.Tensor]],
         student: GFLObjectDetectionOutput,
+        teacher: GFLObjectDetectionOutput,
         strides: list[int],
         layout: InstanceLayout,
         progress: torch.Tensor,
@@ -358,9 +431,26 @@ class LIAFDistiller(Distiller):
             class_probabilities = flat_class_logits(student).detach().float().sigmoid()  # (B, P, C)
             class_scores = class_probabilities[layout.image_index, :, layout.class_labels]  # (N, P)
             scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
-        logits = self.selector(
-            teacher_descriptors, student_descriptors, torch.stack(scalars, dim=2).flatten(0, 1)
-        ).view(num_levels, layout.num_instances, -1)  # (L, N, K), level by level
+        per_instance = []  # (N,) each, the same on every level
+        if self.use_teacher_quality:
+            per_instance.append(_instance_field(teacher, "instance_quality", "use_teacher_quality", layout))
+            per_instance.append(_instance_field(teacher, "instance_losses", "use_teacher_quality", layout).log1p())
+        if self.use_student_loss:
+            per_instance.append(_instance_field(student, "instance_losses", "use_student_loss", layout).log1p())
+        scalars.extend(values.expand(num_levels, -1) for values in per_instance)
+        if self.use_scale:
+            sizes = (layout.boxes[:, 2:] - layout.boxes[:, :2]).clamp(min=1.0).prod(dim=1).sqrt()  # (N,)
+            level_strides = host_tensor(list(strides), dtype=sizes.dtype, device=sizes.device)
+            scalars.append((sizes[None, :] / level_strides[:, None]).log2() / 4.0)
+        columns = torch.stack(scalars, dim=2)  # (L, N, m)
+        if self.use_class:
+            # A comparison, not `one_hot`, which checks the labels' range and so waits for the device.
+            classes = torch.arange(self.num_classes, device=columns.device)
+            one_hot = (layout.class_labels[:, None] == classes).to(columns.dtype)  # (N, C)
+            columns = torch.cat([columns, one_hot.expand(num_levels, -1, -1)], dim=2)
+        logits = self.selector(teacher_descriptors, student_descriptors, columns.flatten(0, 1)).view(
+            num_levels, layout.num_instances, -1
+        )  # (L, N, K), level by level
         weights, log_shares = self._weights(logits, layout)
         return _Selection(
             instances=instances,
@@ -473,7 +563,13 @@ class LIAFDistiller(Distiller):
                 self.aligner.align_direction(gradient, level=level) for level, gradient in enumerate(task_gradients)
             ]
         selection = self._select(
-            levels=levels, student=student, strides=strides, layout=layout, progress=progress, directions=directions
+            levels=levels,
+            student=student,
+            teacher=teacher,
+            strides=strides,
+            layout=layout,
+            progress=progress,
+            directions=directions,
         )
         self._instance_losses(selection, layout, result)
         return levels, selection.instances.cell_errors
@@ -499,7 +595,7 @@ class LIAFDistiller(Distiller):
             weight_steps = selection.weights - selection.weights.detach()
             per_image = (weight_steps * alignment).sum(dim=2) / layout.counts.clamp(min=1)  # (L, B)
             feature_loss = feature_loss - per_image[:, layout.images_with_instances].mean(dim=1).sum()
-        entropy = _image_entropy(selection.log_shares)[:, layout.images_with_instances]  # (L, B')
+        uniformity_gap, entropy = self._uniformity_gap(selection.log_shares, layout)  # (L,) each
         # Constants folded into one factor per term: each operation is a kernel launch on a GPU.
         result.losses["loss_liaf"] = feature_loss * (self.alpha / num_levels)
         all_scores = selection.scores.flatten(0, 1)  # (L * N, K), level by level
@@ -508,16 +604,14 @@ class LIAFDistiller(Distiller):
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
         if self.objective in _ENTROPY_OBJECTIVES:
-            image_counts = layout.counts[layout.images_with_instances]
-            entropy_gap = (image_counts.log() - entropy).mean(dim=1).sum()
-            result.losses["loss_liaf_entropy"] = entropy_gap * (self.alpha * self.entropy_weight / num_levels)
+            result.losses["loss_liaf_entropy"] = uniformity_gap.sum() * (self.alpha * self.entropy_weight / num_levels)
 
         real_weights = layout.real(selection.weights).detach()  # (L, N)
         per_level = {
             "weight_mean": real_weights.mean(dim=1),
             "weight_min": real_weights.amin(dim=1),
             "weight_max": real_weights.amax(dim=1),
-            "weight_entropy": entropy.detach().mean(dim=1),
+            "weight_entropy": entropy.detach(),
             "discrepancy": selection.real_discrepancy.mean(dim=1),
         }
         if alignment is not None:
