@@ -27,7 +27,9 @@ def config():
     )
 
 
-def outputs(seed: int, batch_size: int) -> tuple[GFLObjectDetectionOutput, GFLObjectDetectionOutput]:
+def outputs(
+    seed: int, batch_size: int, num_instances: int
+) -> tuple[GFLObjectDetectionOutput, GFLObjectDetectionOutput]:
     generator = torch.Generator().manual_seed(seed)
 
     def one(requires_grad: bool, loss: torch.Tensor | None) -> GFLObjectDetectionOutput:
@@ -44,7 +46,10 @@ def outputs(seed: int, batch_size: int) -> tuple[GFLObjectDetectionOutput, GFLOb
     student = one(True, None)
     # A detection loss of the student's maps, for the methods that read its gradient (LIAF-KD's "task").
     student.loss = sum(f.tanh().square().mean() for f in student.fpn_features)
-    return student, one(False, torch.tensor(1.0 + seed / 10))
+    teacher = one(False, torch.tensor(1.0 + seed / 10))
+    # Each instance's own loss, for AID's per-instance weights.
+    teacher.instance_losses = torch.rand(num_instances, generator=generator) * 3.0
+    return student, teacher
 
 
 def batch(counts: list[int], seed: int) -> DistillationBatch:
@@ -81,7 +86,7 @@ def test_a_compiled_distiller_matches_eager_and_compiles_a_few_times(method, opt
     compiled.compile_losses()
     assert compiled.state_dict().keys() == eager.state_dict().keys()  # checkpoints load either way
     for step, counts in enumerate(BATCH_COUNTS):
-        student, teacher = outputs(step, len(counts))
+        student, teacher = outputs(step, len(counts), sum(counts))
         results = []
         for distiller in (eager, compiled):
             result = distiller(student=student, teacher=teacher, batch=batch(counts, step))
