@@ -11,6 +11,7 @@ import timm
 import torch
 from PIL import Image
 from safetensors.torch import save_file
+from tests.tiny import tiny_detector
 from transformers import AutoImageProcessor, AutoModelForObjectDetection, pipeline
 
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
@@ -234,7 +235,10 @@ def test_auto_classes_load_the_same_model(saved_model_dir):
     assert [name for name, _ in loaded.named_buffers()] == [name for name, _ in model.named_buffers()]
     assert all(torch.equal(a, b) for (_, a), (_, b) in zip(loaded.named_buffers(), model.named_buffers()))
     processor = AutoImageProcessor.from_pretrained(directory)
-    assert isinstance(processor, GFLImageProcessor) and processor.size == {"shortest_edge": 64, "longest_edge": 96}
+    assert isinstance(processor, GFLImageProcessor) and dict(processor.size) == {
+        "shortest_edge": 64,
+        "longest_edge": 96,
+    }
 
 
 def test_saved_directory_carries_code_and_auto_map(saved_model_dir):
@@ -278,3 +282,43 @@ print(type(model).__module__, round(out.logits.sum().item(), 3))
     with torch.no_grad():
         expected = model.eval()(**processor(images=[torch.zeros(3, 64, 64, dtype=torch.uint8)])).logits.sum().item()
     assert float(logit_sum) == pytest.approx(expected, abs=2e-3)
+
+
+def test_targets_are_the_same_with_or_without_pixel_mask_on_a_mixed_size_batch():
+    """transformers' object-detection example drops `pixel_mask`: each label's `size` must then place the
+    boxes, not the padded canvas (a box of a 48x32 image in a 64x64 batch would move otherwise)."""
+    model = tiny_detector({0: "a", 1: "b"})
+    processor = GFLImageProcessor(size={"max_height": 64, "max_width": 64}, pad_size={"height": 64, "width": 64})
+    images = [Image.new("RGB", (48, 32), (200, 40, 40)), Image.new("RGB", (32, 64), (40, 40, 200))]
+    annotations = [
+        {"image_id": 0, "annotations": [{"bbox": [30.0, 10.0, 12.0, 16.0], "category_id": 0}]},
+        {"image_id": 1, "annotations": [{"bbox": [4.0, 40.0, 20.0, 20.0], "category_id": 1}]},
+    ]
+    batch = processor(images=images, annotations=annotations)
+    with_mask = model.prepare_targets(batch["labels"], batch["pixel_values"], batch["pixel_mask"])
+    without_mask = model.prepare_targets(batch["labels"], batch["pixel_values"])
+    assert torch.equal(with_mask.valid_sizes, without_mask.valid_sizes)
+    assert with_mask.valid_sizes.tolist() == [[42.0, 64.0], [64.0, 32.0]]  # 48x32 grows to 64x42
+    for (_, boxes_a, _), (_, boxes_b, _) in zip(with_mask.instances, without_mask.instances):
+        assert torch.allclose(boxes_a, boxes_b)
+    # The 48x32 image grows to 64x42: its box at x 30-42 of 48 is at x 40-56 of 64 pixels.
+    assert with_mask.instances[0][1][0, [0, 2]].tolist() == pytest.approx([40.0, 56.0], abs=1e-4)
+
+    torch.manual_seed(0)
+    masked = model(pixel_values=batch["pixel_values"], pixel_mask=batch["pixel_mask"], labels=batch["labels"])
+    unmasked = model(pixel_values=batch["pixel_values"], labels=batch["labels"], output_hidden_states=True)
+    assert torch.allclose(masked.loss, unmasked.loss) and torch.allclose(masked.pred_boxes, unmasked.pred_boxes)
+    assert masked.hidden_states is None and len(unmasked.hidden_states) == len(model.config.backbone_out_indices)
+
+
+def test_a_label_size_that_does_not_fit_the_batch_is_refused():
+    model = tiny_detector({0: "a"})
+    labels = [
+        {
+            "class_labels": torch.tensor([0]),
+            "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]]),
+            "size": torch.tensor([80, 64]),
+        }
+    ]
+    with pytest.raises(ValueError, match=r"labels\[0\]\['size'\] is 80x64, which does not fit the 64x64"):
+        model(pixel_values=torch.zeros(1, 3, 64, 64), labels=labels)

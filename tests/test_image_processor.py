@@ -1,5 +1,7 @@
 """GFLImageProcessor: resizing, padding, label conversion and post-processing."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,4 +75,126 @@ def test_processor_round_trip(tmp_path):
     processor = GFLImageProcessor(size={"shortest_edge": 96, "longest_edge": 160}, max_detections=7)
     processor.save_pretrained(tmp_path)
     loaded = GFLImageProcessor.from_pretrained(tmp_path)
-    assert loaded.size == {"shortest_edge": 96, "longest_edge": 160} and loaded.max_detections == 7
+    assert dict(loaded.size) == {"shortest_edge": 96, "longest_edge": 160} and loaded.max_detections == 7
+
+
+# ------------------------------------------------------------------------ transformers' conventions
+
+IMAGE_200_BY_100 = Image.new("RGB", (200, 100))  # width 200, height 100
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ({"shortest_edge": 50, "longest_edge": 80}, (40, 80)),  # the longer edge caps the scale
+        ({"shortest_edge": 50}, (50, 100)),
+        ({"longest_edge": 150}, (75, 150)),
+        ({"max_height": 60, "max_width": 60}, (30, 60)),
+        ({"height": 48, "width": 40}, (48, 40)),  # exact, not keeping the aspect ratio
+    ],
+)
+def test_every_size_form_of_transformers_resizes_as_documented(size, expected):
+    processor = GFLImageProcessor(size=size, pad_size_divisor=1)
+    batch = processor(images=IMAGE_200_BY_100, annotations={"image_id": 0, "annotations": []})
+    assert tuple(batch["pixel_values"].shape[-2:]) == expected
+    assert batch["labels"][0]["size"].tolist() == list(expected)
+
+
+def test_a_size_form_transformers_does_not_know_is_refused_naming_the_forms():
+    with pytest.raises(ValueError, match="size must"):
+        GFLImageProcessor(size={"shortest_side": 10})
+
+
+def test_pad_size_pads_every_image_to_it_and_refuses_an_image_that_does_not_fit():
+    processor = GFLImageProcessor(size={"max_height": 64, "max_width": 64}, pad_size={"height": 64, "width": 64})
+    batch = processor(images=[Image.new("RGB", (40, 20)), Image.new("RGB", (20, 40))])
+    assert batch["pixel_values"].shape == (2, 3, 64, 64)
+    assert batch["pixel_mask"][0].sum() == 32 * 64 and batch["pixel_mask"][1].sum() == 64 * 32
+    with pytest.raises(ValueError, match=r"images\[0\] is 100x200 after resizing, larger than pad_size 64x64"):
+        processor(images=IMAGE_200_BY_100, do_resize=False)
+
+
+def test_per_call_overrides_apply_to_that_call_only():
+    processor = GFLImageProcessor(size={"shortest_edge": 50, "longest_edge": 100})
+    image = np.full((100, 200, 3), 255, dtype=np.uint8)
+    raw = processor(images=image, do_resize=False, do_normalize=False, do_pad=False)["pixel_values"][0]
+    assert raw.shape == (3, 100, 200) and torch.allclose(raw, torch.ones_like(raw))
+    unscaled = processor(images=image, do_rescale=False, do_normalize=False, size={"height": 10, "width": 10})
+    assert unscaled["pixel_values"].shape == (1, 3, 32, 32) and unscaled["pixel_values"].max() == 255
+    assert dict(processor.size) == {"shortest_edge": 50, "longest_edge": 100} and processor.do_normalize
+
+
+def test_rescale_factor_and_float_images_already_in_unit_range():
+    processor = GFLImageProcessor(size={"height": 8, "width": 8}, do_normalize=False, pad_size_divisor=8)
+    halves = processor(images=np.full((8, 8, 3), 200, dtype=np.uint8), rescale_factor=0.5)["pixel_values"]
+    assert torch.allclose(halves, torch.full_like(halves, 100.0))
+    unit = torch.full((3, 8, 8), 0.25)
+    assert torch.allclose(processor(images=unit, do_rescale=False)["pixel_values"], unit[None])
+
+
+def test_numpy_tensors_and_coco_detection_format_and_an_unknown_format():
+    processor = GFLImageProcessor(size={"height": 32, "width": 32})
+    annotation = {"image_id": 1, "annotations": [{"bbox": [0, 0, 10, 10], "category_id": 0, "area": 80.0}]}
+    batch = processor(images=IMAGE_200_BY_100, annotations=annotation, return_tensors="np", format="coco_detection")
+    assert isinstance(batch["pixel_values"], np.ndarray) and isinstance(batch["labels"][0]["boxes"], np.ndarray)
+    with pytest.raises(ValueError, match="format 'coco_panoptic' is not supported"):
+        processor(images=IMAGE_200_BY_100, annotations=annotation, format="coco_panoptic")
+
+
+def test_labels_carry_area_in_resized_pixels_and_iscrowd():
+    processor = GFLImageProcessor(size={"shortest_edge": 50, "longest_edge": 100})  # 200x100 -> 100x50: 1/4 area
+    annotation = {
+        "image_id": 1,
+        "annotations": [
+            {"bbox": [0, 0, 20, 10], "category_id": 0, "area": 150.0},
+            {"bbox": [10, 10, 20, 20], "category_id": 1},
+            {"bbox": [0, 0, 50, 50], "category_id": 1, "iscrowd": 1},
+        ],
+    }
+    labels = processor(images=IMAGE_200_BY_100, annotations=annotation)["labels"][0]
+    assert labels["area"].tolist() == pytest.approx([150 / 4, 400 / 4])
+    assert labels["iscrowd"].tolist() == [0, 0] and labels["ignore_boxes"].shape == (1, 4)
+
+
+def test_a_processor_saved_by_version_0_1_loads_and_gives_the_same_tensors():
+    """`tests/fixtures/gfl_processor_v0_1`: a processor saved before the torchvision backend, with the
+    tensors it produced for these three images (mixed sizes, a crowd box)."""
+    from safetensors.torch import load_file
+    from transformers import AutoImageProcessor
+
+    folder = Path(__file__).parent / "fixtures" / "gfl_processor_v0_1"
+    processor = AutoImageProcessor.from_pretrained(folder)
+    assert isinstance(processor, GFLImageProcessor) and processor.score_threshold == 0.1
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(30, 20), (18, 40), (24, 24)]]
+    objects = [
+        {"bbox": [2.0, 3.0, 10.0, 7.5], "category_id": 1, "iscrowd": 0},
+        {"bbox": [1.0, 1.0, 4.0, 4.0], "category_id": 0, "iscrowd": 1},
+    ]
+    batch = processor(images=images, annotations=[{"image_id": i, "annotations": objects} for i in range(3)])
+    expected = load_file(folder / "expected.safetensors")
+    assert torch.allclose(batch["pixel_values"], expected["pixel_values"], atol=1e-5)
+    assert torch.equal(batch["pixel_mask"], expected["pixel_mask"].long())
+    for index, labels in enumerate(batch["labels"]):
+        for key in ("class_labels", "boxes", "ignore_boxes", "image_id", "orig_size", "size"):
+            assert torch.equal(labels[key], expected[f"labels.{index}.{key}"]), (index, key)
+
+
+@pytest.mark.parametrize("container", ["model_output", "dataclass", "dict"])
+def test_post_processing_reads_a_model_output_a_plain_dataclass_or_a_dict(container):
+    import dataclasses
+
+    @dataclasses.dataclass
+    class Bare:
+        logits: torch.Tensor
+        pred_boxes: torch.Tensor
+
+    logits = torch.tensor([[[4.0, -9.0], [-9.0, -9.0]]])
+    boxes = torch.tensor([[[0.5, 0.5, 0.5, 0.5], [0.1, 0.1, 0.1, 0.1]]])
+    outputs = {
+        "model_output": GFLObjectDetectionOutput(logits=logits, pred_boxes=boxes),
+        "dataclass": Bare(logits=logits, pred_boxes=boxes),
+        "dict": {"logits": logits, "pred_boxes": boxes},
+    }[container]
+    (result,) = GFLImageProcessor().post_process_object_detection(outputs, threshold=0.5, target_sizes=[(10, 20)])
+    assert result["labels"].tolist() == [0] and result["boxes"][0].tolist() == pytest.approx([5.0, 2.5, 15.0, 7.5])

@@ -334,11 +334,10 @@ def export_readme(summary: dict[str, Any], processor: GFLImageProcessor) -> str:
         "",
         "| name | dtype | shape | what |",
         "|---|---|---|---|",
-        "| `pixel_values` | float32 | (batch, 3, height, width) | RGB, channels first: the image resized so its "
-        f"shorter edge is {processor.size['shortest_edge']} px (longer edge at most {processor.size['longest_edge']} "
-        f"px), scaled to [0, 1], normalised per channel with mean {_floats(processor.image_mean)} and std "
-        f"{_floats(processor.image_std)}, padded with zeros at the bottom and right (to a multiple of "
-        f"{processor.pad_size_divisor} px when batching) |",
+        "| `pixel_values` | float32 | (batch, 3, height, width) | RGB, channels first: the image "
+        f"{_resize_description(processor)}, scaled to [0, 1], normalised per channel with mean "
+        f"{_floats(processor.image_mean)} and std {_floats(processor.image_std)}, padded with zeros at the bottom "
+        f"and right ({_pad_description(processor)}) |",
         "| `pixel_mask` | int64 | (batch, height, width) | 1 on image pixels, 0 on padding (all ones for one "
         "unpadded image) |",
         "",
@@ -392,6 +391,28 @@ def export_readme(summary: dict[str, Any], processor: GFLImageProcessor) -> str:
             change = "" if name == "pytorch" else f"{metrics['AP'] - base:+.4f}"
             lines.append(f"| {name} | {metrics['AP']:.4f} | {metrics['AP50']:.4f} | {change} |")
     return "\n".join(lines) + "\n"
+
+
+def _resize_description(processor) -> str:
+    """How the processor resizes, in words, for each form of its `size`."""
+    if not processor.do_resize:
+        return "at its own size"
+    size = processor.size
+    if size.shortest_edge and size.longest_edge:
+        return f"resized so its shorter edge is {size.shortest_edge} px (longer edge at most {size.longest_edge} px)"
+    if size.max_height and size.max_width:
+        return f"resized to fit in {size.max_height}x{size.max_width} px (height x width), keeping its aspect ratio"
+    if size.height and size.width:
+        return f"resized to exactly {size.height}x{size.width} px (height x width)"
+    if size.shortest_edge:
+        return f"resized so its shorter edge is {size.shortest_edge} px"
+    return f"resized so its longer edge is {size.longest_edge} px"
+
+
+def _pad_description(processor) -> str:
+    if processor.pad_size is not None:
+        return f"to {processor.pad_size.height}x{processor.pad_size.width} px"
+    return f"to a multiple of {processor.pad_size_divisor} px when batching"
 
 
 def _floats(values: Sequence[float]) -> str:

@@ -126,7 +126,7 @@ def coco_ground_truth_from_dataset(dataset: datasets.Dataset) -> COCO:
                     "category_id": category,
                     "bbox": [x, y, w, h],
                     "area": float(obj["area"]) if "area" in obj else w * h,
-                    "iscrowd": int(bool(obj["iscrowd"])),
+                    "iscrowd": int(bool(obj.get("iscrowd", 0))),
                 }
             )
     categories = [{"id": label, "name": name} for label, name in enumerate(names)]

@@ -76,6 +76,18 @@ class GFLConfig(PreTrainedConfig):
     """
 
     model_type = "gfl"
+    # What Trainer's evaluation drops from the outputs it gathers (Trainer reads it from the config): the
+    # dense maps are large (tens of MB an image at COCO size) and no metric reads them; `loss_dict`, `logits`
+    # and `pred_boxes` stay, in that order.
+    keys_to_ignore_at_inference = [
+        "fpn_features",
+        "class_logits",
+        "box_distributions",
+        "positive_mask",
+        "instance_losses",
+        "instance_quality",
+        "hidden_states",
+    ]
 
     backbone: str = "resnet50"
     backbone_out_indices: list[int] | tuple[int, ...] = (-3, -2, -1)

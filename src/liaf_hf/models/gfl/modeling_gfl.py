@@ -560,6 +560,8 @@ class GFLObjectDetectionOutput(ModelOutput):
             With `output_instance_losses=True` and `labels`: how right the detector is on each instance, the
             best score x IoU over its positive anchors (the predicted probability of its class times the IoU
             of the predicted box with its box), in [0, 1]; 0 for an instance without positive anchors.
+        hidden_states (`tuple[torch.FloatTensor]`, *optional*):
+            With `output_hidden_states=True`: the backbone's feature maps that feed the FPN, finest first.
     """
 
     loss: torch.FloatTensor | None = None
@@ -572,6 +574,7 @@ class GFLObjectDetectionOutput(ModelOutput):
     positive_mask: torch.BoolTensor | None = None
     instance_losses: torch.FloatTensor | None = None
     instance_quality: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
 class GFLPreTrainedModel(PreTrainedModel):
@@ -675,6 +678,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         pixel_values: torch.FloatTensor,
         pixel_mask: torch.LongTensor | None = None,
         labels: list[dict] | GFLTargets | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         output_instance_losses: bool = False,
     ) -> GFLObjectDetectionOutput | tuple:
@@ -683,17 +687,23 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
                 Normalised images, padded at the bottom and right.
             pixel_mask (`torch.LongTensor` of shape `(B, H, W)`, *optional*):
-                1 for real pixels, 0 for padding. Without it every pixel is real.
+                1 for real pixels, 0 for padding. Without it, each image's unpadded size is its label's `size`
+                when `labels` carry one (as `GFLImageProcessor`'s do), else every pixel is real.
             labels (`list[dict]`, *optional*):
                 One dict per image: `class_labels` (LongTensor `(n,)`), `boxes` (FloatTensor `(n, 4)`,
-                normalised cxcywh relative to the unpadded image) and optionally `ignore_boxes`
-                (FloatTensor `(k, 4)`, same units): regions (crowds, DontCare) that are neither positives
-                nor negatives. Or the `GFLTargets` that `prepare_targets` made of them for this batch.
+                normalised cxcywh relative to the unpadded image), optionally `ignore_boxes` (FloatTensor
+                `(k, 4)`, same units): regions (crowds, DontCare) that are neither positives nor negatives,
+                and `size` (the unpadded (height, width)). Or the `GFLTargets` that `prepare_targets` made of
+                them for this batch.
+            output_hidden_states (`bool`, *optional*):
+                Also return the backbone's feature maps as `hidden_states`.
             output_instance_losses (`bool`, *optional*, defaults to `False`):
                 With `labels`, also return each instance's own loss and quality (`instance_losses`,
                 `instance_quality`), e.g. for distillation methods that weigh instances by them.
         """
         return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         if isinstance(labels, GFLTargets):
             if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
                 raise ValueError(
@@ -702,8 +712,9 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 )
             valid_sizes = labels.valid_sizes
         else:
-            valid_sizes = self.valid_sizes(pixel_values, pixel_mask)  # (B, 2) as (height, width)
-        fpn_features = self.forward_features(pixel_values)
+            valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)  # (B, 2) as (height, width)
+        backbone_features = self.backbone(pixel_values)
+        fpn_features = self.neck(backbone_features)
         class_logits, box_distributions = self.head(fpn_features)
         anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
 
@@ -745,6 +756,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             positive_mask=positive_mask,
             instance_losses=instance_terms[0],
             instance_quality=instance_terms[1],
+            hidden_states=tuple(backbone_features) if output_hidden_states else None,
         )
         if not return_dict:
             return output.to_tuple()
@@ -760,13 +772,29 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return self.neck(self.backbone(pixel_values))
 
     @staticmethod
-    def valid_sizes(pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None) -> torch.Tensor:
-        """(B, 2) height and width of each image's unpadded region (images sit at the top left)."""
+    def valid_sizes(
+        pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, labels: list[dict] | None = None
+    ) -> torch.Tensor:
+        """(B, 2) height and width of each image's unpadded region (images sit at the top left).
+
+        From `pixel_mask` when it is given; else from each label's `size` (what `GFLImageProcessor` returns:
+        the resized, unpadded size), so that a collator that drops the mask, as transformers' object-detection
+        example does, still gives the targets their own images' sizes; else every pixel is real.
+        """
         batch_size, _, height, width = pixel_values.shape
-        if pixel_mask is None:
-            return host_tensor([[height, width]], dtype=torch.float32, device=pixel_values.device).expand(batch_size, 2)
-        mask = pixel_mask.bool()
-        return torch.stack([mask[:, :, 0].sum(dim=1), mask[:, 0, :].sum(dim=1)], dim=1).float()
+        if pixel_mask is not None:
+            mask = pixel_mask.bool()
+            return torch.stack([mask[:, :, 0].sum(dim=1), mask[:, 0, :].sum(dim=1)], dim=1).float()
+        if labels is not None and len(labels) == batch_size and all("size" in label for label in labels):
+            sizes = [[int(v) for v in torch.as_tensor(label["size"]).reshape(-1)[-2:].tolist()] for label in labels]
+            for index, (image_height, image_width) in enumerate(sizes):
+                if not (0 < image_height <= height and 0 < image_width <= width):
+                    raise ValueError(
+                        f"labels[{index}]['size'] is {image_height}x{image_width}, which does not fit the "
+                        f"{height}x{width} pixel_values: it must be the image's resized, unpadded (height, width)."
+                    )
+            return host_tensor(sizes, dtype=torch.float32, device=pixel_values.device)
+        return host_tensor([[height, width]], dtype=torch.float32, device=pixel_values.device).expand(batch_size, 2)
 
     def _anchor_points(
         self, fpn_features: list[torch.Tensor]
@@ -818,7 +846,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
     ) -> GFLTargets:
         """`labels` (the `forward` argument) checked and converted once for the batch of `pixel_values`
         (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls."""
-        valid_sizes = self.valid_sizes(pixel_values, pixel_mask)
+        valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)
         return GFLTargets(valid_sizes=valid_sizes, instances=self.labels_in_pixels(labels, valid_sizes))
 
     def _targets(self, labels: list[dict] | GFLTargets, valid_sizes: torch.Tensor) -> list[tuple]:
