@@ -33,7 +33,13 @@ from liaf_hf.distillation import LIAFDistillationTrainer
 from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.pictures import PICTURES_DIR, add_selector_pictures
 from liaf_hf.hub import take_over_push_to_hub
-from liaf_hf.model_card import ModelCardArguments, read_metrics_file, training_hyperparameters, write_model_card
+from liaf_hf.model_card import (
+    ModelCardArguments,
+    backbone_name,
+    read_metrics_file,
+    training_hyperparameters,
+    write_model_card,
+)
 from liaf_hf.trainers import FaultArguments
 from liaf_hf.training import (
     DataArguments,
@@ -115,7 +121,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             method=distill_args.method,
             method_options=distill_args.options,
             method_settings=settings,
-            student_backbone=student.config.backbone,
+            student_backbone=backbone_name(student.config),
         )
         if training_args.do_train:
             write_model_card(

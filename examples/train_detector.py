@@ -22,7 +22,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 from liaf_hf import GFLImageProcessor
 from liaf_hf.data import label_maps
 from liaf_hf.hub import take_over_push_to_hub
-from liaf_hf.model_card import ModelCardArguments, training_hyperparameters, write_model_card
+from liaf_hf.model_card import ModelCardArguments, backbone_name, training_hyperparameters, write_model_card
 from liaf_hf.trainers import DetectionTrainer, FaultArguments
 from liaf_hf.training import (
     DataArguments,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     )
     metrics = train_and_evaluate(trainer, training_args)
     if training_args.process_index == 0:
-        write_run_summary(training_args.output_dir, model=model, metrics=metrics, backbone=model.config.backbone)
+        write_run_summary(training_args.output_dir, model=model, metrics=metrics, backbone=backbone_name(model.config))
         if training_args.do_train:
             write_model_card(
                 training_args.output_dir,

@@ -11,13 +11,13 @@ import pytest
 import torch
 from huggingface_hub import HfApi, ModelCard
 from PIL import Image
-from transformers import pipeline
+from transformers import ResNetConfig, pipeline
 
 import liaf_hf
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
 from liaf_hf.distillation import method_settings
 from liaf_hf.hub import prepare_upload_folder, push_student, take_over_push_to_hub, upload_file_names
-from liaf_hf.model_card import count_parameters, read_metrics_file, template_path, write_model_card
+from liaf_hf.model_card import backbone_name, count_parameters, read_metrics_file, template_path, write_model_card
 from tiny import load_example, tiny_detector_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,6 +242,21 @@ def test_parameters_are_counted_without_building_weights():
     assert count_parameters(tiny_config(backbone_pretrained=True)) == sum(
         p.numel() for p in GFLForObjectDetection(tiny_config()).parameters()
     )
+
+
+def test_transformers_backbone_is_named_and_counted():
+    """A transformers backbone has no timm name: cards and run summaries call it by its checkpoint, else by
+    its model type, and its parameters are counted on the meta device too."""
+    resnet = ResNetConfig(
+        embedding_size=8,
+        hidden_sizes=[8, 8, 16, 16],
+        depths=[1, 1, 1, 1],
+        layer_type="basic",
+        out_features=["stage2", "stage3", "stage4"],
+    )
+    config = tiny_config(backbone=None, backbone_config=resnet)
+    assert backbone_name(config) == "resnet" and backbone_name(tiny_config()) == "resnet18"
+    assert count_parameters(config) == sum(p.numel() for p in GFLForObjectDetection(config).parameters())
 
 
 def test_template_ships_inside_the_package():

@@ -3,15 +3,17 @@
 import json
 from pathlib import Path
 
+import pytest
 import torch
-from transformers import AutoModelForObjectDetection
+from transformers import AutoModelForObjectDetection, HfArgumentParser
 
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
 from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_dataset
-from tiny import load_example
+from liaf_hf.training import DetectorArguments, build_detector
+from tiny import load_example, tiny_detector_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -74,6 +76,19 @@ def test_detector_learns_to_find_objects(tmp_path):
     evaluator = CocoDetectionEvaluator(coco_ground_truth_from_dataset(dataset))
     evaluator.update([label["image_id"] for label in batch["labels"]], detections)
     assert evaluator.compute()["AP50"] > 0.6
+
+
+@pytest.mark.parametrize("flag", ["--use_pretrained_backbone", "--backbone_pretrained"])
+def test_either_pretrained_backbone_flag_loads_the_weights(flag, monkeypatch):
+    """`--backbone_pretrained` keeps working beside transformers' name for it (the loading itself is stubbed:
+    it would download timm's weights)."""
+    loaded = []
+    monkeypatch.setattr(GFLForObjectDetection, "load_pretrained_backbone", lambda model: loaded.append(model))
+    (arguments,) = HfArgumentParser(DetectorArguments).parse_args_into_dataclasses(
+        [flag, "true", "--num_fpn_levels", "3", *tiny_detector_flags()]
+    )
+    model = build_detector(arguments, {0: "a"})
+    assert model.config.use_pretrained_backbone is True and loaded == [model]
 
 
 def test_trainer_scales_the_loss_for_gradient_accumulation(tmp_path):

@@ -139,10 +139,18 @@ def read_metrics_file(path: str | os.PathLike) -> dict[str, float]:
     return metrics
 
 
+def backbone_name(config: GFLConfig) -> str:
+    """What a card or a run summary calls the backbone: the timm model's name, or for a transformers backbone
+    the checkpoint it came from, else its model type (e.g. `resnet`)."""
+    if config.backbone_config is None:
+        return config.backbone
+    return config.pretrained_backbone_checkpoint or config.backbone_config.model_type
+
+
 def count_parameters(config: GFLConfig) -> int:
     """Number of parameters of a GFL detector with `config`, counted on a model built on the meta device
     (no memory, no weights loaded)."""
-    config = GFLConfig.from_dict({**config.to_dict(), "backbone_pretrained": False})
+    config = GFLConfig.from_dict({**config.to_dict(), "use_pretrained_backbone": False})
     with torch.device("meta"):
         model = GFLForObjectDetection(config)
     return sum(parameter.numel() for parameter in model.parameters())
@@ -280,7 +288,7 @@ def write_model_card(
         "student": _describe_detector(config, processor_config),
         "teacher": {
             "name": teacher_name,
-            "backbone": teacher_config.backbone if teacher_config is not None else None,
+            "backbone": backbone_name(teacher_config) if teacher_config is not None else None,
             "fpn_channels": teacher_config.fpn_channels if teacher_config is not None else None,
             "AP": _percent(teacher_metrics["AP"]) if "AP" in teacher_metrics else None,
         }
@@ -398,7 +406,8 @@ def _describe_detector(config: GFLConfig, processor_config: Mapping[str, Any]) -
     """What the card says about the saved detector: architecture, size, classes, input size, post-processing."""
     size = processor_config.get("size") or {}
     return {
-        "backbone": config.backbone,
+        "backbone": backbone_name(config),
+        "backbone_library": "timm" if config.backbone_config is None else "transformers",
         "fpn_channels": config.fpn_channels,
         "num_fpn_levels": config.num_fpn_levels,
         "head_channels": config.head_channels,
@@ -426,6 +435,7 @@ __all__ = [
     "ModelCardArguments",
     "ResultRow",
     "add_export_section",
+    "backbone_name",
     "count_parameters",
     "export_section",
     "normalise_metrics",

@@ -33,6 +33,9 @@ class DetectorArguments:
     )
     backbone: str = field(default="resnet18", metadata={"help": "Any timm model with features_only support."})
     backbone_pretrained: bool = field(default=False, metadata={"help": "Load timm's pretrained backbone weights."})
+    use_pretrained_backbone: bool = field(
+        default=False, metadata={"help": "The same as --backbone_pretrained, by transformers' name (either one does)."}
+    )
     fpn_channels: int = field(default=256, metadata={"help": "FPN width."})
     head_channels: int = field(default=256, metadata={"help": "Width of the head's stacked convs."})
     head_stacked_convs: int = field(default=4, metadata={"help": "Stacked convs per head branch."})
@@ -187,7 +190,7 @@ def build_detector(arguments: DetectorArguments, id2label: dict[int, str]) -> GF
         return model
     config = GFLConfig(
         backbone=arguments.backbone,
-        backbone_pretrained=arguments.backbone_pretrained,
+        use_pretrained_backbone=arguments.use_pretrained_backbone or arguments.backbone_pretrained,
         fpn_channels=arguments.fpn_channels,
         head_channels=arguments.head_channels,
         head_stacked_convs=arguments.head_stacked_convs,

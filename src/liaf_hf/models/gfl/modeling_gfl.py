@@ -1,8 +1,12 @@
-"""GFL detector: timm backbone, FPN, GFL head, ATSS assignment and the GFL losses.
+"""GFL detector: backbone (timm, or any transformers backbone), FPN, GFL head, ATSS assignment and the GFL losses.
 
 Everything the forward pass and the training loss need lives in this one file, as in transformers' own
 models, so a saved model can be loaded with `trust_remote_code=True` by someone without `liaf_hf`.
 It imports only torch, timm and transformers.
+
+The backbone is `TimmFeatureBackbone` (a timm `features_only` model) by default, or
+`TransformersFeatureBackbone` (what transformers' `load_backbone` builds from `config.backbone_config`); both
+hold the network as `body` and give the FPN a list of maps, finest first, with their `channels` and `strides`.
 
 Box conventions at the boundaries:
 - `labels[i]["boxes"]`, `labels[i]["ignore_boxes"]` and `GFLObjectDetectionOutput.pred_boxes` are
@@ -22,6 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
+from transformers.backbone_utils import load_backbone
+from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
 from .configuration_gfl import GFLConfig
@@ -400,10 +406,10 @@ class TimmFeatureBackbone(nn.Module):
             self.body = timm.create_model(
                 model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **(timm_kwargs or {})
             )
-        except RuntimeError as error:
+        except (RuntimeError, IndexError) as error:
             raise ValueError(
-                f"timm model '{model_name}' cannot serve as a GFL backbone (it must support features_only=True "
-                f"with out_indices={out_indices}): {error}"
+                f"GFLConfig.backbone={model_name!r} cannot serve as a GFL backbone (the timm model must support "
+                f"features_only=True with backbone_out_indices={out_indices}): {error!r}"
             ) from error
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
@@ -411,6 +417,38 @@ class TimmFeatureBackbone(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> list of (B, channels[i], H / strides[i], W / strides[i])."""
         return list(self.body(pixel_values))
+
+
+class TransformersFeatureBackbone(nn.Module):
+    """A transformers backbone (any model `AutoBackbone` builds from `config.backbone_config`, made by
+    `load_backbone`), returning its `feature_maps`."""
+
+    #: Side of the square blank image whose forward measures the strides (a multiple of every power-of-two
+    #: stride up to 256).
+    PROBE_SIZE = 256
+
+    def __init__(self, config: GFLConfig) -> None:
+        super().__init__()
+        self.body = load_backbone(config)
+        self.channels: list[int] = list(self.body.channels)
+        self.strides: list[int] = self._measured_strides()
+
+    @torch.no_grad()
+    def _measured_strides(self) -> list[int]:
+        # The backbone API tells no reductions, so one forward measures them: on the meta device when
+        # from_pretrained builds the model there (shapes without arithmetic), in eval mode so that batch
+        # normalisation keeps its statistics.
+        weight = next(self.body.parameters())
+        channels = getattr(self.body.config, "num_channels", 3)
+        probe = torch.zeros(1, channels, self.PROBE_SIZE, self.PROBE_SIZE, device=weight.device, dtype=weight.dtype)
+        training = self.body.training
+        feature_maps = self.body.eval()(probe, return_dict=True).feature_maps
+        self.body.train(training)
+        return [round(self.PROBE_SIZE / feature_map.shape[-1]) for feature_map in feature_maps]
+
+    def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) -> list of (B, channels[i], H / strides[i], W / strides[i])."""
+        return list(self.body(pixel_values, return_dict=True).feature_maps)
 
 
 class FeaturePyramidNetwork(nn.Module):
@@ -614,7 +652,7 @@ class GFLPreTrainedModel(PreTrainedModel):
 
 
 class GFLForObjectDetection(GFLPreTrainedModel):
-    """GFL detector with a timm backbone.
+    """GFL detector with a timm backbone, or a transformers one (`config.backbone_config`).
 
     Example:
 
@@ -631,13 +669,24 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
     def __init__(self, config: GFLConfig) -> None:
         super().__init__(config)
-        self.backbone = TimmFeatureBackbone(
-            model_name=config.backbone,
-            out_indices=tuple(config.backbone_out_indices),
-            timm_kwargs=config.backbone_kwargs,
-        )
-        for module in self.backbone.modules():
-            module._keeps_timm_init = True
+        if config.backbone_config is None:
+            self.backbone = TimmFeatureBackbone(
+                model_name=config.backbone,
+                out_indices=tuple(config.backbone_out_indices),
+                timm_kwargs=config.backbone_kwargs,
+            )
+            for module in self.backbone.modules():
+                module._keeps_timm_init = True
+        else:
+            # A PreTrainedModel: post_init (its own, and then ours, which hands its modules to its
+            # `_init_weights`) initialises it the way transformers does, untouched by GFL's schemes.
+            self.backbone = TransformersFeatureBackbone(config)
+        # The config counts the levels where it can; a backbone config without out_indices is counted only here.
+        if len(self.backbone.channels) > config.num_fpn_levels:
+            raise ValueError(
+                f"GFLConfig.num_fpn_levels ({config.num_fpn_levels}) must be at least the number of backbone "
+                f"levels ({len(self.backbone.channels)})."
+            )
         self.neck = FeaturePyramidNetwork(
             in_channels=self.backbone.channels, out_channels=config.fpn_channels, num_levels=config.num_fpn_levels
         )
@@ -657,18 +706,27 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self.assigner = ATSSAssigner(topk=config.atss_topk, ignore_iof_threshold=config.ignore_iof_threshold)
         self.post_init()
         # from_pretrained builds the model on the meta device and loads the checkpoint afterwards.
-        if config.backbone_pretrained and self.head.class_logits.weight.device.type != "meta":
+        if config.use_pretrained_backbone and self.head.class_logits.weight.device.type != "meta":
             self.load_pretrained_backbone()
 
     def load_pretrained_backbone(self) -> None:
-        """Load timm's pretrained weights into the backbone (after `post_init`, so they are kept)."""
-        pretrained = timm.create_model(
-            self.config.backbone,
-            pretrained=True,
-            features_only=True,
-            out_indices=tuple(self.config.backbone_out_indices),
-            **(self.config.backbone_kwargs or {}),
-        )
+        """Load the backbone's pretrained weights (after `post_init`, so they are kept): timm's for a timm
+        backbone, those of the checkpoint `config.pretrained_backbone_checkpoint` names for a transformers one."""
+        if self.config.backbone_config is None:
+            pretrained = timm.create_model(
+                self.config.backbone,
+                pretrained=True,
+                features_only=True,
+                out_indices=tuple(self.config.backbone_out_indices),
+                **(self.config.backbone_kwargs or {}),
+            )
+        else:
+            # The backbone's own class: AutoBackbone.from_pretrained asks the Hub whether the name is a repository
+            # (and takes it for a timm model if not), which a local folder must not need.
+            backbone_class = MODEL_FOR_BACKBONE_MAPPING[type(self.config.backbone_config)]
+            pretrained = backbone_class.from_pretrained(
+                self.config.pretrained_backbone_checkpoint, config=self.config.backbone_config
+            )
         self.backbone.body.load_state_dict(pretrained.state_dict(), strict=True)
 
     # ---------------------------------------------------------------------------------------- forward
