@@ -90,6 +90,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--student_backbone", default="resnet18")
     parser.add_argument("--reuse", action="store_true", help="Keep students that already have results.")
+    parser.add_argument(
+        "--resume_from",
+        default=None,
+        help="A results JSON of an earlier run of this benchmark (e.g. on another machine, whose runs/ folder is "
+        "gone): its runs of the requested methods and seeds count as done, if they were trained with the same "
+        "settings, method settings and a teacher with the same scores, which a retrained teacher has when "
+        "training is deterministic. Each such run is marked `restored_from` in the new JSON.",
+    )
     parser.add_argument("--output", default=None, help="JSON file (default: results/distill_gain_<preset>.json).")
     parser.add_argument("--teacher_backbone", default=None, help="Overrides the preset's.")
     parser.add_argument("--teacher_steps", type=int, default=None, help="Overrides the preset's.")
@@ -142,6 +150,65 @@ def trained_with(summary_file: Path, settings: dict) -> bool:
     return True
 
 
+# Settings that may differ between a run and the one it resumes: where files live, and which seeds and rows.
+RESUMABLE_DIFFERENCES = {"seeds", "data_dir", "output_dir", "teacher_cache_dir", "resume_from", "reuse"}
+
+
+def restore_runs(args: argparse.Namespace, teacher: dict) -> int:
+    """Write the summaries of `args.resume_from`'s matching runs into this run's student folders (so that
+    `--reuse` keeps them); refuse a file trained with other settings or another teacher. Returns how many."""
+    earlier = json.loads(Path(args.resume_from).read_text())
+    ours = {k: v for k, v in vars(args).items() if k not in ("methods", "output")}
+    theirs = earlier.get("settings", {})
+    differing = sorted(
+        k for k in set(ours) | set(theirs) if k not in RESUMABLE_DIFFERENCES and ours.get(k) != theirs.get(k)
+    )
+    if differing:
+        raise SystemExit(
+            f"--resume_from {args.resume_from}: trained with other settings ({', '.join(differing)}: "
+            + "; ".join(f"{k} {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing)
+            + ")"
+        )
+    scores = [
+        key
+        for key in earlier["teacher"]
+        if key.startswith("eval_") and "runtime" not in key and "per_second" not in key
+    ]
+    changed = [key for key in scores if earlier["teacher"][key] != teacher.get(key)]
+    if changed:
+        raise SystemExit(
+            f"--resume_from {args.resume_from}: its teacher scored differently ({changed[0]} "
+            f"{earlier['teacher'][changed[0]]} there, {teacher.get(changed[0])} here), so its students are not "
+            "comparable with new ones; run every seed here instead"
+        )
+    restored = 0
+    wanted = {
+        (label, seed): (method, options)
+        for seed in args.seeds
+        for label, method, options in map(parse_method_spec, args.methods)
+    }
+    for run in earlier["runs"]:
+        key = (run["label"], run["seed"])
+        if key not in wanted:
+            continue
+        method, options = wanted[key]
+        summary = {k: v for k, v in run.items() if k not in ("label", "method", "options", "seed")}
+        if summary.get("method_settings") != json.loads(json.dumps(method_settings(method, options))):
+            print(f"Not restoring {key}: its method settings {summary.get('method_settings')} differ.")
+            continue
+        summary_file = (
+            Path(args.output_dir) / f"student-{args.student_backbone}-{run['label']}-seed{run['seed']}" / "summary.json"
+        )
+        if summary_file.is_file():
+            continue
+        summary_file.parent.mkdir(parents=True, exist_ok=True)
+        summary["restored_from"] = earlier.get("command", args.resume_from)
+        summary_file.write_text(json.dumps(summary, indent=2))
+        restored += 1
+    print(f"Restored {restored} runs from {args.resume_from}.")
+    return restored
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
@@ -180,6 +247,9 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     teacher_source = train_teacher(argparse.Namespace(**{**vars(args), "batch_size": args.teacher_batch_size}))
     teacher = json.loads(teacher_source.summary_file.read_text())
+    if args.resume_from:
+        restore_runs(args, teacher)
+        args.reuse = True
     runs = []
     # Seed by seed, so a run stopped part way still compares every method on the seeds it finished.
     for seed in args.seeds:
