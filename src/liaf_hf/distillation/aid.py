@@ -27,7 +27,7 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
 from .features import FeatureAligner, check_feature_scale
-from .instances import InstanceDiscrepancy, InstanceLayout, take_part_in_level_scales
+from .instances import InstanceDiscrepancy, InstanceLayout, per_instance_output, take_part_in_level_scales
 
 __all__ = ["AIDDistiller", "InstanceImitation", "normalise_over_batch"]
 
@@ -210,18 +210,9 @@ class AIDDistiller(InstanceImitation):
             teaching_weight = torch.exp(-self.decay * teacher_loss)
             result.stats["aid/teaching_weight"] = teaching_weight
             return teaching_weight.expand(layout.num_instances)
-        if teacher.instance_losses is None:
-            raise ValueError(
-                "AID needs the teacher's loss on each instance (GFLObjectDetectionOutput.instance_losses): run the "
-                "teacher with the batch's labels and output_instance_losses=True (the trainer does for methods "
-                "with needs_teacher_instance_losses)."
-            )
-        instance_losses = teacher.instance_losses.detach().float()
-        if instance_losses.shape[0] != layout.num_instances:
-            raise ValueError(
-                f"The teacher's instance_losses hold {instance_losses.shape[0]} instances, the batch "
-                f"{layout.num_instances}."
-            )
+        instance_losses = per_instance_output(
+            teacher, "instance_losses", model="teacher", needed_by="AID", layout=layout
+        )
         weights = torch.exp(-self.decay * instance_losses)
         result.stats["aid/teacher_loss"] = instance_losses.mean()
         result.stats["aid/teaching_weight"] = weights.mean()

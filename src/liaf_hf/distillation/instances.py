@@ -105,6 +105,32 @@ class InstanceLayout:
         return values[:, self.image_index, self.slot]
 
 
+def per_instance_output(output, field: str, *, model: str, needed_by: str, layout: InstanceLayout) -> torch.Tensor:
+    """(N,) a model output's per-instance `field` (`instance_losses` or `instance_quality` of a
+    `GFLObjectDetectionOutput`) without gradient, checked against the batch's instances.
+
+    Args:
+        model: "teacher" or "student", for the message.
+        needed_by: what needs the field (a method, or a method's option), for the message.
+
+    Raises:
+        ValueError: the output has no such field (the model ran without labels or without
+            `output_instance_losses=True`), or it counts other instances than the batch.
+    """
+    values = getattr(output, field, None)
+    if values is None:
+        raise ValueError(
+            f"{needed_by} needs the {model}'s {field} (GFLObjectDetectionOutput.{field}): run the {model} with the "
+            "batch's labels and output_instance_losses=True (the trainer does for methods that set "
+            f"needs_{model}_instance_losses)."
+        )
+    if values.shape[0] != layout.num_instances:
+        raise ValueError(
+            f"{needed_by}: the {model}'s {field} hold {values.shape[0]} instances, the batch {layout.num_instances}."
+        )
+    return values.detach().float()
+
+
 def take_part_in_level_scales(levels: list[tuple[torch.Tensor, torch.Tensor]], *, feature_scale: str) -> None:
     """For a step in which this process has no instance: join the other processes' single reduction of the
     levels' teacher scales (`InstanceDiscrepancy.of` makes one for all levels), so none of them waits."""

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
@@ -34,7 +35,14 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar, host_tensor
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
 from .features import FeatureAligner, check_feature_scale, flat_class_logits
-from .instances import InstanceDiscrepancy, InstanceLayout, LevelGrid, cell_errors, take_part_in_level_scales
+from .instances import (
+    InstanceDiscrepancy,
+    InstanceLayout,
+    LevelGrid,
+    cell_errors,
+    per_instance_output,
+    take_part_in_level_scales,
+)
 from .masks import multi_level_background_masks
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
@@ -126,20 +134,6 @@ def _image_entropy(log_shares: torch.Tensor) -> torch.Tensor:
     (padding slots far below any real one, so that their p_j is exactly 0; an image without instances gets
     the entropy of its padding, to be left out)."""
     return -(log_shares.exp() * log_shares).sum(dim=-1)
-
-
-def _instance_field(output: GFLObjectDetectionOutput, field: str, option: str, layout: InstanceLayout) -> torch.Tensor:
-    """(N,) an output's per-instance `field` without gradient, for the selector input that `option` adds."""
-    values = getattr(output, field, None)
-    if values is None:
-        model = "teacher" if option == "use_teacher_quality" else "student"
-        raise ValueError(
-            f"LIAF-KD's {option} needs the {model}'s {field}: run the {model} with the batch's labels and "
-            "output_instance_losses=True (the trainer does for the method's needs_*_instance_losses flags)."
-        )
-    if values.shape[0] != layout.num_instances:
-        raise ValueError(f"{option}: {field} holds {values.shape[0]} instances, the batch {layout.num_instances}.")
-    return values.detach().float()
 
 
 def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
@@ -433,10 +427,16 @@ class LIAFDistiller(Distiller):
             scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
         per_instance = []  # (N,) each, the same on every level
         if self.use_teacher_quality:
-            per_instance.append(_instance_field(teacher, "instance_quality", "use_teacher_quality", layout))
-            per_instance.append(_instance_field(teacher, "instance_losses", "use_teacher_quality", layout).log1p())
+            teacher_field = partial(
+                per_instance_output, teacher, model="teacher", needed_by="LIAF-KD's use_teacher_quality", layout=layout
+            )
+            per_instance += [teacher_field("instance_quality"), teacher_field("instance_losses").log1p()]
         if self.use_student_loss:
-            per_instance.append(_instance_field(student, "instance_losses", "use_student_loss", layout).log1p())
+            per_instance.append(
+                per_instance_output(
+                    student, "instance_losses", model="student", needed_by="LIAF-KD's use_student_loss", layout=layout
+                ).log1p()
+            )
         scalars.extend(values.expand(num_levels, -1) for values in per_instance)
         if self.use_scale:
             sizes = (layout.boxes[:, 2:] - layout.boxes[:, :2]).clamp(min=1.0).prod(dim=1).sqrt()  # (N,)

@@ -27,7 +27,7 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_tensor
 from .aid import InstanceImitation, normalise_over_batch
 from .base import DistillationBatch, DistillationResult, register_distiller
-from .instances import InstanceLayout
+from .instances import InstanceLayout, per_instance_output
 
 __all__ = ["OracleDistiller"]
 
@@ -108,28 +108,18 @@ class OracleDistiller(InstanceImitation):
         else:
             raw = torch.ones(layout.num_instances, device=layout.counts.device)
             if self.needs_teacher_instance_losses:
-                raw = raw * self._read(teacher, "instance_quality", "teacher", layout)
+                raw = raw * per_instance_output(
+                    teacher, "instance_quality", model="teacher", needed_by="The oracle weighting", layout=layout
+                )
             if self.needs_student_instance_losses:
-                raw = raw * self._read(student, "instance_losses", "student", layout)
+                raw = raw * per_instance_output(
+                    student, "instance_losses", model="student", needed_by="The oracle weighting", layout=layout
+                )
             raw = raw.clamp(min=0).pow(self.power)
         weights = layout.real(normalise_over_batch(layout.pad(raw), layout)[None])[0]
         result.stats["oracle/weight_min"] = weights.amin()
         result.stats["oracle/weight_max"] = weights.amax()
         return weights
-
-    @staticmethod
-    def _read(output: GFLObjectDetectionOutput, field: str, model: str, layout: InstanceLayout) -> torch.Tensor:
-        values = getattr(output, field)
-        if values is None:
-            raise ValueError(
-                f"The oracle weighting needs the {model}'s {field}: run it with the batch's labels and "
-                "output_instance_losses=True (the trainer does for the flags this method sets)."
-            )
-        if values.shape[0] != layout.num_instances:
-            raise ValueError(
-                f"The {model}'s {field} hold {values.shape[0]} instances, the batch {layout.num_instances}."
-            )
-        return values.detach().float()
 
     def _noise_weights(self, batch: DistillationBatch, layout: InstanceLayout) -> torch.Tensor:
         if batch.image_ids is None:
