@@ -98,3 +98,32 @@ def test_methods_are_compared_seed_by_seed_on_the_seeds_they_share():
     assert liaf["standard_error"] == pytest.approx(0.0208167 / 3**0.5, rel=1e-5)
     assert liaf["ahead_on"] == 2
     assert distill_gain().paired_differences(runs, reference="pkd", metric="AP") == []
+
+
+def test_resume_from_restores_matching_runs_and_refuses_another_teacher_or_settings(tmp_path):
+    module = distill_gain()
+    args = module.parse_args(["--methods", "none", 'uniform=aid:{"decay": 0.0}', "--seeds", "0", "1"])
+    args.output_dir = str(tmp_path / "students")
+    teacher = {"eval_AP": 0.38, "eval_loss": 0.65, "eval_runtime": 29.0}
+    settings = {k: v for k, v in vars(args).items() if k not in ("methods", "output")}
+    uniform = {"method_settings": module.method_settings("aid", {"decay": 0.0}), "eval_AP": 0.25}
+    earlier = {
+        "command": "earlier run",
+        "settings": {**settings, "seeds": [0]},
+        "teacher": {"eval_AP": 0.38, "eval_loss": 0.65, "eval_runtime": 31.0},  # another runtime is no matter
+        "runs": [
+            {"label": "uniform", "method": "aid", "options": {"decay": 0.0}, "seed": 0, **uniform},
+            {"label": "uniform", "method": "aid", "options": {"decay": 0.5}, "seed": 1, "method_settings": {}},
+        ],
+    }
+    args.resume_from = str(tmp_path / "earlier.json")
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    assert module.restore_runs(args, teacher) == 1  # seed 1 was trained with other method settings
+    restored = json.loads((tmp_path / "students" / "student-resnet18-uniform-seed0" / "summary.json").read_text())
+    assert restored["eval_AP"] == 0.25 and restored["restored_from"] == "earlier run"
+
+    with pytest.raises(SystemExit, match="its teacher scored differently .*eval_loss"):
+        module.restore_runs(args, {**teacher, "eval_loss": 0.66})
+    (tmp_path / "earlier.json").write_text(json.dumps({**earlier, "settings": {**settings, "student_steps": 1}}))
+    with pytest.raises(SystemExit, match="trained with other settings .*student_steps"):
+        module.restore_runs(args, teacher)

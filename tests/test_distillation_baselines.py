@@ -419,7 +419,7 @@ def test_aid_needs_the_teachers_instance_losses_and_uniform_aid_needs_nothing_of
     distiller = build_distiller("aid", student_config=config(), teacher_config=config())
     assert distiller.needs_teacher_instance_losses and not distiller.needs_teacher_head
     features = random_maps(8)
-    with pytest.raises(ValueError, match="teacher's loss on each instance"):
+    with pytest.raises(ValueError, match="AID needs the teacher's instance_losses"):
         distiller(student=output(features), teacher=output(features), batch=make_batch(TWO_IMAGES))
     uniform = build_distiller("aid", student_config=config(), teacher_config=config(), decay=0.0, feature_scale="none")
     assert not (uniform.needs_teacher_loss or uniform.needs_teacher_instance_losses or uniform.needs_teacher_head)
