@@ -10,6 +10,8 @@ import contextlib
 import io
 import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import datasets
@@ -19,13 +21,15 @@ import torch
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from liaf_hf.errors import DataError
+from liaf_hf.errors import DataError, LiafError
 from liaf_hf.metrics import (
+    COCO_BACKENDS,
     CocoDetectionEvaluator,
     coco_detection_metric_path,
     coco_ground_truth_from_dataset,
     coco_ground_truth_from_file,
     make_coco_compute_metrics,
+    resolve_coco_backend,
 )
 
 STAT_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl"]
@@ -475,3 +479,208 @@ def test_evaluate_module_loads_offline_and_gives_the_same_numbers(gt_path, detec
     metric.add_batch(predictions=[{"scores": [], "labels": [], "boxes": []}] * 5, references=references)
     no_detections = metric.compute(class_names=CLASS_NAMES)
     assert no_detections["AP"] == 0.0 and math.isnan(no_detections["AP_fish"])
+
+
+# --- the faster-coco-eval backend ---------------------------------------------------------------------------
+#
+# Each case scores one of the ground-truth/detection set-ups above with the given backend.
+
+
+def _case_all_images(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend=backend
+    )
+    evaluator.update([1, 2], per_image_detections([1, 2], contiguous=True))
+    evaluator.update([3, 5], per_image_detections([3, 5], contiguous=True, as_torch=False))
+    return evaluator.compute()
+
+
+def _case_updated_again(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend=backend
+    )
+    evaluator.update([1], per_image_detections([5], contiguous=True))
+    evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
+    return evaluator.compute()
+
+
+def _case_only_seen_images(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path),
+        label_to_category_id=LABEL_TO_CATEGORY_ID,
+        only_seen_images=True,
+        backend=backend,
+    )
+    evaluator.update([1, 2, 3], per_image_detections([1, 2, 3], contiguous=True))
+    return evaluator.compute()
+
+
+def _case_only_seen_images_none_seen(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path),
+        label_to_category_id=LABEL_TO_CATEGORY_ID,
+        only_seen_images=True,
+        backend=backend,
+    )
+    return evaluator.compute()
+
+
+def _case_max_detections_20(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path),
+        label_to_category_id=LABEL_TO_CATEGORY_ID,
+        max_detections=20,
+        backend=backend,
+    )
+    evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
+    return evaluator.compute()
+
+
+def _case_dataset(dict_of_lists: bool) -> Callable[[Path, str], dict[str, float]]:
+    def case(gt_path: Path, backend: str) -> dict[str, float]:
+        ground_truth = coco_ground_truth_from_dataset(hub_dataset(dict_of_lists=dict_of_lists))
+        evaluator = CocoDetectionEvaluator(ground_truth, backend=backend)
+        evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
+        return evaluator.compute()
+
+    return case
+
+
+def _case_never_updated(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend=backend
+    )
+    return evaluator.compute()
+
+
+def _case_updated_empty(gt_path: Path, backend: str) -> dict[str, float]:
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend=backend
+    )
+    evaluator.update([1, 2], [{"scores": [], "labels": [], "boxes": np.zeros((0, 4))}] * 2)
+    return evaluator.compute()
+
+
+def _case_compute_metrics_batches(gt_path: Path, backend: str) -> dict[str, float]:
+    from transformers import EvalPrediction
+
+    compute_metrics = make_coco_compute_metrics(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend=backend
+    )
+    batches = trainer_batches([[1, 2], [3, 4], [5]], as_torch=True)
+    returned = [
+        compute_metrics(EvalPrediction(predictions, labels), compute_result=index == len(batches) - 1)
+        for index, (predictions, labels) in enumerate(batches)
+    ]
+    return returned[-1]
+
+
+def _case_evaluate_module(gt_path: Path, backend: str) -> dict[str, float]:
+    import evaluate
+
+    metric = evaluate.load(coco_detection_metric_path(), cache_dir=str(gt_path.parent / "evaluate"))
+    content = json.loads(gt_path.read_text())
+    references = []
+    for image in IMAGES:
+        annotations = [a for a in content["annotations"] if a["image_id"] == image["id"]]
+        references.append(
+            {
+                "image_id": image["id"],
+                "boxes": [a["bbox"] for a in annotations],
+                "labels": [LABEL_TO_CATEGORY_ID.index(a["category_id"]) for a in annotations],
+                "area": [a["area"] for a in annotations],
+                "iscrowd": [a["iscrowd"] for a in annotations],
+            }
+        )
+    predictions = [
+        {key: value.tolist() for key, value in found.items()}
+        for found in per_image_detections([image["id"] for image in IMAGES], contiguous=True, as_torch=False)
+    ]
+    return metric.compute(predictions=predictions, references=references, class_names=CLASS_NAMES, backend=backend)
+
+
+BACKEND_CASES = {
+    "all-images": _case_all_images,
+    "updated-again": _case_updated_again,
+    "only-seen-images": _case_only_seen_images,
+    "only-seen-images-none-seen": _case_only_seen_images_none_seen,
+    "max-detections-20": _case_max_detections_20,
+    "dataset-dict-of-lists": _case_dataset(dict_of_lists=True),
+    "dataset-list-of-dicts": _case_dataset(dict_of_lists=False),
+    "never-updated": _case_never_updated,
+    "updated-empty": _case_updated_empty,
+    "compute-metrics-batches": _case_compute_metrics_batches,
+    "evaluate-module": _case_evaluate_module,
+}
+
+# faster-coco-eval's precision is tp / (tp + fp) where pycocotools adds np.spacing(1) to the divisor, so a
+# precision of 1 is 1.0 there and 0.9999999999999998 in pycocotools. On these cases that moves APs and APm (and AP
+# with only seen images) by 5.6e-17 to 1.1e-16 (faster-coco-eval 1.6.0 to 1.8.0); every other number is equal.
+# 1e-12 allows that and nothing a real disagreement (one detection matched otherwise moves AP by > 1e-3) hides in.
+BACKEND_TOLERANCE = 1e-12
+
+
+@pytest.mark.parametrize("case", sorted(BACKEND_CASES))
+def test_faster_coco_eval_gives_pycocotools_numbers(gt_path, case):
+    pytest.importorskip("faster_coco_eval")
+    expected = BACKEND_CASES[case](gt_path, "pycocotools")
+    actual = BACKEND_CASES[case](gt_path, "faster_coco_eval")
+
+    assert list(actual) == list(expected)
+    for key, value in expected.items():
+        if math.isnan(value):
+            assert math.isnan(actual[key]), key
+        else:
+            assert actual[key] == pytest.approx(value, rel=0, abs=BACKEND_TOLERANCE), key
+
+
+def test_faster_coco_eval_leaves_the_ground_truth_alone(gt_path):
+    pytest.importorskip("faster_coco_eval")
+    ground_truth = coco_ground_truth_from_file(gt_path)
+    before = json.dumps(ground_truth.dataset, sort_keys=True)
+    evaluator = CocoDetectionEvaluator(
+        ground_truth, label_to_category_id=LABEL_TO_CATEGORY_ID, backend="faster_coco_eval"
+    )
+    evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
+    first = evaluator.compute()
+
+    assert evaluator.backend == "faster_coco_eval"
+    assert json.dumps(ground_truth.dataset, sort_keys=True) == before
+    assert_same_metrics(evaluator.compute(), first)  # the cached ground truth scores alike the second time
+
+
+def test_backend_from_the_environment(gt_path, monkeypatch):
+    ground_truth = coco_ground_truth_from_file(gt_path)
+    assert CocoDetectionEvaluator(ground_truth).backend == "pycocotools"  # the default
+    monkeypatch.setenv("LIAF_HF_COCO_BACKEND", "pycocotools")
+    assert CocoDetectionEvaluator(ground_truth).backend == "pycocotools"
+    monkeypatch.setenv("LIAF_HF_COCO_BACKEND", "fastest")
+    with pytest.raises(ValueError, match="LIAF_HF_COCO_BACKEND='fastest'.*pycocotools, faster_coco_eval, auto"):
+        CocoDetectionEvaluator(ground_truth)
+    assert CocoDetectionEvaluator(ground_truth, backend="pycocotools").backend == "pycocotools"  # argument wins
+
+
+def test_unknown_backend_is_refused_naming_the_choices(gt_path):
+    assert COCO_BACKENDS == ("pycocotools", "faster_coco_eval", "auto")
+    with pytest.raises(ValueError, match="backend 'fast'.*pycocotools, faster_coco_eval, auto"):
+        CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), backend="fast")
+    with pytest.raises(ValueError, match="pycocotools, faster_coco_eval, auto"):
+        make_coco_compute_metrics(coco_ground_truth_from_file(gt_path), backend="FASTER_COCO_EVAL")
+
+
+def test_missing_faster_coco_eval_names_the_extra(gt_path, detections_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "faster_coco_eval", None)  # makes the import fail as if not installed
+
+    with pytest.raises(LiafError, match=r"pip install \"liaf-hf\[fast-metrics\]\""):
+        CocoDetectionEvaluator(coco_ground_truth_from_file(gt_path), backend="faster_coco_eval")
+    assert resolve_coco_backend("auto") == "pycocotools"
+    evaluator = CocoDetectionEvaluator(
+        coco_ground_truth_from_file(gt_path), label_to_category_id=LABEL_TO_CATEGORY_ID, backend="auto"
+    )
+    evaluator.update([1, 2, 3, 5], per_image_detections([1, 2, 3, 5], contiguous=True))
+    assert [evaluator.compute()[key] for key in STAT_KEYS] == pycocotools_eval(gt_path, detections_path).stats.tolist()
+
+
+def test_auto_picks_faster_coco_eval_when_installed():
+    pytest.importorskip("faster_coco_eval")
+    assert resolve_coco_backend("auto") == "faster_coco_eval"

@@ -1,13 +1,15 @@
-"""Detection metrics: COCO AP through pycocotools, and KITTI's (VOC AP50, KITTI AP40), for
+"""Detection metrics: COCO AP through pycocotools (or faster-coco-eval), and KITTI's (VOC AP50, KITTI AP40), for
 ``transformers.Trainer`` and ``evaluate``."""
 
 from liaf_hf.metrics.coco import (
+    COCO_BACKENDS,
     CocoDetectionEvaluator,
     coco_detection_metric_path,
     coco_ground_truth_from_dataset,
     coco_ground_truth_from_dict,
     coco_ground_truth_from_file,
     make_coco_compute_metrics,
+    resolve_coco_backend,
 )
 from liaf_hf.metrics.kitti import (
     KittiDetectionEvaluator,
@@ -18,6 +20,7 @@ from liaf_hf.metrics.kitti import (
 )
 
 __all__ = [
+    "COCO_BACKENDS",
     "CocoDetectionEvaluator",
     "KittiDetectionEvaluator",
     "coco_detection_metric_path",
@@ -29,4 +32,5 @@ __all__ = [
     "kitti_ground_truth_from_dataset",
     "make_coco_compute_metrics",
     "make_kitti_compute_metrics",
+    "resolve_coco_backend",
 ]

@@ -1,4 +1,4 @@
-"""COCO box AP and AR by pycocotools, for detectors evaluated with ``transformers.Trainer``.
+"""COCO box AP and AR by pycocotools (or faster-coco-eval), for detectors evaluated with ``transformers.Trainer``.
 
 Three layers, each usable alone:
 
@@ -11,6 +11,16 @@ Three layers, each usable alone:
 The numbers are exactly those pycocotools gives for a results JSON holding the same detections:
 boxes are turned from absolute xyxy into xywh the way such a file is written, and scored through
 ``COCO.loadRes``, ``COCOeval.evaluate`` and ``COCOeval.accumulate``.
+
+Scoring backends (``backend=`` of :class:`CocoDetectionEvaluator` and :func:`make_coco_compute_metrics`;
+when not given, the environment variable ``LIAF_HF_COCO_BACKEND``, else ``"pycocotools"``):
+
+* ``"pycocotools"``: the reference;
+* ``"faster_coco_eval"``: faster-coco-eval's C++ ``COCOeval_faster`` on the same ground truth and
+  detections (``pip install "liaf-hf[fast-metrics]"``). Its precision is ``tp / (tp + fp)`` where
+  pycocotools divides by ``tp + fp + np.spacing(1)``, so a precision of 1 is 1.0 there and
+  0.9999999999999998 here, and averaged stats can differ in the last bit or two (a few 1e-16);
+* ``"auto"``: faster-coco-eval when it is importable, else pycocotools.
 
 Metric keys (values are Python floats)::
 
@@ -34,13 +44,16 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 import io
 import logging
 import math
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
+from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -48,21 +61,29 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from liaf_hf.data.coco import objects_as_rows
-from liaf_hf.errors import DataError
+from liaf_hf.errors import DataError, LiafError
 
 if TYPE_CHECKING:
     import datasets
     from transformers import EvalPrediction
 
 __all__ = [
+    "COCO_BACKENDS",
+    "COCO_BACKEND_ENV",
     "CocoDetectionEvaluator",
     "coco_detection_metric_path",
     "coco_ground_truth_from_dataset",
     "coco_ground_truth_from_file",
     "make_coco_compute_metrics",
+    "resolve_coco_backend",
 ]
 
 logger = logging.getLogger("liaf_hf.metrics")
+
+#: The names ``backend=`` takes (see the module docstring).
+COCO_BACKENDS = ("pycocotools", "faster_coco_eval", "auto")
+#: The environment variable that picks the backend wherever none is passed (scripts, KITTI's COCO keys).
+COCO_BACKEND_ENV = "LIAF_HF_COCO_BACKEND"
 
 # (key, is_ap, IoU threshold or None for .50:.95, area range label, index into params.maxDets),
 # in the order of COCOeval.stats.
@@ -80,6 +101,29 @@ _SUMMARY_STATS = (
     ("ARm", False, None, "medium", 2),
     ("ARl", False, None, "large", 2),
 )
+
+
+def resolve_coco_backend(backend: str | None = None) -> str:
+    """The backend that will score: ``"pycocotools"`` or ``"faster_coco_eval"``.
+
+    Args:
+        backend: One of :data:`COCO_BACKENDS`; None reads ``LIAF_HF_COCO_BACKEND`` (default
+            ``"pycocotools"``). ``"auto"`` becomes ``"faster_coco_eval"`` when that imports.
+
+    Raises:
+        ValueError: An unknown backend name.
+        LiafError: ``"faster_coco_eval"`` asked for while the package is not installed.
+    """
+    name = os.environ.get(COCO_BACKEND_ENV, "pycocotools") if backend is None else backend
+    if name not in COCO_BACKENDS:
+        source = f"{COCO_BACKEND_ENV}={name!r}" if backend is None else f"backend {name!r}"
+        raise ValueError(f"unknown COCO {source}; choose one of {', '.join(COCO_BACKENDS)}")
+    if name == "pycocotools":
+        return name
+    if name == "auto":
+        return "faster_coco_eval" if _import_faster_coco_eval(required=False) is not None else "pycocotools"
+    _import_faster_coco_eval(required=True)
+    return name
 
 
 def coco_ground_truth_from_dataset(dataset: datasets.Dataset) -> COCO:
@@ -172,6 +216,9 @@ class CocoDetectionEvaluator:
             no detections counts). By default every ground-truth image counts, and an image never
             updated is one where the detector found nothing: what a Trainer evaluation over the
             whole eval set needs. (With only seen images and nothing updated, every stat is -1.)
+        backend: Which library scores (module docstring): ``"pycocotools"``, ``"faster_coco_eval"``
+            or ``"auto"``; None reads ``LIAF_HF_COCO_BACKEND``, else pycocotools. The resolved name
+            is :attr:`backend`.
 
     Only compact per-image arrays are kept (xywh boxes, scores, category ids): memory grows with the
     number of detections, never with the model's dense outputs. Updating an image again replaces
@@ -199,9 +246,11 @@ class CocoDetectionEvaluator:
         class_names: Sequence[str] | None = None,
         max_detections: int = 100,
         only_seen_images: bool = False,
+        backend: str | None = None,
     ) -> None:
         if max_detections <= 10:
             raise ValueError(f"max_detections must exceed 10 (for AR1, AR10), got {max_detections}")
+        self.backend = resolve_coco_backend(backend)
         self.ground_truth = ground_truth
         self.max_detections = max_detections
         self.only_seen_images = only_seen_images
@@ -210,6 +259,7 @@ class CocoDetectionEvaluator:
         self._label_to_category_id = _check_label_map(label_to_category_id, self._category_ids)
         self._class_names = _category_names(ground_truth, self._label_to_category_id, class_names)
         self._detections: dict[int, _ImageDetections] = {}
+        self._faster_ground_truth: Any = None  # faster_coco_eval.COCO, built on first compute()
 
     def reset(self) -> None:
         """Forget every detection passed to :meth:`update`."""
@@ -246,7 +296,14 @@ class CocoDetectionEvaluator:
             )
         ]
         with _quiet() as pycocotools_output:
-            cocoeval = COCOeval(self.ground_truth, _load_results(self.ground_truth, results), iouType="bbox")
+            if self.backend == "faster_coco_eval":
+                ground_truth = self._faster_coco_ground_truth()
+                # print (not the default logger) so its messages land in the same captured output.
+                cocoeval = _import_faster_coco_eval(required=True).COCOeval_faster(
+                    ground_truth, _load_results(ground_truth, results), iouType="bbox", print_function=print
+                )
+            else:
+                cocoeval = COCOeval(self.ground_truth, _load_results(self.ground_truth, results), iouType="bbox")
             cocoeval.params.maxDets = [1, 10, self.max_detections]
             if self.only_seen_images:
                 cocoeval.params.imgIds = sorted(self._detections)
@@ -254,13 +311,25 @@ class CocoDetectionEvaluator:
             cocoeval.accumulate()
         metrics = _summarize(cocoeval, self._class_names)
         logger.debug(
-            "COCO evaluation of %d detections on %d images\n%s%s",
+            "COCO evaluation (%s) of %d detections on %d images\n%s%s",
+            self.backend,
             len(results),
             len(cocoeval.params.imgIds),
             pycocotools_output.getvalue(),
             " ".join(f"{key}={value:.4f}" for key, value in metrics.items()),
         )
         return metrics
+
+    def _faster_coco_ground_truth(self) -> Any:
+        """faster-coco-eval's index of the ground truth, built once per evaluator.
+
+        Built from a deep copy of ``ground_truth.dataset``: faster-coco-eval writes into the annotation
+        dicts it indexes (``ignore``), which must not reach the pycocotools object the caller holds.
+        """
+        if self._faster_ground_truth is None:
+            faster_coco_eval = _import_faster_coco_eval(required=True)
+            self._faster_ground_truth = faster_coco_eval.COCO(copy.deepcopy(self.ground_truth.dataset))
+        return self._faster_ground_truth
 
     def _to_image_detections(self, image_id: int, detections: Mapping[str, Any]) -> _ImageDetections:
         boxes_xyxy = _to_numpy(detections["boxes"]).astype(np.float64).reshape(-1, 4)
@@ -299,6 +368,7 @@ def make_coco_compute_metrics(
     class_names: Sequence[str] | None = None,
     max_detections: int = 100,
     only_seen_images: bool = False,
+    backend: str | None = None,
 ) -> Callable[..., dict[str, float]]:
     """A ``compute_metrics`` for ``transformers.Trainer`` reporting COCO AP (keys without prefix).
 
@@ -335,6 +405,7 @@ def make_coco_compute_metrics(
         class_names=class_names,
         max_detections=max_detections,
         only_seen_images=only_seen_images,
+        backend=backend,
     )
 
     def compute_metrics(eval_pred: EvalPrediction, compute_result: bool = True) -> dict[str, float]:
@@ -387,8 +458,11 @@ def _split_batch(predictions: Any, labels: Sequence[Mapping[str, Any]]) -> tuple
     return [label["image_id"] for label in labels], detections
 
 
-def _summarize(cocoeval: COCOeval, class_names: Mapping[int, str]) -> dict[str, float]:
+def _summarize(cocoeval: Any, class_names: Mapping[int, str]) -> dict[str, float]:
     """The 12 COCOeval stats and per-class AP, from ``cocoeval.eval`` after ``accumulate()``.
+
+    ``cocoeval`` is pycocotools' ``COCOeval`` or faster-coco-eval's ``COCOeval_faster``: both leave
+    ``eval["precision"]``, ``eval["recall"]`` and ``params`` in the same layout.
 
     Mirrors ``COCOeval.summarize`` (same slices, same mean over entries > -1), which cannot be
     called itself because it hard-codes 100 detections for the first stat.
@@ -417,18 +491,40 @@ def _mean_defined(values: np.ndarray, *, undefined: float) -> float:
     return float(np.mean(defined)) if defined.size else undefined
 
 
-def _load_results(ground_truth: COCO, results: list[dict[str, Any]]) -> COCO:
-    """``ground_truth.loadRes(results)``, also for no results at all (where ``loadRes`` raises)."""
+def _import_faster_coco_eval(*, required: bool) -> ModuleType | None:
+    """The ``faster_coco_eval`` module; None when it is not installed, unless ``required``.
+
+    Imported on use, never at module import, so the library works without the optional extra.
+    """
+    try:
+        return importlib.import_module("faster_coco_eval")
+    except ImportError as error:
+        if not required:
+            return None
+        raise LiafError(
+            'the COCO backend "faster_coco_eval" needs faster-coco-eval, which is not installed: '
+            'pip install "liaf-hf[fast-metrics]"'
+        ) from error
+
+
+def _load_results(ground_truth: Any, results: list[dict[str, Any]]) -> Any:
+    """``ground_truth.loadRes(results)``, also for no results at all.
+
+    ``ground_truth`` is pycocotools' or faster-coco-eval's ``COCO`` and the results object is of the
+    same class. With no results pycocotools' ``loadRes`` raises, as faster-coco-eval's does before 1.8,
+    so the empty results index is built here. Called inside :func:`_quiet`, which takes the prints.
+    """
     if results:
         return ground_truth.loadRes(results)
-    return _coco_from_dict(
-        {
-            "info": copy.deepcopy(ground_truth.dataset.get("info", {})),
-            "images": list(ground_truth.dataset["images"]),
-            "categories": copy.deepcopy(ground_truth.dataset["categories"]),
-            "annotations": [],
-        }
-    )
+    empty = type(ground_truth)()
+    empty.dataset = {
+        "info": copy.deepcopy(ground_truth.dataset.get("info", {})),
+        "images": list(ground_truth.dataset["images"]),
+        "categories": copy.deepcopy(ground_truth.dataset["categories"]),
+        "annotations": [],
+    }
+    empty.createIndex()
+    return empty
 
 
 def coco_ground_truth_from_dict(content: dict[str, Any]) -> COCO:

@@ -1,4 +1,4 @@
-"""COCO box AP and AR computed by pycocotools, as an ``evaluate`` metric module.
+"""COCO box AP and AR computed by pycocotools (or faster-coco-eval), as an ``evaluate`` metric module.
 
 Load it offline by path: ``evaluate.load(liaf_hf.metrics.coco_detection_metric_path())``.
 
@@ -38,6 +38,8 @@ Args:
         occur, named by their number.
     max_detections: detections per image and category that count (COCOeval's maxDets[2], > 10);
         the AR key is AR<max_detections>.
+    backend: "pycocotools", "faster_coco_eval" (the `fast-metrics` extra) or "auto" (faster-coco-eval
+        when installed); not given: the environment variable LIAF_HF_COCO_BACKEND, else pycocotools.
 Returns:
     dict of floats: the 12 stats (-1.0 where pycocotools has nothing to average, as it reports) and
     AP_<class name> for every category (NaN for a category without non-crowd ground truth).
@@ -97,6 +99,7 @@ class CocoDetection(evaluate.Metric):
         references: Sequence[dict[str, Any]],
         class_names: Sequence[str] | None = None,
         max_detections: int = 100,
+        backend: str | None = None,
     ) -> dict[str, float]:
         if class_names is None:
             labels = {label for item in (*references, *predictions) for label in item["labels"]}
@@ -112,7 +115,7 @@ class CocoDetection(evaluate.Metric):
         ground_truth = coco_ground_truth_from_dict(
             {"images": images, "annotations": _annotations(references), "categories": categories}
         )
-        evaluator = CocoDetectionEvaluator(ground_truth, max_detections=max_detections)
+        evaluator = CocoDetectionEvaluator(ground_truth, max_detections=max_detections, backend=backend)
         evaluator.update([reference["image_id"] for reference in references], predictions)
         return evaluator.compute()
 
