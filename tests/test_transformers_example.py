@@ -118,6 +118,18 @@ def corners_in_pixels(boxes: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     )
 
 
+def example_processor(folder):
+    """The folder's processor loaded with the example's arguments: fit in the square, pad to it."""
+    return AutoImageProcessor.from_pretrained(
+        folder,
+        do_resize=True,
+        size={"max_height": SQUARE, "max_width": SQUARE},
+        do_pad=True,
+        pad_size={"height": SQUARE, "width": SQUARE},
+        use_fast=True,
+    )
+
+
 @pytest.fixture(scope="module")
 def saved_gfl(tmp_path_factory):
     """A GFL folder as a user saves it: tiny model, its processor, the model code for trust_remote_code."""
@@ -131,14 +143,7 @@ def saved_gfl(tmp_path_factory):
 
 
 def test_processor_of_the_example_pads_to_the_square_and_keeps_each_image_size(saved_gfl):
-    processor = AutoImageProcessor.from_pretrained(
-        saved_gfl,
-        do_resize=True,
-        size={"max_height": SQUARE, "max_width": SQUARE},
-        do_pad=True,
-        pad_size={"height": SQUARE, "width": SQUARE},
-        use_fast=True,
-    )
+    processor = example_processor(saved_gfl)
     dataset = shapes_dataset(4, seed=0).with_transform(
         lambda examples: transform_without_pixel_mask(examples, image_processor=processor)
     )
@@ -154,14 +159,7 @@ def test_the_example_trains_and_its_torchmetrics_map_matches_our_pycocotools_ap(
         saved_gfl, id2label=dict(enumerate(CLASSES)), label2id={name: i for i, name in enumerate(CLASSES)}
     )
     model = AutoModelForObjectDetection.from_pretrained(saved_gfl, config=config)
-    processor = AutoImageProcessor.from_pretrained(
-        saved_gfl,
-        do_resize=True,
-        size={"max_height": SQUARE, "max_width": SQUARE},
-        do_pad=True,
-        pad_size={"height": SQUARE, "width": SQUARE},
-        use_fast=True,
-    )
+    processor = example_processor(saved_gfl)
     raw = shapes_dataset(8, seed=1)
     train = raw.with_transform(lambda examples: transform_without_pixel_mask(examples, image_processor=processor))
     evaluated = {}
