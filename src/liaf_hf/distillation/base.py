@@ -170,16 +170,15 @@ def method_settings(name: str, options: dict | None = None) -> dict:
     parts = method_parts(name)
     if len(parts) > 1:
         return {part: method_settings(part, options.get(part, {})) for part in parts}
-    factory = _REGISTRY[parts[0]]
     defaults = {
-        parameter.name: parameter.default
-        for parameter in inspect.signature(factory).parameters.values()
-        if parameter.default is not inspect.Parameter.empty and parameter.name not in _PAIR_ARGUMENTS
+        option: parameter.default
+        for option, parameter in _option_parameters(parts[0]).items()
+        if parameter.default is not inspect.Parameter.empty
     }
     return {**defaults, **options}
 
 
-def method_options(name: str) -> dict[str, inspect.Parameter]:
+def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
     """The options of the registered method `name` (not a combined one): its factory's keyword parameters
     besides the student and teacher configs, with their defaults and (evaluated) annotations."""
     factory = _REGISTRY[name]
@@ -216,7 +215,7 @@ def check_method_options(name: str, options: dict) -> None:
             f"{part}.{key}"
             for part in parts
             if isinstance(options.get(part), dict)
-            for key in sorted(set(options[part]) - set(method_options(part)))
+            for key in sorted(set(options[part]) - set(_option_parameters(part)))
         ]
         if misplaced:
             raise ValueError(
@@ -232,7 +231,7 @@ def check_method_options(name: str, options: dict) -> None:
             )
         per_part = {part: options.get(part, {}) for part in parts}
     for part, part_options in per_part.items():
-        known = method_options(part)
+        known = _option_parameters(part)
         takes_any = any(
             parameter.kind is inspect.Parameter.VAR_KEYWORD
             for parameter in inspect.signature(_REGISTRY[part]).parameters.values()
