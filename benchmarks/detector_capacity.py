@@ -58,7 +58,7 @@ def train_command(args: argparse.Namespace, backbone: str) -> list[str]:
         "--head_stacked_convs", str(args.head_stacked_convs),
         "--shortest_edge", str(args.image_size),
         "--longest_edge", str(args.image_size),
-        "--output_dir", str(Path(args.work_dir) / backbone),
+        "--output_dir", str(Path(args.work_dir) / backbone), "--overwrite_output_dir", "true",
         "--do_train", "--do_eval",
         "--max_steps", str(args.max_steps),
         "--per_device_train_batch_size", str(args.batch_size),

@@ -69,6 +69,7 @@ def train_student(args: argparse.Namespace) -> Path:
         "--synthetic_num_train", str(args.num_train), "--synthetic_num_val", str(args.num_val),
         "--backbone", "resnet18", "--fpn_channels", "64", "--head_channels", "64", "--head_stacked_convs", "2",
         "--shortest_edge", "128", "--longest_edge", "128", "--output_dir", str(output), "--do_train",
+        "--overwrite_output_dir", "true",
         "--max_steps", str(args.train_steps), "--per_device_train_batch_size", "16", "--learning_rate", "2e-3",
         "--lr_scheduler_type", "cosine", "--save_strategy", "no", "--report_to", "none", "--seed", "0",
     ]  # fmt: skip

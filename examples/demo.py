@@ -202,6 +202,9 @@ def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed
             "--lr_scheduler_type", "cosine", "--max_grad_norm", "35", "--logging_steps", "50",
             "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--disable_tqdm", "true",
             "--dataloader_num_workers", str(args.dataloader_num_workers),
+            # The demo's folders are its own: each run trains the students into them again (and a teacher whose
+            # cached folder is incomplete).
+            "--overwrite_output_dir", "true",
         ]
         + shlex.split(args.training_flags)
     )  # fmt: skip

@@ -17,6 +17,9 @@ is not evaluated at start (`--evaluate_teacher_at_start false`). With a method t
 with `--report_to tensorboard`); `--selector_pictures false` turns them off.
 `--push_to_hub` (with `--hub_model_id`) uploads the student alone once, at the end: weights, configs, card and
 model code, never checkpoints, the distiller, the pictures or the training state.
+Before anything loads, an `--output_dir` that is the teacher's folder (or holds the teacher in one of its
+`checkpoint-*` folders) is refused, and so is one that already holds a trained model or checkpoints unless the
+run resumes (`--resume_from_checkpoint`) or `--overwrite_output_dir true` says to replace them.
 """
 
 from __future__ import annotations
@@ -44,7 +47,9 @@ from liaf_hf.trainers import FaultArguments
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
+    OutputArguments,
     build_detector,
+    check_output_dir,
     configure_for_detection,
     detection_trainer_kwargs,
     prefixed_arguments,
@@ -59,12 +64,25 @@ StudentArguments = prefixed_arguments(DetectorArguments, "student_", "StudentArg
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
     parser = HfArgumentParser(
-        (DistillationArguments, StudentArguments, DataArguments, ModelCardArguments, FaultArguments, TrainingArguments)
+        (
+            DistillationArguments,
+            StudentArguments,
+            DataArguments,
+            ModelCardArguments,
+            FaultArguments,
+            OutputArguments,
+            TrainingArguments,
+        )
     )
-    distill_args, student_args, data_args, card_args, fault_args, training_args = parser.parse_args_into_dataclasses(
-        args=argv
+    distill_args, student_args, data_args, card_args, fault_args, output_args, training_args = (
+        parser.parse_args_into_dataclasses(args=argv)
     )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_output_dir(
+        training_args,
+        overwrite=output_args.overwrite_output_dir,
+        keep={"--teacher_model_name_or_path": distill_args.teacher_model_name_or_path},
+    )
     configure_for_detection(training_args)
     hub_target = take_over_push_to_hub(training_args)
     # Read before training, so a wrong path fails now rather than after the run.

@@ -10,6 +10,8 @@ KITTI-layout root (recognised by its layout; KITTI data is scored with VOC AP50 
 AP), and `--dataset_name` a Hub-format set instead. After training the output directory also holds
 the model card (`README.md`); `--push_to_hub` (with `--hub_model_id`) uploads the detector alone once, at the
 end: weights, configs, card and model code, never checkpoints or the training state.
+An `--output_dir` that already holds a trained model or checkpoints is refused before anything loads, unless
+the run resumes (`--resume_from_checkpoint`) or `--overwrite_output_dir true` says to replace them.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ from liaf_hf.trainers import DetectionTrainer, FaultArguments
 from liaf_hf.training import (
     DataArguments,
     DetectorArguments,
+    OutputArguments,
     build_detector,
+    check_output_dir,
     configure_for_detection,
     detection_trainer_kwargs,
     prepare_datasets,
@@ -37,9 +41,14 @@ from liaf_hf.training import (
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:
-    parser = HfArgumentParser((DetectorArguments, DataArguments, ModelCardArguments, FaultArguments, TrainingArguments))
-    model_args, data_args, card_args, fault_args, training_args = parser.parse_args_into_dataclasses(args=argv)
+    parser = HfArgumentParser(
+        (DetectorArguments, DataArguments, ModelCardArguments, FaultArguments, OutputArguments, TrainingArguments)
+    )
+    model_args, data_args, card_args, fault_args, output_args, training_args = parser.parse_args_into_dataclasses(
+        args=argv
+    )
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    check_output_dir(training_args, overwrite=output_args.overwrite_output_dir)
     configure_for_detection(training_args)
     hub_target = take_over_push_to_hub(training_args)
 

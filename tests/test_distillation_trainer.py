@@ -25,7 +25,7 @@ from liaf_hf.distillation import (
     inherit_from_teacher,
 )
 from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
-from tiny import tiny_detector
+from tiny import load_example, tiny_detector
 
 
 class StopAfter(TrainerCallback):
@@ -464,3 +464,34 @@ def test_a_compiled_distiller_trains_as_the_eager_one(shapes, teacher_dir, tmp_p
         for name in ("loss", "loss_liaf", "loss_liaf_div", "loss_liaf_entropy", "liaf/weight_max_l0"):
             assert got[name] == pytest.approx(want[name], rel=1e-3, abs=1e-5), (step, name)
     assert eager.model.state_dict().keys() == compiled.model.state_dict().keys()
+
+
+@pytest.mark.parametrize(
+    ("method", "options", "message"),
+    [
+        ("liaf", '{"alpah": 2.0}', r"'liaf' has no options \['alpah'\]; its options .*'alpha': 10\.0"),
+        ("liaf", '{"alpha": "2"}', r"Option 'alpha' of method 'liaf' must be a number \(default 10\.0\), got '2'"),
+        ("liaf", '{"num_selectors": 2.5}', r"'num_selectors' of method 'liaf' must be an integer \(default 6\)"),
+        ("liaf", '{"use_scale": "yes"}', r"'use_scale' of method 'liaf' must be true or false"),
+        ("liaf+ld", '{"weight": 0.5}', r"'liaf\+ld' has no options \['weight'\]: .*keyed by part name"),
+        ("liaf+ld", '{"ld": {"weight": null}}', r"Option 'weight' of method 'ld' must be a number"),
+        ("oracle", '{"facts_file": 3}', r"'facts_file' of method 'oracle' must be a string or null"),
+    ],
+)
+def test_method_options_are_checked_before_the_data_and_the_teacher_load(tmp_path, method, options, message):
+    data_dir = tmp_path / "data"
+    with pytest.raises(ValueError, match=r"--method_options: .*" + message):
+        load_example("distill").main(
+            [
+                "--teacher_model_name_or_path", str(tmp_path / "no-teacher"), "--method", method,
+                "--method_options", options, "--data_dir", str(data_dir), "--generate_synthetic", "easy",
+                "--synthetic_num_train", "2", "--synthetic_num_val", "1",
+                "--output_dir", str(tmp_path / "run"), "--do_train", "--max_steps", "1",
+            ]
+        )  # fmt: skip
+    assert not data_dir.exists() and not (tmp_path / "run").exists()
+
+
+def test_the_trainer_checks_method_options_as_the_command_line_does(shapes, teacher_dir, tmp_path):
+    with pytest.raises(ValueError, match=r"Option 'alpha' of method 'liaf' must be a number \(default 10\.0\)"):
+        make_trainer(shapes, teacher_dir, tmp_path, method="liaf", method_options={"alpha": [1]})

@@ -137,7 +137,7 @@ def test_missing_and_unreadable_images_are_named(detector_dir, tmp_path):
     with pytest.raises(DataError, match="No images"):
         find_images([tmp_path / "empty"])
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="broken.png is not a readable image"):
+    with pytest.raises(DataError, match="broken.png: not a readable image"):
         open_image(tmp_path / "broken.png")
     first, second = tmp_path / "one", tmp_path / "two"
     for folder in (first, second):
@@ -146,4 +146,63 @@ def test_missing_and_unreadable_images_are_named(detector_dir, tmp_path):
     with pytest.raises(LiafError, match="would overwrite each other"):
         load_predict_example().main(
             ["--model", str(detector_dir), "--images", str(first), str(second), "--output_dir", str(tmp_path / "o")]
+        )
+
+
+def test_predict_refuses_an_output_dir_holding_its_input_images_before_writing(detector_dir, tmp_path):
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    Image.new("RGB", (48, 32), (200, 30, 30)).save(images_dir / "a.png")
+    Image.new("RGB", (48, 32), (30, 30, 200)).save(images_dir / "b.jpg")
+    before = {path.name: path.read_bytes() for path in images_dir.iterdir()}
+    predict = load_predict_example()
+    for images, output_dir in [
+        ([str(images_dir)], str(images_dir)),
+        ([str(images_dir / "a.png")], str(images_dir / "." / "sub" / "..")),  # the same folder, spelled otherwise
+    ]:
+        with pytest.raises(LiafError, match=r"is the folder of input images .*replace \[.*a\.png'\]"):
+            predict.main(["--model", str(detector_dir), "--images", *images, "--output_dir", output_dir])
+    with pytest.raises(LiafError, match="is the folder of input images"):
+        predict.main(
+            ["--model", str(detector_dir), "--images", str(images_dir / "b.jpg"), "--output_dir", str(images_dir)]
+        )
+    assert {path.name: path.read_bytes() for path in images_dir.iterdir()} == before, "nothing written"
+    # A folder inside the inputs' is another folder: the inputs stay as they were.
+    written = predict.main(
+        ["--model", str(detector_dir), "--images", str(images_dir), "--output_dir", str(images_dir / "drawn")]
+    )
+    assert written == [images_dir / "drawn" / "a.png", images_dir / "drawn" / "b.png"]
+    assert {path.name: path.read_bytes() for path in images_dir.iterdir() if path.is_file()} == before
+
+
+def test_predict_reads_images_upright_and_16_bit_greyscale_by_its_range(detector_dir, tmp_path):
+    """The loaders' and the pipeline's rule: EXIF orientation applied, 16-bit scaled to 8-bit, not clipped."""
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    stored = Image.new("RGB", (48, 32), (220, 20, 20))
+    stored.paste((20, 20, 220), (24, 0, 48, 32))  # left half red, right half blue
+    exif = Image.Exif()
+    exif[0x0112] = 6  # shown turned 90 degrees clockwise: the left half on top
+    stored.save(images_dir / "turned.jpg", exif=exif, quality=100)
+    Image.fromarray(np.full((20, 30), 32768, dtype=np.uint16)).save(images_dir / "deep.png")
+    output_dir = tmp_path / "drawn"
+    # No detection scores 2: the PNGs show the images as read.
+    load_predict_example().main(
+        ["--model", str(detector_dir), "--images", str(images_dir), "--output_dir", str(output_dir), "--threshold", "2"]
+    )
+    turned = Image.open(output_dir / "turned.png").convert("RGB")
+    assert turned.size == (32, 48)
+    top, bottom = np.asarray(turned)[4, 16].astype(int), np.asarray(turned)[44, 16].astype(int)
+    assert top[0] > 150 > top[2] and bottom[2] > 150 > bottom[0], (top, bottom)
+    deep = np.asarray(Image.open(output_dir / "deep.png").convert("RGB"))
+    assert deep.shape == (20, 30, 3) and (deep == 128).all()
+
+
+def test_predict_names_an_image_over_the_decompression_bomb_limit(detector_dir, tmp_path, monkeypatch):
+    image = tmp_path / "huge.png"
+    Image.new("RGB", (64, 64)).save(image)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    with pytest.raises(DataError, match=r"huge\.png: refused as a possible decompression bomb"):
+        load_predict_example().main(
+            ["--model", str(detector_dir), "--images", str(image), "--output_dir", str(tmp_path / "out")]
         )

@@ -1,10 +1,13 @@
 """Reliability in one process: non-finite losses (stop or skip), unreadable images (stop or skip) without
-damage to saved checkpoints, bf16 autocast, gradient clipping, and loading weights only through safetensors."""
+damage to saved checkpoints, bf16 autocast, gradient clipping, loading weights only through safetensors, and
+damaged checkpoints named before resuming."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
+import shutil
 from functools import partial
 from pathlib import Path
 
@@ -400,3 +403,85 @@ def test_a_teacher_with_unreadable_weights_is_refused_before_any_step(shapes, te
         )
     assert str(broken) in str(error.value)
     assert not (tmp_path / "run").exists()
+
+
+# --------------------------------------------------------------------------------------- damaged checkpoints
+
+
+def trained_run(shapes, teacher_dir, output_dir: Path, kind: str, *, max_steps: int = 2):
+    """A detection or distillation trainer saving a checkpoint at every step of `max_steps`."""
+    train, val, id2label = shapes
+    model = tiny_detector(id2label, seed=6)
+    args = training_args(output_dir, max_steps=max_steps, save_strategy="steps", save_steps=1)
+    if kind == "detection":
+        return DetectionTrainer(model=model, args=args, **trainer_kwargs(train, val, model))
+    return LIAFDistillationTrainer(
+        model=model,
+        teacher=teacher_dir,
+        method="liaf",
+        evaluate_teacher_at_start=False,
+        args=args,
+        **trainer_kwargs(train, val, model),
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_runs(shapes, teacher_dir, tmp_path_factory) -> dict[str, Path]:
+    """Output folders of a finished 2-step detection run and distillation run: checkpoint-1 and checkpoint-2."""
+    runs = {}
+    for kind in ("detection", "distillation"):
+        runs[kind] = tmp_path_factory.mktemp(kind)
+        trained_run(shapes, teacher_dir, runs[kind], kind).train()
+    return runs
+
+
+def truncated(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def garbage(data: bytes) -> bytes:
+    return bytes(len(data))  # all zero bytes: a safetensors header of length 0, no zip or pickle at all
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "damage"),
+    [
+        ("detection", "model.safetensors", truncated),
+        ("detection", "optimizer.pt", truncated),
+        ("detection", "optimizer.pt", garbage),
+        ("detection", "scheduler.pt", garbage),
+        ("detection", "rng_state.pth", truncated),
+        ("detection", "trainer_state.json", truncated),
+        ("distillation", "distiller.safetensors", truncated),
+        ("distillation", "model.safetensors", garbage),
+        ("distillation", "rng_state.pth", garbage),
+        ("distillation", "scheduler.pt", truncated),
+    ],
+)
+def test_a_damaged_checkpoint_file_is_named_before_the_first_resumed_step(
+    shapes, teacher_dir, saved_runs, tmp_path, kind, name, damage
+):
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs[kind], run)
+    damaged = run / "checkpoint-2" / name
+    damaged.write_bytes(damage(damaged.read_bytes()))
+    trainer = trained_run(shapes, teacher_dir, run, kind, max_steps=4)
+    with pytest.raises(DataError, match=re.escape(str(damaged)) + " is truncated or corrupt") as error:
+        trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert f"Resume from an earlier checkpoint instead: --resume_from_checkpoint {run / 'checkpoint-1'}" in str(
+        error.value
+    )
+    assert "weights_only" not in str(error.value), "no advice to unpickle arbitrary code"
+    assert trainer.state.global_step == 0
+
+
+def test_a_checkpoint_without_its_trainer_state_is_refused_naming_it(shapes, teacher_dir, saved_runs, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(saved_runs["detection"], run)
+    (run / "checkpoint-1" / "trainer_state.json").unlink()
+    trainer = trained_run(shapes, teacher_dir, run, "detection", max_steps=3)
+    with pytest.raises(DataError, match=r"checkpoint-1 has no trainer_state.json.*no earlier checkpoint beside it"):
+        trainer.train(resume_from_checkpoint=str(run / "checkpoint-1"))
+    # The intact later checkpoint resumes.
+    trainer.train(resume_from_checkpoint=str(run / "checkpoint-2"))
+    assert trainer.state.global_step == 3

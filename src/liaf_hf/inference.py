@@ -15,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers.dynamic_module_utils import get_relative_import_files
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
+from .data.images import read_image
 from .errors import DataError, LiafError
 from .models.gfl.configuration_gfl import GFLConfig
 from .models.gfl.image_processing_gfl import GFLImageProcessor
@@ -172,12 +173,15 @@ def find_images(paths: Sequence[str | os.PathLike]) -> list[Path]:
 
 
 def open_image(path: str | os.PathLike) -> Image.Image:
-    """The image in `path` as RGB; a `DataError` naming the file when it is not an image."""
-    try:
-        with Image.open(path) as image:
-            return image.convert("RGB")
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path} is not a readable image: {error}") from error
+    """The image in `path` upright (EXIF orientation applied) as 8-bit RGB, read as the data loaders and
+    transformers' pipeline read it (`liaf_hf.data.images.read_image`), so a detector sees the same pixels
+    whichever way an image reaches it.
+
+    Raises:
+        DataError: naming the file when it is not a readable image, is too large for PIL's decompression-bomb
+            limit, or has a pixel mode with no faithful RGB form.
+    """
+    return read_image(path)
 
 
 @torch.no_grad()

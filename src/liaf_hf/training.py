@@ -13,9 +13,12 @@ from typing import Any
 import datasets
 import torch
 from transformers import TrainerCallback, TrainingArguments
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import load_coco_detection
 from .data.collate import DetectionCollator, DetectionTransform
+from .errors import LiafError
 from .models.gfl.configuration_gfl import GFLConfig
 from .models.gfl.image_processing_gfl import GFLImageProcessor
 from .models.gfl.modeling_gfl import GFLForObjectDetection
@@ -176,6 +179,82 @@ class DataArguments:
                 seed=self.split_seed,
             )
         return load_coco_detection(self.data_dir, split)
+
+
+@dataclass
+class OutputArguments:
+    """What a training run may do to an `--output_dir` that already holds a trained model or checkpoints.
+
+    transformers 5 dropped `TrainingArguments.overwrite_output_dir`; the example scripts keep its meaning, with
+    the safe default: a run refuses to train over a saved model unless told to.
+    """
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Train into an --output_dir that already holds a trained model (config.json, "
+            "model.safetensors) or checkpoints (checkpoint-*), replacing them. Without it such a run is refused "
+            "unless it resumes (--resume_from_checkpoint)."
+        },
+    )
+
+
+def check_output_dir(
+    training_args: TrainingArguments, *, overwrite: bool, keep: dict[str, str | None] | None = None
+) -> None:
+    """Refuse a run that would write over a model it was not told to replace; called before any data or model
+    loads, so nothing has been written when it stops.
+
+    Args:
+        training_args: the run's arguments (`output_dir`, `do_train`, `resume_from_checkpoint`).
+        overwrite: `--overwrite_output_dir`: training may replace the model and checkpoints in `output_dir`.
+        keep: folders the run reads and must leave intact, by the flag that names them (the teacher). Refused
+            whatever `overwrite` says when `output_dir` is one of them, or one lies in a `checkpoint-*` folder of
+            `output_dir` (which saving a checkpoint rewrites and `save_total_limit` deletes).
+
+    Raises:
+        LiafError: naming the folder, what it holds and the flags that allow the run.
+    """
+    output_dir = Path(training_args.output_dir)
+    resolved = output_dir.resolve()
+    for flag, folder in (keep or {}).items():
+        if folder is None:
+            continue
+        kept = Path(folder).resolve()
+        inside = kept.relative_to(resolved).parts if kept.is_relative_to(resolved) else None
+        if inside == ():
+            raise LiafError(
+                f"--output_dir {output_dir} is the folder of {flag} {folder}: the run would replace its weights, "
+                "config and results with its own. Give another --output_dir."
+            )
+        if inside and inside[0].startswith(f"{PREFIX_CHECKPOINT_DIR}-"):
+            raise LiafError(
+                f"{flag} {folder} lies in {output_dir / inside[0]}, a checkpoint folder of --output_dir "
+                f"{output_dir}: saving checkpoints would overwrite or delete it. Copy it elsewhere or give "
+                "another --output_dir."
+            )
+    if not training_args.do_train or training_args.resume_from_checkpoint or overwrite or not output_dir.is_dir():
+        return
+    model_files = [
+        name for name in (CONFIG_NAME, SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME) if (output_dir / name).is_file()
+    ]
+    checkpoints = sorted(
+        (path.name for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if path.is_dir()),
+        key=lambda name: (len(name), name),
+    )
+    held = []
+    if model_files:
+        held.append(f"a trained model ({', '.join(model_files)})")
+    if checkpoints:
+        held.append(f"checkpoints ({', '.join(checkpoints)})")
+    if held:
+        resume = (
+            f", --resume_from_checkpoint {output_dir / checkpoints[-1]} to continue that run," if checkpoints else ""
+        )
+        raise LiafError(
+            f"--output_dir {output_dir} already holds {' and '.join(held)}, which this run would overwrite. Pass "
+            f"--overwrite_output_dir true to replace them{resume} or give another --output_dir."
+        )
 
 
 def build_detector(arguments: DetectorArguments, id2label: dict[int, str]) -> GFLForObjectDetection:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-from .base import method_parts
+from .base import check_method_options, method_parts
 
 
 @dataclass
@@ -62,6 +62,12 @@ class DistillationArguments:
             raise ValueError(f"--method_options is not valid JSON: {error}") from error
         if not isinstance(options, dict):
             raise ValueError(f"--method_options must be a JSON object, got {self.method_options!r}.")
+        # Checked here, at parse time, so a misspelt or mistyped option stops the run before the data and the
+        # teacher load.
+        try:
+            check_method_options(self.method, options)
+        except ValueError as error:
+            raise ValueError(f"--method_options: {error}") from error
         if self.selector_picture_images < 1:
             raise ValueError(f"--selector_picture_images must be at least 1, got {self.selector_picture_images}.")
 

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -168,13 +170,136 @@ def method_settings(name: str, options: dict | None = None) -> dict:
     parts = method_parts(name)
     if len(parts) > 1:
         return {part: method_settings(part, options.get(part, {})) for part in parts}
-    factory = _REGISTRY[parts[0]]
     defaults = {
-        parameter.name: parameter.default
-        for parameter in inspect.signature(factory).parameters.values()
-        if parameter.default is not inspect.Parameter.empty and parameter.name not in _PAIR_ARGUMENTS
+        option: parameter.default
+        for option, parameter in _option_parameters(parts[0]).items()
+        if parameter.default is not inspect.Parameter.empty
     }
     return {**defaults, **options}
+
+
+def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
+    """The options of the registered method `name` (not a combined one): its factory's keyword parameters
+    besides the student and teacher configs, with their defaults and (evaluated) annotations."""
+    factory = _REGISTRY[name]
+    try:
+        signature = inspect.signature(factory, eval_str=True)
+    except (NameError, TypeError, SyntaxError):  # an annotation that does not evaluate here: no types known
+        signature = inspect.signature(factory)
+    return {
+        parameter.name: parameter
+        for parameter in signature.parameters.values()
+        if parameter.name not in _PAIR_ARGUMENTS
+        and parameter.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    }
+
+
+def check_method_options(name: str, options: dict) -> None:
+    """Refuse options that method `name` does not have or whose values are not of the type its constructor
+    declares, before anything is built or loaded (a run checks its `--method_options` at parse time).
+
+    A combined method's options are given per part, keyed by the part's name (`{"liaf": {...}, "ld": {...}}`).
+
+    Raises:
+        ValueError: naming the method, the option, the method's options with their defaults, and the type
+            expected.
+    """
+    parts = method_parts(name)
+    if not isinstance(options, dict):
+        raise ValueError(f"The options of method {name!r} must be a JSON object (a dict), got {options!r}.")
+    if len(parts) == 1:
+        per_part = {parts[0]: options}
+    else:
+        misplaced = sorted(set(options) - set(parts))
+        unknown_in_parts = [
+            f"{part}.{key}"
+            for part in parts
+            if isinstance(options.get(part), dict)
+            for key in sorted(set(options[part]) - set(_option_parameters(part)))
+        ]
+        if misplaced:
+            raise ValueError(
+                f"{name!r} has no options {misplaced + unknown_in_parts}: the options of a combined method are "
+                f"given per part, keyed by part name {parts}, e.g. {{{parts[0]!r}: {{...}}}}. Its options: "
+                f"{method_settings(name)}."
+            )
+        not_dicts = sorted(part for part, part_options in options.items() if not isinstance(part_options, dict))
+        if not_dicts:
+            raise ValueError(
+                f"The options of parts {not_dicts} of {name!r} must be dicts of keyword options, keyed by option "
+                f"name, e.g. {{{not_dicts[0]!r}: {{...}}}}."
+            )
+        per_part = {part: options.get(part, {}) for part in parts}
+    for part, part_options in per_part.items():
+        known = _option_parameters(part)
+        takes_any = any(
+            parameter.kind is inspect.Parameter.VAR_KEYWORD
+            for parameter in inspect.signature(_REGISTRY[part]).parameters.values()
+        )
+        unknown = sorted(set(part_options) - set(known))
+        if unknown and not takes_any:
+            raise ValueError(
+                f"{part!r} has no options {unknown}; its options (with their defaults): {method_settings(part)}."
+            )
+        for key, value in part_options.items():
+            parameter = known.get(key)
+            if parameter is None:  # taken by a factory's **options, which says nothing of its type
+                continue
+            expected = parameter.annotation
+            if expected is inspect.Parameter.empty or isinstance(expected, str):
+                # No usable annotation: the default's type, when there is one.
+                default = parameter.default
+                expected = type(default) if default not in (None, inspect.Parameter.empty) else None
+            if expected is not None and not _accepts(expected, value):
+                default = "" if parameter.default is inspect.Parameter.empty else f" (default {parameter.default!r})"
+                raise ValueError(
+                    f"Option {key!r} of method {part!r} must be {_describe(expected)}{default}, got {value!r} "
+                    f"({_describe(type(value))})."
+                )
+
+
+def _accepts(expected, value) -> bool:
+    """Whether `value` (as JSON gives it) is of the annotated type `expected`; True for types not checked."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return any(_accepts(option, value) for option in typing.get_args(expected))
+    if origin is typing.Literal:
+        return value in typing.get_args(expected)
+    if expected is type(None):
+        return value is None
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:  # an integer is a number too, as Python's float annotations mean
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if expected is str:
+        return isinstance(value, str)
+    if origin in (list, tuple) or expected in (list, tuple):  # JSON has arrays only
+        return isinstance(value, (list, tuple))
+    if origin is dict or expected is dict:
+        return isinstance(value, dict)
+    return True
+
+
+def _describe(expected) -> str:
+    """A type in the words of the JSON a user writes: 'a number', 'true or false', 'a string or null'."""
+    origin = typing.get_origin(expected)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(option) for option in typing.get_args(expected))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(option) for option in typing.get_args(expected))
+    names = {
+        type(None): "null",
+        bool: "true or false",
+        int: "an integer",
+        float: "a number",
+        str: "a string",
+        list: "an array",
+        tuple: "an array",
+        dict: "an object",
+    }
+    return names.get(origin or expected, getattr(expected, "__name__", str(expected)))
 
 
 def parse_method_spec(spec: str) -> tuple[str, str, dict]:
@@ -190,26 +315,17 @@ def parse_method_spec(spec: str) -> tuple[str, str, dict]:
         return spec, spec, {}
     label, rest = spec.split("=", 1)
     method, _, text = rest.partition(":")
-    parts = method_parts(method)
+    method_parts(method)  # an unknown method is named before its options are read
     try:
         options = json.loads(text) if text else {}
     except json.JSONDecodeError as error:
         raise ValueError(f"Method spec {spec!r}: the options after {method + ':'!r} are not JSON ({error}).") from None
     if not isinstance(options, dict):
         raise ValueError(f"Method spec {spec!r}: the options must be a JSON object, got {type(options).__name__}.")
-    known = method_settings(method)
-    if len(parts) == 1:
-        unknown = sorted(set(options) - set(known))
-    else:  # options per part: {"liaf": {...}, "ld": {...}}
-        unknown = sorted(set(options) - set(parts))
-        unknown += [
-            f"{part}.{name}"
-            for part in parts
-            if isinstance(options.get(part), dict)
-            for name in sorted(set(options[part]) - set(known[part]))
-        ]
-    if unknown:
-        raise ValueError(f"Method spec {spec!r}: {method!r} has no options {unknown}; its options: {known}.")
+    try:
+        check_method_options(method, options)
+    except ValueError as error:
+        raise ValueError(f"Method spec {spec!r}: {error}") from None
     return label, method, options
 
 
@@ -220,17 +336,9 @@ def build_distiller(name: str, *, student_config: GFLConfig, teacher_config: GFL
     that part's options (`liaf={"alpha": 2.0}, ld={"weight": 0.5}`), and a part left out keeps its defaults.
     """
     parts = method_parts(name)
+    check_method_options(name, options)
     if len(parts) == 1:
         return _REGISTRY[parts[0]](student_config=student_config, teacher_config=teacher_config, **options)
-    misplaced = sorted(set(options) - set(parts))
-    if misplaced:
-        raise ValueError(
-            f"Options of the combined method {name!r} are given per part, keyed by part name {parts}, e.g. "
-            f"{{{parts[0]!r}: {{...}}}}; got keys {misplaced}."
-        )
-    not_dicts = sorted(part for part, part_options in options.items() if not isinstance(part_options, dict))
-    if not_dicts:
-        raise ValueError(f"The options of parts {not_dicts} of {name!r} must be dicts of keyword options.")
     return CompositeDistiller(
         parts={
             part: _REGISTRY[part](student_config=student_config, teacher_config=teacher_config, **options.get(part, {}))

@@ -25,7 +25,7 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
-from ..trainers import DetectionTrainer, require_safetensors_checkpoint
+from ..trainers import DetectionTrainer, check_checkpoint, require_safetensors_checkpoint
 from .base import DistillationBatch, Distiller, build_distiller, method_settings
 
 logger = logging.getLogger("liaf_hf.distillation")
@@ -449,7 +449,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
             save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata=metadata)
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        require_safetensors_checkpoint(resume_from_checkpoint)
+        check_checkpoint(resume_from_checkpoint)
         target = self.accelerator.unwrap_model(model if model is not None else self.model)
         student_file = os.path.join(resume_from_checkpoint, SAFE_WEIGHTS_NAME)
         distiller_file = os.path.join(resume_from_checkpoint, DISTILLER_WEIGHTS_NAME)
