@@ -1,11 +1,11 @@
 """The README's demo: generate the shapes set, train a teacher, then train the student without and with
 distillation, and print one table.
 
-    python examples/demo.py                        # about 20 minutes on two CPU cores
+    python examples/demo.py                        # the README gives its measured duration
     python examples/demo.py --student_steps 100    # a quick look (scores will be low)
 
 The teacher is a ResNet-34 GFL trained for 450 steps, the student a ResNet-18 GFL trained for 350 steps
-(a ResNet-50 teacher takes about 16 minutes alone on two cores; benchmarks/distill_gain.py uses one).
+(benchmarks/distill_gain.py uses a ResNet-50 teacher).
 
 Each student's folder holds its model card (with the teacher's AP and, for the distilled one, the plain
 student's). With a method that has instance selectors (`liaf`), the distilled student is also scored
@@ -38,6 +38,7 @@ from distill import main as distill
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.distillation.pictures import PICTURES_DIR
+from liaf_hf.progress import format_duration
 from liaf_hf.training import DATASET_FORMATS, DataArguments
 from train_detector import main as train_detector
 
@@ -189,9 +190,9 @@ def load_eval_split(args: argparse.Namespace) -> datasets.Dataset:
     return data.load_split(args.eval_split)
 
 
-def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed: int = 0) -> list[str]:
-    """Flags every training run of the demo shares: data, image size, schedule, logging (then --training_flags,
-    which win over them)."""
+def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, run_name: str, seed: int = 0) -> list[str]:
+    """Flags every training run of the demo shares: data, image size, schedule, logging under `run_name` with a
+    progress bar (then --training_flags, which win over them)."""
     return (
         data_flags(args)
         + [
@@ -200,7 +201,7 @@ def common_flags(args: argparse.Namespace, *, output_dir: Path, steps: int, seed
             "--per_device_eval_batch_size", "32",
             "--learning_rate", "2e-3", "--weight_decay", "1e-4", "--warmup_steps", str(min(100, steps // 10)),
             "--lr_scheduler_type", "cosine", "--max_grad_norm", "35", "--logging_steps", "50",
-            "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--disable_tqdm", "true",
+            "--save_strategy", "no", "--report_to", "none", "--seed", str(seed), "--run_name", run_name,
             "--dataloader_num_workers", str(args.dataloader_num_workers),
             # The demo's folders are its own: each run trains the students into them again (and a teacher whose
             # cached folder is incomplete).
@@ -288,7 +289,12 @@ def train_teacher(args: argparse.Namespace) -> Teacher:
         print(f"Reusing the teacher in {teacher_dir}")
         return teacher
     train_detector(
-        common_flags(args, output_dir=teacher_dir, steps=args.teacher_steps)
+        common_flags(
+            args,
+            output_dir=teacher_dir,
+            steps=args.teacher_steps,
+            run_name=f"the teacher (GFL {args.teacher_backbone})",
+        )
         + detector_flags("", args.teacher_backbone, args.channels, pretrained=args.backbone_pretrained)
     )
     return teacher
@@ -307,7 +313,13 @@ def train_student(
     """Distil the teacher into a fresh student with `method` (`none` trains it alone); returns its folder."""
     student_dir = Path(args.output_dir) / f"student-{args.student_backbone}-{name or method}"
     distill(
-        common_flags(args, output_dir=student_dir, steps=args.student_steps, seed=seed)
+        common_flags(
+            args,
+            output_dir=student_dir,
+            steps=args.student_steps,
+            seed=seed,
+            run_name=f"the student (GFL {args.student_backbone}, {name or method}, seed {seed})",
+        )
         + detector_flags("student_", args.student_backbone, args.channels, pretrained=args.backbone_pretrained)
         + [
             "--teacher_model_name_or_path", teacher.name_or_path, "--method", method, "--method_options", options,
@@ -329,11 +341,27 @@ def evaluation_flags(args: argparse.Namespace) -> list[str]:
     return ["--eval_strategy", "steps", "--eval_steps", str(every)]
 
 
+def announce(stage: int, what: str, started: float) -> None:
+    """Print which of the demo's four stages begins, and the time spent so far."""
+    elapsed = time.perf_counter() - started
+    print(f"\n[{stage}/4, {format_duration(elapsed)} so far] {what}", flush=True)
+
+
 def main() -> None:
     args = parse_args()
     started = time.perf_counter()
+    print(
+        f"The demo trains a teacher (GFL {args.teacher_backbone}, {args.teacher_steps} steps; reused when cached), "
+        f"then a student (GFL {args.student_backbone}, {args.student_steps} steps) alone and distilled with "
+        f"{args.method}, then scores all three. Each training run logs its estimated time left after its first "
+        "steps.",
+        flush=True,
+    )
+    announce(1, f"The teacher: GFL {args.teacher_backbone}, {args.teacher_steps} steps", started)
     teacher = train_teacher(args)
+    announce(2, f"The student alone: GFL {args.student_backbone}, {args.student_steps} steps", started)
     plain_dir = train_student(args, teacher, "none", "{}")
+    announce(3, f"The student distilled with {args.method}: {args.student_steps} steps", started)
     # The distilled student's model card lists the plain student beside it.
     distilled_dir = train_student(
         args,
@@ -353,6 +381,7 @@ def main() -> None:
         (f"distilled student, {args.method}", distilled_dir),
     ]
     minutes = (time.perf_counter() - started) / 60
+    announce(4, "Inference speed of the three models on the same validation images", started)
     rows = []
     throughputs = images_per_second([directory for _, directory in runs], load_eval_split(args))
     summaries = [teacher.summary_file] + [Path(directory) / "summary.json" for _, directory in runs[1:]]

@@ -115,6 +115,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             eval_dataset=eval_dataset,
             seed=training_args.seed,
             skip_bad_images=fault_args.skip_bad_images,
+            run_name=training_args.run_name or f"GFL {backbone_name(student.config)} student, {distill_args.method}",
         ),
     )
     if distill_args.selector_pictures:

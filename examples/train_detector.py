@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
             eval_dataset=eval_dataset,
             seed=training_args.seed,
             skip_bad_images=fault_args.skip_bad_images,
+            run_name=training_args.run_name or f"GFL {backbone_name(model.config)} detector",
         ),
     )
     metrics = train_and_evaluate(trainer, training_args)

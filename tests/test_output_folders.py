@@ -111,4 +111,6 @@ def test_the_demos_runs_train_again_into_their_own_folders(trained_dir, tmp_path
     monkeypatch.setattr(sys, "argv", ["demo.py", "--dataset_format", "coco", "--data_dir", str(data_dir)])
     args = demo.parse_args()
     with data_refusal(data_dir):
-        load_example("train_detector").main(demo.common_flags(args, output_dir=trained_dir, steps=1))
+        load_example("train_detector").main(
+            demo.common_flags(args, output_dir=trained_dir, steps=1, run_name="a rerun")
+        )

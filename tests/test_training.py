@@ -1,6 +1,7 @@
 """Training with transformers.Trainer: the example script end to end, and a detector that really learns."""
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from tiny import load_example, tiny_detector_flags
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_train_detector_example_trains_scores_and_saves(tmp_path):
+def test_train_detector_example_trains_scores_and_saves(tmp_path, caplog):
     data_dir, output_dir = tmp_path / "shapes", tmp_path / "run"
+    caplog.set_level(logging.INFO, logger="liaf_hf.progress")
     metrics = load_example("train_detector").main(
         [
             "--data_dir", str(data_dir), "--generate_synthetic", "easy",
@@ -40,6 +42,8 @@ def test_train_detector_example_trains_scores_and_saves(tmp_path):
     assert GFLImageProcessor.from_pretrained(output_dir).size == {"shortest_edge": 64, "longest_edge": 64}
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
+    progress = [record.getMessage() for record in caplog.records if record.name == "liaf_hf.progress"]
+    assert progress == ["Training GFL resnet18 detector: 3 steps", "GFL resnet18 detector: trained 3 steps"]
 
 
 def test_detector_learns_to_find_objects(tmp_path):

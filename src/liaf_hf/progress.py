@@ -47,12 +47,16 @@ class TrainingProgressCallback(TrainerCallback):
         self._next_report = 0
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self._clock_start = None
+        if not state.is_world_process_zero:  # one report per run, not one per process
+            return control
         resumed = f", resuming at step {state.global_step}" if state.global_step else ""
         logger.info("Training %s: %d steps%s", self.run_name, state.max_steps, resumed)
-        self._clock_start = None
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return control
         now = time.perf_counter()
         if self._clock_start is None:
             # The clock starts after the first step of this process (a resumed run's first step too).

@@ -22,6 +22,7 @@ from .errors import LiafError
 from .models.gfl.configuration_gfl import GFLConfig
 from .models.gfl.image_processing_gfl import GFLImageProcessor
 from .models.gfl.modeling_gfl import GFLForObjectDetection
+from .progress import TrainingProgressCallback
 
 #: What `DataArguments.dataset_format` takes: auto finds coco, kitti or hub from the layout.
 DATASET_FORMATS = ("auto", "coco", "kitti", "hub")
@@ -332,12 +333,15 @@ def detection_trainer_kwargs(
     eval_dataset: datasets.Dataset | None,
     seed: int = 0,
     skip_bad_images: bool = False,
+    run_name: str | None = None,
 ) -> dict[str, Any]:
     """Keyword arguments that make `transformers.Trainer` (or a subclass) train and score a detector:
     transformed datasets, the padding collator, COCO metrics (and VOC AP50 and KITTI AP40 for KITTI data, see
     `liaf_hf.metrics.kitti`), the reduction of dense outputs, and the
     callback that gives each epoch its own (reproducible) augmentation, seeded by `seed`. An unreadable
-    image raises `DataError` naming it, or is dropped and counted with `skip_bad_images`."""
+    image raises `DataError` naming it, or is dropped and counted with `skip_bad_images`. With `run_name`,
+    the run's start, its time per step and its estimated time left are logged under that name
+    (`liaf_hf.progress.TrainingProgressCallback`)."""
     from .metrics import (
         coco_ground_truth_from_dataset,
         is_kitti_dataset,
@@ -355,6 +359,8 @@ def detection_trainer_kwargs(
         transform = DetectionTransform(image_processor, train=True, seed=seed, skip_bad_images=skip_bad_images)
         kwargs["train_dataset"] = transform.apply_to(train_dataset)
         kwargs["callbacks"] = [AugmentationEpochCallback(transform)]
+        if run_name is not None:
+            kwargs["callbacks"].append(TrainingProgressCallback(run_name))
     if eval_dataset is not None:
         eval_transform = DetectionTransform(image_processor, train=False, skip_bad_images=skip_bad_images)
         kwargs["eval_dataset"] = eval_transform.apply_to(eval_dataset)
