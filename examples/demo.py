@@ -236,6 +236,9 @@ def images_per_second(
         (GFLForObjectDetection.from_pretrained(path).eval(), GFLImageProcessor.from_pretrained(path))
         for path in model_dirs
     ]
+    # A small evaluation split (a quick look with --num_val 16) is timed on fewer or smaller batches.
+    batch_size = min(batch_size, len(eval_split))
+    batches = max(1, min(batches, len(eval_split) // batch_size))
     dataset = eval_split.with_transform(DetectionTransform(detectors[0][1], train=False))
     collate = DetectionCollator(detectors[0][1])
     loaded = [collate([dataset[i] for i in range(b * batch_size, (b + 1) * batch_size)]) for b in range(batches)]
