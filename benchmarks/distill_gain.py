@@ -43,7 +43,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
 from demo import (  # noqa: E402
     add_setting_arguments,
     check_setting_arguments,
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in (sys.argv[1:] if argv is None else argv)
     )
     result = {
+        "provenance": provenance(),
         "command": command.strip(),
         "date": date.today().isoformat(),
         "machine": {

@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
+
 FLOOR = "student step + teacher forward"
 # The configurations of step_cost.py that do not run the teacher (`none` distils nothing, so it skips it).
 WITHOUT_TEACHER = frozenset({"student step", "distill: none"})
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines)
     print(table)
     result = {
+        "provenance": provenance(),
         "command": "python benchmarks/gpu_cost_model.py "
         + " ".join(f"--{key} {value}" for key, value in vars(args).items() if value and key != "output"),
         "date": date.today().isoformat(),
