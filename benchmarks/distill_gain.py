@@ -65,7 +65,7 @@ PRESETS = {
         "teacher_batch_size": 16,
     },
     # A machine with a GPU: harder set, larger images and a longer schedule. Run in full it takes about 3 hours
-    # on one H200 (speeds of a shortened run on a lent one, BENCHMARKS.md); only the shortened run is done.
+    # on one H200 (speeds of a shortened run on a lent one, docs/benchmarks.md); only the shortened run is done.
     "gpu": {
         "difficulty": "medium", "image_size": 256, "num_train": 10000, "num_val": 2000, "channels": 128,
         "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000, "teacher_batch_size": 16,

@@ -1,8 +1,8 @@
 """How far do kernel counts predict a GPU step's time? Fit, on one GPU run, and predict for counted code.
 
     python benchmarks/gpu_cost_model.py \
-        --timed benchmarks/results/step_cost_gpu_47790c6.json \
-        --counted benchmarks/results/step_cost_gpu_preset_kernels_47790c6.json \
+        --timed benchmarks/results/gpu_cost_model_timed.json \
+        --counted benchmarks/results/gpu_cost_model_counted.json \
         --predict benchmarks/results/step_cost_gpu_preset_operations.json
 
 `--timed`: a `step_cost.py` run on a GPU (seconds per step of each configuration). `--counted`: the kernels
