@@ -35,6 +35,9 @@ from liaf_hf.data import generate_coco_dataset, load_coco_detection
 from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
+
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
 
@@ -130,6 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"\nfaster-coco-eval: {speedup:.1f}x as fast (medians); largest metric difference "
           f"{differences[worst_key]:.1e} ({worst_key})")  # fmt: skip
     result = {
+        "provenance": provenance(),
         "command": "python benchmarks/coco_eval_time.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": date.today().isoformat(),
         "versions": {name: importlib.metadata.version(name) for name in ("pycocotools", "faster-coco-eval")},

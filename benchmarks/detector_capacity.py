@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -119,6 +121,7 @@ def main() -> None:
             lines.append(f"| {row['backbone']} | " + " | ".join(cells) + " |")
     print("\n".join(lines))
     result = {
+        "provenance": provenance(),
         "command": "python " + " ".join([os.path.relpath(__file__, ROOT), *sys.argv[1:]]),
         "date": date.today().isoformat(),
         "machine": {

@@ -43,7 +43,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))
-
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
 from demo import (  # noqa: E402
     add_setting_arguments,
     check_setting_arguments,
@@ -64,7 +65,7 @@ PRESETS = {
         "teacher_batch_size": 16,
     },
     # A machine with a GPU: harder set, larger images and a longer schedule. Run in full it takes about 3 hours
-    # on one H200 (speeds of a shortened run on a lent one, BENCHMARKS.md); only the shortened run is done.
+    # on one H200 (speeds of a shortened run on a lent one, docs/benchmarks.md); only the shortened run is done.
     "gpu": {
         "difficulty": "medium", "image_size": 256, "num_train": 10000, "num_val": 2000, "channels": 128,
         "teacher_backbone": "resnet50", "teacher_steps": 6000, "student_steps": 3000, "teacher_batch_size": 16,
@@ -317,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in (sys.argv[1:] if argv is None else argv)
     )
     result = {
+        "provenance": provenance(),
         "command": command.strip(),
         "date": date.today().isoformat(),
         "machine": {

@@ -1,8 +1,8 @@
 """How far do kernel counts predict a GPU step's time? Fit, on one GPU run, and predict for counted code.
 
     python benchmarks/gpu_cost_model.py \
-        --timed benchmarks/results/step_cost_gpu_47790c6.json \
-        --counted benchmarks/results/step_cost_gpu_preset_kernels_47790c6.json \
+        --timed benchmarks/results/gpu_cost_model_timed.json \
+        --counted benchmarks/results/gpu_cost_model_counted.json \
         --predict benchmarks/results/step_cost_gpu_preset_operations.json
 
 `--timed`: a `step_cost.py` run on a GPU (seconds per step of each configuration). `--counted`: the kernels
@@ -23,12 +23,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
+
 FLOOR = "student step + teacher forward"
 # The configurations of step_cost.py that do not run the teacher (`none` distils nothing, so it skips it).
 WITHOUT_TEACHER = frozenset({"student step", "distill: none"})
@@ -135,6 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     table = "\n".join(lines)
     print(table)
     result = {
+        "provenance": provenance(),
         "command": "python benchmarks/gpu_cost_model.py "
         + " ".join(f"--{key} {value}" for key, value in vars(args).items() if value and key != "output"),
         "date": date.today().isoformat(),

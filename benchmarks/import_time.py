@@ -20,6 +20,9 @@ from datetime import date
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
+
 PROBE = (
     "import sys, time; started = time.perf_counter(); import liaf_hf; "
     "print(time.perf_counter() - started, len(sys.modules), liaf_hf.__file__)"
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"| {row['source']} | {seconds_cells} | {row['modules_loaded']} |")
     result = {"command": "python benchmarks/import_time.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": date.today().isoformat(), "rounds": args.rounds, "rows": rows}  # fmt: skip
+    result["provenance"] = provenance()
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"Wrote {args.output}")

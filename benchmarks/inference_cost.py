@@ -36,6 +36,9 @@ from liaf_hf.export.parity import evaluate_ap
 from liaf_hf.inference import detect, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
+
 BACKENDS = ("pytorch", "torch_compile", "onnx", "onnx_int8")
 
 
@@ -178,6 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.plain_model:
         models["plain"] = Path(args.plain_model)
     results = {
+        "provenance": provenance(),
         "date": date.today().isoformat(),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads},
         "torch_version": torch.__version__,

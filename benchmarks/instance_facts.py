@@ -22,7 +22,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data import load_coco_detection, read_instance_facts  # noqa: E402
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform  # noqa: E402
@@ -106,6 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     output_file = Path(args.output or ROOT / "benchmarks" / "results" / f"instance_facts_{Path(args.model).name}.json")
     result = {
+        "provenance": provenance(),
         "command": "python benchmarks/instance_facts.py " + " ".join(sys.argv[1:] if argv is None else argv),
         "model": args.model,
         "data_dir": args.data_dir,

@@ -55,7 +55,8 @@ from torch.profiler import ProfilerActivity, profile
 from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
-
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
+from _provenance import provenance  # noqa: E402
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
 from liaf_hf.distillation import available_methods, build_distiller, parse_method_spec  # noqa: E402
@@ -675,6 +676,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
 
     result = {
+        "provenance": provenance(),
         "command": shlex.join(["python", "benchmarks/step_cost.py", *argv]),
         "date": date.today().isoformat(),
         "machine": {

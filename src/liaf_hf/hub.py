@@ -79,7 +79,7 @@ def prepare_upload_folder(student_dir: str | os.PathLike, *, destination: str | 
     (`upload_file_names`), hard-linked where the file system allows, copied otherwise.
 
     Example:
-        >>> folder = prepare_upload_folder("runs/student-liaf", destination="/tmp/upload")  # doctest: +SKIP
+        >>> folder = prepare_upload_folder("runs/student-liaf", destination="upload/student-liaf")  # doctest: +SKIP
         >>> sorted(path.name for path in folder.iterdir())  # doctest: +SKIP
         ['README.md', 'config.json', 'configuration_gfl.py', ...]
 

@@ -155,8 +155,8 @@ class AIDDistiller(InstanceImitation):
             add (the teacher's head is then not run).
         weighting: `"instance"` (default, as AID is published): each instance's factor from the teacher's own
             loss on it (`GFLObjectDetectionOutput.instance_losses`). `"batch"`: one factor for the whole batch
-            from the teacher's loss on it, which on the generated sets acts as a fixed cut of the weight
-            (BENCHMARKS.md, "Uniform instance weights at the same strength").
+            from the teacher's loss on it: a trained teacher's loss varies little from batch to batch, so
+            this acts as a near-constant cut of the weight (docs/benchmarks.md, "What the selectors add").
     """
 
     loss_name = "aid"

@@ -19,9 +19,8 @@ With `feature_scale="teacher"` (the default) both maps of a level are first divi
 activation on it, sqrt(E_l) (over the batch, every process included, no gradient), so the terms, the
 attention's temperature and the published weights see features of unit mean square whatever the teacher;
 `"none"` uses the raw maps, as FGD's code does. Why: FGD's weights were set for one trained R101 teacher's
-256-channel FPN. On our generated set a trained ResNet-50 teacher's maps are large enough that the raw
-foreground term starts near 3,000 against a GFL loss near 1 and the student learns little else (28.6 AP
-below the plain student in benchmarks/results/distill_gain_cpu400_baselines.json); the temperature of 0.5 on
+256-channel FPN. Another trained teacher's maps can be large enough that the raw foreground term is thousands
+of times the GFL loss, and the student then learns little else than to imitate; the temperature of 0.5 on
 such maps also turns the attention into a one-hot. The other feature methods scale the same way.
 
 where G_S and G_T are two GcBlock-style global context modules (`GlobalContextBlock`, one pair per level,
@@ -120,8 +119,8 @@ def fgd_multi_level_masks(
     valid_sizes: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`fgd_masks` of every image on every level at once, the levels' cells side by side: all images' boxes in
-    one pass, each cell then taking the largest value among its own image's boxes (a pass per image and level
-    cost about 150 tensor operations, a pass per level about 45, each a kernel launch on a GPU).
+    one pass, each cell then taking the largest value among its own image's boxes (a pass per image or per
+    level would launch a kernel on a GPU for each of its many small operations).
 
     Args:
         boxes: per image, (n_i, 4) ground-truth boxes, xyxy in pixels of the padded input.

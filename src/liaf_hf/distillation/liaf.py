@@ -13,13 +13,12 @@ Gaussian mask G_lj of instance j (see `masks.gaussian_instance_masks`, sums to 1
 with e_T, e_S the mask-weighted mean teacher and student features of the instance, t the training
 progress, q_lj the student's own predicted quality for the instance's class inside its mask, and as options
 what the instance-level detection losses tell (the teacher's correctness and loss on the instance, the
-student's loss on it) and the instance's scale and class. E_l is
-the teacher's mean squared activation on the level (`feature_scale="teacher"`, the default) or 1
-(`"none"`, the paper's plain squared error): trained FPNs grow their coarse levels' activations by an
-order of magnitude (a trained GFL ResNet-18 on the shapes sets: RMS 3 on P3, 35-70 on P7), so without it the
-coarsest maps, a few cells each, would dominate the loss and the right `alpha` would depend on the
-teacher. The selectors (MLP, K vectors s_k) and the align convs exist only in training: the student
-keeps the architecture of a student trained alone.
+student's loss on it) and the instance's scale and class. E_l is the teacher's mean squared activation on
+the level (`feature_scale="teacher"`, the default) or 1 (`"none"`, the paper's plain squared error): trained
+FPNs grow their coarse levels' activations an order of magnitude or more above the finest level's, so without
+it the coarsest maps, a few cells each, would dominate the loss and the right `alpha` would depend on the
+teacher. The selectors (MLP, K vectors s_k) and the align convs exist only in training: the student keeps the
+architecture of a student trained alone.
 """
 
 from __future__ import annotations
@@ -156,14 +155,12 @@ class LIAFDistiller(Distiller):
             student's maps to the teacher's width.
         alpha: weight of the instance feature loss `loss_liaf` (averaged over levels). With
             `feature_scale="teacher"`, d_lj is the squared error relative to the teacher's own energy on the
-            level, about 1 while the student's features are still unrelated to the teacher's (measured:
-            1.07-1.17 for fresh ResNet-18 students of 32, 64 and 128 FPN channels against a trained
-            64-channel ResNet-18 teacher, whose GFL loss is then 2.3), so the term starts near alpha whatever
-            the FPN width. The default, 10.0, was measured on benchmarks/distill_gain.py's cpu preset (three
-            seeds; BENCHMARKS.md): alpha 1, a term the size of the GFL loss, gained 12.9 AP over the plain
-            student and alpha 10 23.4 AP (the selectors as sharp at both, `entropy_weight` then 0.1). With
-            `feature_scale="none"` set alpha from the teacher's activations (that teacher's plain d runs into
-            the thousands on P7).
+            level, about 1 while the student's features are still unrelated to the teacher's, so the term
+            starts near alpha whatever the FPN width. The default, 10.0, makes it pull about as hard as the
+            strongest baselines do at their published weights; at 1, a term the size of the GFL loss, the
+            student gains much less (docs/benchmarks.md, "Why the default weight is 10"). With
+            `feature_scale="none"` set alpha from the teacher's activations (a trained teacher's plain d can
+            run into the thousands on its coarsest level).
         beta: weight of the background term `loss_liaf_bg` (the same relative squared error, uniform over
             the valid cells outside every box and ignore region, averaged over images and levels); 0 turns
             it off.
@@ -174,22 +171,18 @@ class LIAFDistiller(Distiller):
             levels and images, like `loss_liaf`). The selector's optimum is then w_j proportional to
             exp(d_j / entropy_weight): with the default 1.0, instances whose d differ by 1 (d is about 1
             at the start) get weights in the ratio e. The term scales with alpha so that alpha sets how
-            strongly the student is pulled and entropy_weight how sharply the selectors pick, apart: a
-            fixed entropy weight made the selection ten times sharper at alpha 10 than at alpha 1. The
-            default was 0.1 until measured against uniform instance weights at the same alpha on the three
-            generated sets (BENCHMARKS.md, "Uniform instance weights at the same strength"): at 0.1 `robust`
-            trails them (0.7 AP on the easy set, every seed), at 1.0 it is level, and 0.57 AP ahead of 0.1
-            on the easy set (six seeds, 2.5 standard errors). Lower it (sharper selection) on data whose
-            instances differ more than those sets' do.
+            strongly the student is pulled and entropy_weight how sharply the selectors pick, apart. The
+            default, 1.0, is gentle selection: sharper selection (0.1) fell behind uniform instance weights at
+            the same strength on the generated sets, and 1.0 did not (docs/benchmarks.md, "What the selectors
+            add"). Lower it on data whose instances differ more than those sets' do.
         num_selectors: K.
         embed_dim: D, width of the selectors' embedding.
         objective: `"robust"` (default): the selectors receive the reversed gradient of `loss_liaf`, so
             they seek the instances the student has not learned, balanced by the entropy term. `"joint"`:
             the selectors minimise `loss_liaf` with the student; they then collapse onto the easiest
             instance of each image (weight entropy near 0). The student minimises the same weighted loss
-            either way. Measured with benchmarks/distill_gain.py (ResNet-50 teacher AP 0.776, ResNet-18
-            student at batch 16 for 400 steps, one seed; BENCHMARKS.md): plain student AP 0.663, joint
-            0.698, robust 0.717. `"task"` (beyond docs/method.md): the selectors seek the instances whose
+            either way; `joint`'s collapse costs the student AP against `robust` (docs/benchmarks.md).
+            `"task"` (liaf-hf's own addition, docs/method.md): the selectors seek the instances whose
             imitation also serves the student's own detection loss. For each instance, b_lj = <dd_lj/dS_l,
             g_l>, with g_l the gradient of the student's GFL loss with respect to its map on level l, is
             the first-order drop of that loss when the student's map takes a step down the instance's

@@ -31,9 +31,8 @@ class MimicDistiller(Distiller):
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
         weight: weight of `loss_mimic`. No published value exists for GFL. With `feature_scale="teacher"` the
             relative squared error of an unrelated student is about 1, so the term starts near `weight`. The
-            default, 10.0, is LIAF-KD's `alpha` and AID's weight, so the three compare at equal strength; on
-            benchmarks/distill_gain.py's cpu preset (three seeds; BENCHMARKS.md) weight 1 lost 2.6 AP
-            against the plain student and weight 10 gained 19.5.
+            default, 10.0, is LIAF-KD's `alpha` and AID's weight, so the three compare at equal strength (at
+            1 whole-map imitation is too weak to help: docs/benchmarks.md, "Why the default weight is 10").
         feature_scale: `"teacher"`: divide each level's error by the teacher's mean squared activation on it,
             so coarse levels with large activations do not dominate; `"none"`: the plain FitNet error (set
             `weight` from the teacher's activations then).
