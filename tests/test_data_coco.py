@@ -321,12 +321,12 @@ def test_image_size_must_match_json(tmp_path: Path) -> None:
         load_coco_detection(root)
     message = str(raised.value)
     assert ANNOTATION_NAME in message
-    assert "a.png (image id 10) is 41x30, the JSON says 40x30" in message
+    assert "a.png (image id 10) is 41x30, the annotation says 40x30" in message
     assert load_coco_detection(root, check_image_sizes=False).num_rows == 3
 
 
 def test_unreadable_image(tmp_path: Path) -> None:
     root = _write_set(tmp_path / "set", _valid_content())
     (root / "train" / "a.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"cannot read image .*a\.png \(image id 10\)"):
+    with pytest.raises(DataError, match=r"a\.png \(image id 10\): not a readable image"):
         load_coco_detection(root)

@@ -149,7 +149,7 @@ def test_kitti_rows_saved_to_disk_keep_their_fields(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ({"train": [{"file_name": "a.png", "labels": [1]}]}, "no 'objects' column"),
+        ({"train": [{"file_name": "a.png", "labels": [1]}]}, r"train/metadata.jsonl, line 1: no 'objects'"),
         (
             {"train": [{"file_name": "a.png", "objects": {"boxes": [[1, 1, 2, 2]], "category": ["car"]}}]},
             "'objects' has no 'bbox' field",

@@ -180,13 +180,16 @@ def test_arbitrary_bytes_raise_data_error(data, image_dir, tmp_path):
     load_or_data_error(path, image_dir, check_image_sizes=True)
 
 
+CATEGORY = [{"id": 1, "name": "cat"}]
+
+
 @pytest.mark.parametrize(
     "content",
     [
-        {"images": [{"id": 2**70, "file_name": "a.png", "width": 8, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "a.png", "width": 2**40, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "a.png\x00", "width": 8, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "x" * 300, "width": 8, "height": 6}], "annotations": [], "categories": []},
+        {"images": [{"id": 2**70, "file_name": "a.png", "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
+        {"images": [{"id": 1, "file_name": "a.png", "width": 2**40, "height": 6}], "annotations": [], "categories": CATEGORY},
+        {"images": [{"id": 1, "file_name": "a.png\x00", "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
+        {"images": [{"id": 1, "file_name": "x" * 300, "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
     ],
     ids=["huge-id", "huge-width", "nul-in-file-name", "long-file-name"],
 )
