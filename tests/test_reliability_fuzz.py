@@ -180,17 +180,15 @@ def test_arbitrary_bytes_raise_data_error(data, image_dir, tmp_path):
     load_or_data_error(path, image_dir, check_image_sizes=True)
 
 
-CATEGORY = [{"id": 1, "name": "cat"}]
+def one_image(**fields) -> dict:
+    """A file of one image (`fields` over a valid record), no annotations and one category."""
+    image = {"id": 1, "file_name": "a.png", "width": 8, "height": 6, **fields}
+    return {"images": [image], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
 
 
 @pytest.mark.parametrize(
     "content",
-    [
-        {"images": [{"id": 2**70, "file_name": "a.png", "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
-        {"images": [{"id": 1, "file_name": "a.png", "width": 2**40, "height": 6}], "annotations": [], "categories": CATEGORY},
-        {"images": [{"id": 1, "file_name": "a.png\x00", "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
-        {"images": [{"id": 1, "file_name": "x" * 300, "width": 8, "height": 6}], "annotations": [], "categories": CATEGORY},
-    ],
+    [one_image(id=2**70), one_image(width=2**40), one_image(file_name="a.png\x00"), one_image(file_name="x" * 300)],
     ids=["huge-id", "huge-width", "nul-in-file-name", "long-file-name"],
 )
 def test_crashes_found_by_fuzzing_are_data_errors(content, image_dir, tmp_path):

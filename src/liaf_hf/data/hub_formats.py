@@ -210,7 +210,7 @@ def _load_splits(name_or_path: str | Path) -> dict[str, datasets.Dataset]:
     path = Path(name_or_path)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
-            return dict(datasets.load_from_disk(str(path)))
+            return _load_saved(path)
         if (path / "state.json").is_file():
             raise DataError(
                 f"{path}: holds one saved Dataset, not splits; save a DatasetDict (e.g. "
@@ -227,6 +227,21 @@ def _load_splits(name_or_path: str | Path) -> dict[str, datasets.Dataset]:
         return dict(datasets.load_dataset(str(name_or_path)))
     except (FileNotFoundError, ConnectionError, ValueError) as error:
         raise DataError(f"{name_or_path}: not a local folder, and loading it from the Hub failed: {error}") from error
+
+
+def _load_saved(path: Path) -> dict[str, datasets.Dataset]:
+    try:
+        return dict(datasets.load_from_disk(str(path)))
+    except IndexError as error:
+        # datasets saves a split of no rows without a data file, and then fails to read it back.
+        empty = sorted(
+            folder.name
+            for folder in path.iterdir()
+            if (folder / "state.json").is_file() and not any(folder.glob("*.arrow"))
+        )
+        if not empty:
+            raise
+        raise DataError(f"{path}: the splits {empty} have no rows; a detection set needs at least one image") from error
 
 
 def _has_metadata(path: Path) -> bool:
