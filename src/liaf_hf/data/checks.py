@@ -6,6 +6,9 @@ KITTI loaders accept, repair and refuse the same inputs in the same way.
 - **iscrowd** is 0 or 1, a bool, or one of the strings ``"0"``, ``"1"``, ``"true"``, ``"false"`` (any case)
   that CSV and JSON Lines exports write; anything else is refused, since ``bool("0")`` is True and would
   silently turn the object into an ignore region.
+- **Paths.** A ``file_name`` is relative to its image folder; an absolute one, or one that climbs out with
+  ``..``, is refused (the COCO loader accepts it when asked to). The test is on the name as written, not on
+  the resolved path, so an image folder of symbolic links to files stored elsewhere stays readable.
 - **Boxes** (xywh, absolute pixels of the upright image) partly outside their image are clipped to it, and
   boxes of zero width or height after clipping are dropped, as COCO tools do; both are counted in one
   warning per file. A box that shares no point with its image is refused: it belongs to another image or
@@ -17,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import numbers
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +29,16 @@ import numpy as np
 
 from liaf_hf.errors import DataError
 
-__all__ = ["BoxFitter", "area_value", "clip_xywh", "integer_value", "is_number", "listing", "parse_iscrowd"]
+__all__ = [
+    "BoxFitter",
+    "area_value",
+    "clip_xywh",
+    "integer_value",
+    "is_number",
+    "is_outside",
+    "listing",
+    "parse_iscrowd",
+]
 
 logger = logging.getLogger("liaf_hf.data")
 
@@ -146,6 +159,12 @@ def clip_xywh(bbox: Sequence[float], *, width: int, height: int) -> tuple[float,
         # Returned unchanged rather than recomputed, so x + w - x rounding never counts as a clip.
         return (x, y, w, h)
     return (left, top, right - left, bottom - top)
+
+
+def is_outside(file_name: str) -> bool:
+    """Whether `file_name`, taken relative to a folder, names a file outside it (absolute, or through ``..``)."""
+    normalised = os.path.normpath(file_name)
+    return os.path.isabs(file_name) or normalised == ".." or normalised.startswith(".." + os.sep)
 
 
 def listing(items: list[str]) -> str:

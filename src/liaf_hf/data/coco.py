@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,7 @@ from typing import Any
 
 import datasets
 
-from liaf_hf.data.checks import BoxFitter, area_value, integer_value, is_number, listing, parse_iscrowd
+from liaf_hf.data.checks import BoxFitter, area_value, integer_value, is_number, is_outside, listing, parse_iscrowd
 from liaf_hf.data.images import read_header
 from liaf_hf.errors import DataError
 
@@ -348,14 +347,9 @@ def _parse_annotations(
 
 
 def _check_inside(images: dict[int, _CocoImage], image_dir: Path, path: Path) -> None:
-    """Refuse a ``file_name`` that is absolute or climbs out of `image_dir` with ``..``.
-
-    The test is on the names as written, not on resolved paths, so an image folder that holds symbolic
-    links to files stored elsewhere stays readable.
-    """
+    """Refuse a ``file_name`` that is absolute or climbs out of `image_dir` with ``..``."""
     for image_id, image in images.items():
-        normalised = os.path.normpath(image.file_name)
-        if os.path.isabs(image.file_name) or normalised == ".." or normalised.startswith(".." + os.sep):
+        if is_outside(image.file_name):
             raise DataError(
                 f"{path}: image id {image_id} has 'file_name' = {image.file_name!r}, which is outside the image "
                 f"folder {image_dir}; move the image into that folder, or pass allow_outside_paths=True to read "

@@ -36,8 +36,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -45,7 +43,7 @@ from typing import Any
 import datasets
 import pyarrow
 
-from liaf_hf.data.checks import BoxFitter, area_value, integer_value, parse_iscrowd
+from liaf_hf.data.checks import BoxFitter, area_value, integer_value, is_number, is_outside, parse_iscrowd
 from liaf_hf.data.coco import coco_detection_features, objects_as_rows
 from liaf_hf.data.images import ImageHeader, read_header, source_name
 from liaf_hf.data.kitti import kitti_detection_features
@@ -291,8 +289,7 @@ def _check_metadata_file(path: Path) -> None:
         file_name = record.get("file_name")
         if not isinstance(file_name, str) or not file_name:
             raise DataError(f"{where}: 'file_name' = {file_name!r}, expected the path of an image in {path.parent}")
-        normalised = os.path.normpath(file_name)
-        if os.path.isabs(file_name) or normalised == ".." or normalised.startswith(".." + os.sep):
+        if is_outside(file_name):
             raise DataError(
                 f"{where}: 'file_name' = {file_name!r} is outside {path.parent}; an imagefolder reads only images "
                 "inside the folder of its metadata.jsonl: move the image there"
@@ -420,6 +417,7 @@ def _normalise_objects(
         label = _label(obj.get("category"), label_of, num_classes, at)
         iscrowd = parse_iscrowd(obj.get("iscrowd"), where=at)
         box = fitter.fit(_xywh(obj.get("bbox"), bbox_format, at), width=width, height=height, where=at)
+        # Every field is checked, also those of a box that is dropped.
         area = area_value(obj.get("area"), box or (0.0, 0.0, 0.0, 0.0), where=at)
         object_id = _object_id(obj, at)
         if box is None:
@@ -448,12 +446,7 @@ def _next_object_id(counter: dict[str, int]) -> int:
 
 
 def _xywh(bbox: Any, bbox_format: str, at: str) -> list[float]:
-    valid = (
-        isinstance(bbox, (list, tuple))
-        and len(bbox) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
-    )
-    if not valid:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(is_number, bbox)):
         raise DataError(f"{at}: 'bbox' = {bbox!r}, expected 4 finite numbers ({bbox_format}, absolute pixels)")
     x, y, third, fourth = (float(v) for v in bbox)
     width, height = (third - x, fourth - y) if bbox_format == "xyxy" else (third, fourth)

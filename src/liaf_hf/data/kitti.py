@@ -9,8 +9,8 @@ Layout read::
 A label line is ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y``: the object type
 (``Car``, ``Van``, ``Truck``, ``Pedestrian``, ``Person_sitting``, ``Cyclist``, ``Tram``, ``Misc`` or
 ``DontCare``), the truncation in 0..1, the occlusion state (0 fully visible, 1 partly occluded, 2 largely
-occluded, 3 unknown), and the 2D box in pixel coordinates of the upright image. ``DontCare`` regions carry
--1 for both truncation and occlusion, as KITTI writes them; other values are refused. The 3D fields are
+occluded, 3 unknown), and the 2D box in pixel coordinates of the upright image. ``DontCare`` regions may also
+carry -1 for both, as KITTI writes them; any other value outside those ranges is refused. The 3D fields are
 checked to be numbers and otherwise not kept. Boxes are fitted to their image by the rules of
 :mod:`liaf_hf.data.checks` (clipped, zero-area ones dropped, counted in one warning).
 
