@@ -273,7 +273,10 @@ BAD_RECORDS = [
         ["annotation id 101", "entirely outside", "image id 10"],
         id="box-outside",
     ),
-    pytest.param(_set_field("annotations", 1, "iscrowd", 2), ["annotation id 101", "'iscrowd'"], id="crowd"),
+    pytest.param(_set_field("annotations", 1, "iscrowd", 2), ["annotation id 101", "'iscrowd' = 2"], id="crowd"),
+    pytest.param(
+        _set_field("annotations", 1, "iscrowd", "yes"), ["annotation id 101", "'iscrowd' = 'yes'"], id="crowd-word"
+    ),
     pytest.param(_set_field("annotations", 1, "area", -1.0), ["annotation id 101", "'area'"], id="area"),
 ]
 
@@ -321,12 +324,60 @@ def test_image_size_must_match_json(tmp_path: Path) -> None:
         load_coco_detection(root)
     message = str(raised.value)
     assert ANNOTATION_NAME in message
-    assert "a.png (image id 10) is 41x30, the JSON says 40x30" in message
+    assert "a.png (image id 10) is 41x30, the annotation says 40x30" in message
     assert load_coco_detection(root, check_image_sizes=False).num_rows == 3
 
 
 def test_unreadable_image(tmp_path: Path) -> None:
     root = _write_set(tmp_path / "set", _valid_content())
     (root / "train" / "a.png").write_bytes(b"not an image")
-    with pytest.raises(DataError, match=r"cannot read image .*a\.png \(image id 10\)"):
+    with pytest.raises(DataError, match=r"a\.png \(image id 10\): not a readable image"):
         load_coco_detection(root)
+
+
+@pytest.mark.parametrize("file_name", ["../outside.png", "sub/../../outside.png", "ABSOLUTE"])
+def test_file_names_outside_the_image_folder_are_refused_unless_allowed(tmp_path: Path, file_name: str) -> None:
+    root = _write_set(tmp_path / "set", _valid_content())
+    Image.new("RGB", (20, 20)).save(root / "outside.png")
+    (root / "train" / "sub").mkdir()
+    if file_name == "ABSOLUTE":
+        file_name = str((root / "outside.png").absolute())
+    _write_mutated(tmp_path / "mutated", _set_field("images", 1, "file_name", file_name))
+    annotation_file = tmp_path / "mutated" / "annotations" / ANNOTATION_NAME
+    with pytest.raises(DataError) as raised:
+        load_coco_detection(annotation_file=annotation_file, image_dir=root / "train")
+    message = str(raised.value)
+    assert ANNOTATION_NAME in message and "image id 11" in message and repr(file_name) in message
+    assert "outside the image folder" in message and "allow_outside_paths=True" in message
+    dataset = load_coco_detection(annotation_file=annotation_file, image_dir=root / "train", allow_outside_paths=True)
+    assert Path(dataset.cast_column("image", datasets.Image(decode=False))[1]["image"]["path"]).name == "outside.png"
+
+
+def test_a_name_with_dots_that_stays_inside_is_accepted(tmp_path: Path) -> None:
+    root = _write_set(tmp_path / "set", _valid_content())
+    (root / "train" / "sub").mkdir()
+    content = _valid_content()
+    content["images"][1]["file_name"] = "sub/../b.png"
+    (root / "annotations" / ANNOTATION_NAME).write_text(json.dumps(content), encoding="utf-8")
+    assert load_coco_detection(root).num_rows == 3
+
+
+@pytest.mark.parametrize("section", ["images", "categories"])
+def test_a_set_without_images_or_categories_is_refused(tmp_path: Path, section: str) -> None:
+    def mutate(content: dict[str, Any]) -> None:
+        content[section] = []
+        content["annotations"] = []
+
+    root = _write_mutated(tmp_path / "set", mutate)
+    with pytest.raises(DataError, match=rf"{ANNOTATION_NAME}: '{section}' is empty"):
+        load_coco_detection(root)
+
+
+@pytest.mark.parametrize(
+    ("iscrowd", "expected"),
+    [(0, False), (1, True), (True, True), (1.0, True), ("0", False), ("true", True)],
+    ids=["int-0", "int-1", "bool", "float", "string-0", "string-true"],
+)
+def test_iscrowd_spellings(tmp_path: Path, iscrowd: Any, expected: bool) -> None:
+    root = _write_mutated(tmp_path / "set", _set_field("annotations", 0, "iscrowd", iscrowd))
+    assert load_coco_detection(root)[0]["objects"]["iscrowd"][0] is expected

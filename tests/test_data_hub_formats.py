@@ -149,7 +149,7 @@ def test_kitti_rows_saved_to_disk_keep_their_fields(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "message"),
     [
-        ({"train": [{"file_name": "a.png", "labels": [1]}]}, "no 'objects' column"),
+        ({"train": [{"file_name": "a.png", "labels": [1]}]}, r"train/metadata.jsonl, line 1: no 'objects'"),
         (
             {"train": [{"file_name": "a.png", "objects": {"boxes": [[1, 1, 2, 2]], "category": ["car"]}}]},
             "'objects' has no 'bbox' field",
@@ -220,3 +220,165 @@ def test_example_arguments_pick_the_format(tmp_path):
     ):
         with pytest.raises(ValueError):
             parser.parse_args_into_dataclasses(args=bad)
+
+
+def one_row(objects, **fields) -> dict[str, list[dict]]:
+    return {"train": [{"file_name": "a.png", "objects": objects, **fields}]}
+
+
+@pytest.mark.parametrize(
+    ("iscrowd", "expected"),
+    [
+        (["0", "1"], [False, True]),
+        (["false", "True"], [False, True]),
+        ([0, 1], [False, True]),
+        ([False, True], [False, True]),
+    ],
+)
+def test_iscrowd_strings_numbers_and_bools_are_parsed(tmp_path, iscrowd, expected):
+    objects = {"bbox": [[1, 1, 5, 5], [2, 2, 5, 5]], "category": ["car", "car"], "iscrowd": iscrowd}
+    root = write_imagefolder(tmp_path / "folder", one_row(objects))
+    dataset = load_hub_detection(root, "train")
+    assert dataset[0]["objects"]["iscrowd"] == expected
+    # What the Trainer's transform hands the processor: only the crowd becomes an ignore region.
+    from liaf_hf.data.collate import coco_annotation
+
+    assert [obj["iscrowd"] for obj in coco_annotation(0, dataset[0]["objects"])["annotations"]] == [0, 1]
+
+
+def test_iscrowd_that_is_no_flag_is_refused_naming_the_row(tmp_path):
+    objects = {"bbox": [[1, 1, 5, 5]], "category": ["car"], "iscrowd": ["maybe"]}
+    root = write_imagefolder(tmp_path / "folder", one_row(objects))
+    with pytest.raises(DataError, match=r"row 0 \(image_id 0\) object 0 has 'iscrowd' = 'maybe', expected 0 or 1"):
+        load_hub_detection(root, "train")
+    from liaf_hf.data.collate import coco_annotation
+
+    with pytest.raises(DataError, match=r"image id 7 object 0 has 'iscrowd' = '2'"):
+        coco_annotation(7, {"bbox": [[1, 1, 2, 2]], "category": [0], "iscrowd": ["2"]})
+
+
+def test_boxes_follow_the_coco_rules(tmp_path, caplog):
+    """Partly outside: clipped; zero width or height: dropped; both counted in one warning (images 40 x 30)."""
+    objects = {"bbox": [[-2, 3, 10, 5], [35, 25, 10, 10], [5, 5, 0, 3], [40, 5, 3, 3], [1, 1, 2, 2]]}
+    objects["category"] = ["car"] * 5
+    root = write_imagefolder(tmp_path / "folder", one_row(objects))
+    with caplog.at_level("WARNING", logger="liaf_hf.data"):
+        row = load_hub_detection(root, "train")[0]
+    assert row["objects"]["bbox"] == [[0.0, 3.0, 8.0, 5.0], [35.0, 25.0, 5.0, 5.0], [1.0, 1.0, 2.0, 2.0]]
+    assert row["objects"]["area"] == [40.0, 25.0, 4.0]
+    assert row["objects"]["id"] == [1, 2, 3]
+    assert "[train]: clipped 2 boxes partly outside their image, dropped 2 zero-area boxes" in caplog.text
+    outside = {"bbox": [[41, 2, 3, 3]], "category": ["car"]}
+    write_imagefolder(tmp_path / "outside", one_row(outside))
+    with pytest.raises(
+        DataError, match=r"row 0 \(image_id 0\) object 0 has box \[41.0, 2.0, 3.0, 3.0\] entirely outside"
+    ):
+        load_hub_detection(tmp_path / "outside", "train")
+
+
+def test_a_malformed_metadata_line_names_the_file_and_the_line(tmp_path):
+    root = write_imagefolder(tmp_path / "folder", IMAGEFOLDER_ROWS)
+    metadata = root / "train" / "metadata.jsonl"
+    metadata.write_text(metadata.read_text() + '{"file_name": "a.png", "objects": \n')
+    with pytest.raises(DataError, match=r"train/metadata.jsonl, line 3: not valid JSON"):
+        load_hub_detection(root, "train")
+
+
+def test_metadata_that_only_pyarrow_refuses_still_names_the_file(tmp_path):
+    """A category that is a name on one line and a number on another is valid JSON, refused by pyarrow."""
+    rows = {
+        "train": [
+            {"file_name": "a.png", "objects": {"bbox": [[1, 1, 2, 2]], "category": ["car"]}},
+            {"file_name": "b.png", "objects": {"bbox": [[1, 1, 2, 2]], "category": [3]}},
+        ]
+    }
+    root = write_imagefolder(tmp_path / "folder", rows)
+    with pytest.raises(DataError, match=r"train/metadata.jsonl: datasets cannot read the metadata: ArrowInvalid"):
+        load_hub_detection(root, "train")
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ({"file_name": "../a.png", "objects": {"bbox": [], "category": []}}, r"'file_name' = '../a.png' is outside"),
+        ({"file_name": "/etc/hostname", "objects": {"bbox": [], "category": []}}, "is outside"),
+        ({"file_name": "gone.png", "objects": {"bbox": [], "category": []}}, "no such file"),
+        ({"objects": {"bbox": [], "category": []}}, "'file_name' = None"),
+        ({"file_name": "b.png", "objects": None}, "no 'objects'"),
+        ({"file_name": "b.png", "objects": {"bbox": [[1, 1, 2, 2]], "category": [float("nan")]}}, "NaN"),
+    ],
+)
+def test_bad_metadata_lines_are_refused_naming_file_and_line(tmp_path, line, message):
+    root = write_imagefolder(tmp_path / "folder", IMAGEFOLDER_ROWS)
+    metadata = root / "train" / "metadata.jsonl"
+    metadata.write_text(metadata.read_text() + json.dumps(line) + "\n")
+    with pytest.raises(DataError, match=message) as error:
+        load_hub_detection(root, "train")
+    assert f"{metadata}, line 3: " in str(error.value)
+
+
+def saved_rows(tmp_path: Path, objects: list, *, width: int = 40, height: int = 30) -> Path:
+    """A saved DatasetDict of one split whose rows hold `objects` (one row each) for a 40 x 30 image."""
+    tmp_path.mkdir(exist_ok=True)
+    image = tmp_path / "image.png"
+    Image.new("RGB", (40, 30)).save(image)
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "width": datasets.Value("int32"),
+            "height": datasets.Value("int32"),
+            "objects": {
+                "bbox": datasets.List(datasets.List(datasets.Value("float32"))),
+                "category": datasets.List(datasets.ClassLabel(names=["car"])),
+            },
+        }
+    )
+    rows = {"image": [str(image)] * len(objects), "width": [width] * len(objects), "height": [height] * len(objects)}
+    split = datasets.Dataset.from_dict({**rows, "objects": objects}, features=features)
+    datasets.DatasetDict({"train": split}).save_to_disk(tmp_path / "saved")
+    return tmp_path / "saved"
+
+
+def test_a_row_without_objects_is_refused_naming_the_row(tmp_path):
+    saved = saved_rows(tmp_path, [{"bbox": [[1, 1, 2, 2]], "category": [0]}, None])
+    with pytest.raises(DataError, match=r"saved \[train\]: row 1 \(image_id 1\): no 'objects'"):
+        load_hub_detection(saved, "train")
+
+
+def test_a_row_size_that_is_not_the_image_size_is_refused(tmp_path):
+    saved = saved_rows(tmp_path, [{"bbox": [[1, 1, 2, 2]], "category": [0]}], width=30, height=40)
+    with pytest.raises(DataError, match=r"row 0 \(image_id 0\): the image .*image.png is 40x30, the annotation says"):
+        load_hub_detection(saved, "train")
+    assert len(load_hub_detection(saved, "train", check_image_sizes=False)) == 1
+
+
+def test_a_row_size_that_is_the_stored_size_of_a_rotated_jpeg_is_refused(tmp_path):
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.new("RGB", (40, 30)).save(tmp_path / "photo.jpg", exif=exif)
+    saved = saved_rows(tmp_path, [{"bbox": [[1, 1, 2, 2]], "category": [0]}])
+    split = datasets.load_from_disk(str(saved))["train"].cast_column("image", datasets.Image(decode=False))
+    split = split.map(lambda row: {"image": {"path": str(tmp_path / "photo.jpg"), "bytes": None}})
+    datasets.DatasetDict({"train": split}).save_to_disk(tmp_path / "rotated")
+    with pytest.raises(DataError) as error:
+        load_hub_detection(tmp_path / "rotated", "train")
+    message = str(error.value)
+    assert "photo.jpg" in message and "row 0" in message and "Orientation=6" in message and "stored size" in message
+
+
+def test_a_set_without_rows_or_categories_is_refused(tmp_path):
+    root = write_imagefolder(
+        tmp_path / "folder", {"train": [{"file_name": "a.png", "objects": {"bbox": [], "category": []}}]}
+    )
+    with pytest.raises(DataError, match=r"folder \[train\]: no categories"):
+        load_hub_detection(root, "train")
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "train" / "metadata.jsonl").write_text("\n")
+    with pytest.raises(DataError, match=r"train/metadata.jsonl: no rows"):
+        load_hub_detection(tmp_path / "empty", "train")
+    saved = saved_rows(tmp_path, [])
+    with pytest.raises(DataError, match=r"saved: the splits \['train'\] have no rows"):
+        load_hub_detection(saved, "train")
+    rows = datasets.load_from_disk(str(saved_rows(tmp_path / "one", [{"bbox": [], "category": []}])))["train"]
+    with pytest.raises(DataError, match=r"empty set: no rows"):
+        normalise_detection_dataset(rows.select([]), source="empty set")

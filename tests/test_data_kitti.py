@@ -129,6 +129,16 @@ def test_split_file_naming_a_missing_image(tmp_path):
         (f"Car 0.00 zero -10 10.00 5.00 40.00 30.00 {NO_3D}", "field 3 is 'zero', not a number"),
         (f"Car 0.00 0 -10 10.00 5.00 40.00 nan {NO_3D}", "field 8 is 'nan', not a finite number"),
         (f"Car 0.00 0.5 -10 10.00 5.00 40.00 30.00 {NO_3D}", "occlusion"),
+        (
+            f"Car 1.50 0 -10 10.00 5.00 40.00 30.00 {NO_3D}",
+            r"truncation \(field 2\) is '1.50', expected a number in 0..1",
+        ),
+        (f"Car -0.10 0 -10 10.00 5.00 40.00 30.00 {NO_3D}", "truncation"),
+        (f"Car -1 0 -10 10.00 5.00 40.00 30.00 {NO_3D}", r"truncation .* expected a number in 0..1 in"),
+        (f"Car 0.00 4 -10 10.00 5.00 40.00 30.00 {NO_3D}", r"occlusion \(field 3\) is '4', expected an integer 0-3"),
+        (f"Car 0.00 -1 -10 10.00 5.00 40.00 30.00 {NO_3D}", "occlusion"),
+        (f"DontCare -1 -2 -10 10.00 5.00 40.00 30.00 {NO_3D}", r"expected an integer 0-3 \(or -1 for DontCare\)"),
+        (f"Car 0.00 0 -10 130.00 5.00 140.00 30.00 {NO_3D}", r"has box \[130.0, 5.0, 10.0, 25.0\] entirely outside"),
         (f"Car 0.00 0 -10 40.00 5.00 10.00 30.00 {NO_3D}", "x2 < x1"),
         (f"Bus 0.00 0 -10 10.00 5.00 40.00 30.00 {NO_3D}", "type 'Bus' is not a KITTI type"),
     ],
@@ -138,7 +148,33 @@ def test_bad_label_line_names_file_and_line(tmp_path, line, message):
     root = write_kitti(tmp_path / "kitti", labels, splits={"train": list(labels), "val": []})
     with pytest.raises(DataError, match=message) as error:
         load_kitti(root, "train")
-    assert "label_2/000001.txt, line 2:" in str(error.value)
+    assert "label_2/000001.txt, line 2" in str(error.value)
+
+
+def test_dontcare_regions_may_carry_real_truncation_and_occlusion(tmp_path):
+    labels = {"000000": [f"DontCare 0.30 2 -10 10.00 5.00 40.00 30.00 {NO_3D}"]}
+    root = write_kitti(tmp_path / "kitti", labels, splits={"train": ["000000"], "val": []})
+    objects = load_kitti(root, "train")[0]["objects"]
+    assert objects["truncated"] == pytest.approx([0.3]) and objects["occluded"] == [2]
+
+
+def test_skip_invalid_leaves_a_box_outside_its_image_out(tmp_path, caplog):
+    labels = {"000000": [LABELS["000000"][0], f"Car 0.00 0 -10 10.00 40.00 20.00 50.00 {NO_3D}"]}
+    root = write_kitti(tmp_path / "kitti", labels, splits={"train": ["000000"], "val": []})
+    with caplog.at_level(logging.WARNING, logger="liaf_hf.data"):
+        train = load_kitti(root, "train", skip_invalid=True)
+    assert train[0]["objects"]["bbox"] == [[10.0, 5.0, 30.0, 25.0]]
+    assert "skipped 1 bad label lines" in caplog.text
+
+
+@pytest.mark.parametrize("names", [[], ["000000"]])
+def test_a_split_without_images_is_refused(tmp_path, names):
+    root = write_kitti(tmp_path / "kitti", splits={"train": [], "val": names})
+    if names:  # every image named is missing: nothing is left once skip_invalid leaves them out
+        (root / "training" / "image_2" / "000000.png").unlink()
+        (root / "training" / "label_2" / "000000.txt").unlink()
+    with pytest.raises(DataError, match=r"ImageSets/(train|val).txt: split '(train|val)' has no images"):
+        load_kitti(root, "val" if names else "train", skip_invalid=True)
 
 
 def test_skip_invalid_leaves_bad_lines_out_and_counts_them(tmp_path, caplog):
@@ -177,7 +213,7 @@ def test_missing_folders_and_unreadable_images(tmp_path):
         load_kitti(tmp_path, "train")
     root = write_kitti(tmp_path / "kitti", splits={"train": ["000000"], "val": []})
     (root / "training" / "image_2" / "000000.png").write_bytes(b"not a png")
-    with pytest.raises(DataError, match="000000.png: cannot read image"):
+    with pytest.raises(DataError, match="000000.png: not a readable image"):
         load_kitti(root, "train")
 
 
@@ -265,7 +301,7 @@ def test_box_past_the_image_border_is_clipped_and_empty_boxes_counted(tmp_path, 
     with caplog.at_level(logging.WARNING, logger="liaf_hf.data"):
         train = load_kitti(root, "train")
     assert train[0]["objects"]["bbox"] == [[100.0, 5.0, 28.0, 25.0]]
-    assert "dropped 1 boxes of zero width or height" in caplog.text
+    assert "label_2: clipped 1 boxes partly outside their image, dropped 1 zero-area boxes" in caplog.text
     assert np.isclose(train[0]["objects"]["area"][0], 28 * 25)
 
 

@@ -1,4 +1,5 @@
-"""Fuzzing the COCO loader: every annotation file, however malformed, either loads or raises DataError."""
+"""Fuzzing the loaders (COCO, Hub-format imagefolder, KITTI): every input, however malformed, either loads or
+raises DataError."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from liaf_hf.data.coco import load_coco_detection
+from liaf_hf.data.hub_formats import load_hub_detection
+from liaf_hf.data.kitti import load_kitti
 from liaf_hf.errors import DataError
 
 IMAGE_SIZES = {"a.png": (8, 6), "b.png": (5, 5)}
@@ -180,14 +183,15 @@ def test_arbitrary_bytes_raise_data_error(data, image_dir, tmp_path):
     load_or_data_error(path, image_dir, check_image_sizes=True)
 
 
+def one_image(**fields) -> dict:
+    """A file of one image (`fields` over a valid record), no annotations and one category."""
+    image = {"id": 1, "file_name": "a.png", "width": 8, "height": 6, **fields}
+    return {"images": [image], "annotations": [], "categories": [{"id": 1, "name": "cat"}]}
+
+
 @pytest.mark.parametrize(
     "content",
-    [
-        {"images": [{"id": 2**70, "file_name": "a.png", "width": 8, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "a.png", "width": 2**40, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "a.png\x00", "width": 8, "height": 6}], "annotations": [], "categories": []},
-        {"images": [{"id": 1, "file_name": "x" * 300, "width": 8, "height": 6}], "annotations": [], "categories": []},
-    ],
+    [one_image(id=2**70), one_image(width=2**40), one_image(file_name="a.png\x00"), one_image(file_name="x" * 300)],
     ids=["huge-id", "huge-width", "nul-in-file-name", "long-file-name"],
 )
 def test_crashes_found_by_fuzzing_are_data_errors(content, image_dir, tmp_path):
@@ -195,3 +199,170 @@ def test_crashes_found_by_fuzzing_are_data_errors(content, image_dir, tmp_path):
     path.write_text(json.dumps(content), encoding="utf-8")
     with pytest.raises(DataError, match=str(path)):
         load_coco_detection(annotation_file=path, image_dir=image_dir, check_image_sizes=False)
+
+
+# ------------------------------------------------------------------------------- Hub-format and KITTI
+
+
+def assert_boxes_inside(dataset: datasets.Dataset) -> None:
+    """What loads is usable: every row reads back with finite, in-image boxes of some area."""
+    for row in dataset.cast_column("image", datasets.Image(decode=False)):
+        for x, y, w, h in row["objects"]["bbox"]:
+            assert 0 <= x <= x + w <= row["width"] + 1e-3 and 0 <= y <= y + h <= row["height"] + 1e-3
+            assert w > 0 and h > 0
+
+
+HUB_IMAGE_SIZES = {"a.png": (8, 6), "b.png": (5, 5)}
+coordinates = mostly(st.integers(min_value=-2, max_value=10) | st.floats(min_value=-2, max_value=10))
+hub_object = st.fixed_dictionaries(
+    {
+        "bbox": mostly(st.lists(coordinates, min_size=4, max_size=4)),
+        "category": mostly(st.sampled_from(["cat", "dog"])),
+    },
+    optional={
+        "iscrowd": mostly(st.sampled_from([0, 1, True, "0", "1", "true", "false"])),
+        "area": mostly(st.integers(min_value=0, max_value=50)),
+        "id": small_ids,
+    },
+)
+
+
+def as_columns(objects: list[dict]) -> dict:
+    """Objects as the dict of lists the Hub sets store (a missing field: None in its list)."""
+    keys = sorted({key for obj in objects for key in obj} | {"bbox", "category"})
+    return {key: [obj.get(key) for obj in objects] for key in keys}
+
+
+def as_rows(objects):
+    """A dict of lists as a list of per-object dicts; anything else as it is."""
+    if not isinstance(objects, dict) or not all(isinstance(values, list) for values in objects.values()):
+        return objects
+    return [dict(zip(objects, values)) for values in zip(*objects.values())]
+
+
+hub_objects = mostly(st.lists(hub_object, max_size=3).map(as_columns))
+metadata_line = st.fixed_dictionaries(
+    {
+        "file_name": st.tuples(
+            st.sampled_from(range(10)),
+            st.sampled_from(list(HUB_IMAGE_SIZES)),
+            st.sampled_from(["missing.png", "../a.png", "/a.png", ""]) | json_values,
+        ).map(lambda t: t[2] if t[0] == 9 else t[1]),
+        "objects": hub_objects,
+    },
+    # Each optional key is left out half the time: with it on some lines only, the others read None.
+    optional={"width": st.sampled_from([8, 5, 0, 2**40]), "height": st.sampled_from([6, 5, -1]), "image_id": small_ids},
+)
+
+
+# Now and then bytes after the last line: a truncated or binary file.
+trailing_junk = st.tuples(st.sampled_from(range(10)), st.binary(max_size=12)).map(lambda t: t[1] if t[0] == 9 else b"")
+
+
+def write_metadata(folder: Path, lines: list, junk: bytes, *, objects_as_rows: bool) -> None:
+    """`lines` as `folder/metadata.jsonl`, their objects as dicts of lists or (`objects_as_rows`) lists of
+    dicts (one form per file: pyarrow refuses a mix), then `junk`."""
+    if objects_as_rows:
+        lines = [{**line, "objects": as_rows(line["objects"])} if "objects" in line else line for line in lines]
+    folder.mkdir(parents=True)
+    for name, size in HUB_IMAGE_SIZES.items():
+        Image.new("RGB", size, (90, 30, 200)).save(folder / name)
+    text = "".join(json.dumps(line) + "\n" for line in lines).encode("utf-8", errors="surrogatepass")
+    (folder / "metadata.jsonl").write_bytes(text + junk)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lines=st.lists(metadata_line, min_size=1, max_size=3),
+    junk=trailing_junk,
+    objects_as_rows=st.booleans(),
+    bbox_format=st.sampled_from(["xywh", "xyxy"]),
+)
+def test_malformed_imagefolders_load_or_raise_data_error(lines, junk, objects_as_rows, bbox_format, tmp_path_factory):
+    # A fresh folder per example: datasets caches an imagefolder by its files.
+    root = tmp_path_factory.mktemp("imagefolder")
+    write_metadata(root / "train", lines, junk, objects_as_rows=objects_as_rows)
+    try:
+        dataset = load_hub_detection(root, "train", bbox_format=bbox_format)
+    except DataError:
+        return
+    assert_boxes_inside(dataset)
+
+
+KITTI_SIZES = {"000000": (16, 8), "000001": (10, 12)}
+odd_tokens = st.sampled_from(["nan", "inf", "-1", "1e400", "0x10", "1,5", "\u0661", "4", "-0.5", "1.5"])
+
+
+def rarely_odd(good: st.SearchStrategy, odd: st.SearchStrategy = odd_tokens) -> st.SearchStrategy:
+    """`good` formatted as a label field, an `odd` token one time in eight."""
+    return st.tuples(st.sampled_from(range(8)), good, odd).map(lambda t: t[2] if t[0] == 7 else str(t[1]))
+
+
+def label_line(parts: tuple) -> str:
+    kitti_type, truncated, occluded, box, action, position, token = parts
+    fields = [kitti_type, truncated, occluded, "-10", *box, "-1", "-1", "-1", "-1000", "-1000", "-1000", "-10"]
+    if action == "drop":
+        del fields[position % len(fields)]
+    elif action == "insert":
+        fields.insert(position % len(fields), token)
+    return " ".join(fields)
+
+
+coordinate = st.integers(min_value=-2, max_value=9) | st.floats(min_value=-2, max_value=9)
+# Corners from a corner and a size (mostly positive), so that most boxes get past x2 >= x1 to the clipping.
+corners = st.tuples(
+    coordinate, coordinate, st.integers(min_value=-1, max_value=8), st.floats(min_value=-1, max_value=8)
+)
+
+
+def box_fields(parts: tuple) -> list[str]:
+    """x1 y1 x2 y2 from a corner and a size, one of them an odd token when `position` < 4."""
+    (x, y, width, height), position, token = parts
+    fields = [f"{x:.2f}", f"{y:.2f}", f"{x + width:.2f}", f"{y + height:.2f}"]
+    if position < 4:
+        fields[position] = token
+    return fields
+
+
+kitti_lines = st.lists(
+    st.tuples(
+        st.sampled_from(["Car", "Pedestrian", "Cyclist", "Van", "DontCare", "Car", "Bus"]),
+        rarely_odd(st.sampled_from(["0.00", "0.50", "1", "0.25"]), st.sampled_from(["-1", "1.5", "-0.5", "nan"])),
+        rarely_odd(st.sampled_from([0, 1, 2, 3]), st.sampled_from(["4", "-1", "0.5", "x"])),
+        st.tuples(corners, st.sampled_from(range(40)), odd_tokens).map(box_fields),
+        st.sampled_from(["keep"] * 18 + ["drop", "insert"]),
+        st.integers(min_value=0, max_value=15),
+        odd_tokens,
+    ).map(label_line),
+    max_size=3,
+)
+split_names = st.tuples(
+    st.sampled_from(range(10)),
+    st.lists(st.sampled_from(sorted(KITTI_SIZES)), min_size=1, max_size=2, unique=True),
+    st.lists(st.sampled_from([*KITTI_SIZES, "000009", "0 0", ""]), max_size=3),
+).map(lambda t: t[2] if t[0] == 9 else t[1])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    labels=st.fixed_dictionaries({name: kitti_lines for name in KITTI_SIZES}),
+    split=split_names,
+    skip_invalid=st.booleans(),
+)
+def test_malformed_kitti_labels_load_or_raise_data_error(labels, split, skip_invalid, tmp_path_factory):
+    root = tmp_path_factory.mktemp("kitti")
+    (root / "training" / "image_2").mkdir(parents=True)
+    (root / "training" / "label_2").mkdir()
+    (root / "ImageSets").mkdir()
+    for name, size in KITTI_SIZES.items():
+        Image.new("RGB", size).save(root / "training" / "image_2" / f"{name}.png")
+        (root / "training" / "label_2" / f"{name}.txt").write_text("".join(line + "\n" for line in labels[name]))
+    (root / "ImageSets" / "train.txt").write_text("".join(name + "\n" for name in split))
+    try:
+        dataset = load_kitti(root, "train", skip_invalid=skip_invalid)
+    except DataError:
+        return
+    assert_boxes_inside(dataset)
+    for row in dataset:
+        for kitti_type, truncated, occluded in zip(*(row["objects"][key] for key in ("type", "truncated", "occluded"))):
+            assert (0 <= truncated <= 1 and occluded in (0, 1, 2, 3)) or kitti_type == "DontCare"

@@ -27,15 +27,15 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image, UnidentifiedImageError
 
+from liaf_hf.data.checks import BoxFitter, area_value, integer_value, is_number, is_outside, listing, parse_iscrowd
+from liaf_hf.data.images import read_header
 from liaf_hf.errors import DataError
 
 __all__ = [
@@ -47,10 +47,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger("liaf_hf.data")
-
-# Error messages about many bad records list only this many before giving the count, so that a
-# broken 100k-image set still produces a readable message.
-_MAX_LISTED = 5
 
 
 @dataclass(frozen=True)
@@ -135,6 +131,7 @@ def load_coco_detection(
     annotation_file: str | Path | None = None,
     image_dir: str | Path | None = None,
     check_image_sizes: bool = True,
+    allow_outside_paths: bool = False,
 ) -> datasets.Dataset:
     """Read a COCO instances file and its images into a ``datasets.Dataset``.
 
@@ -145,17 +142,21 @@ def load_coco_detection(
         split: Split name used with ``root``.
         annotation_file: Explicit instances JSON, given with ``image_dir`` instead of ``root``.
         image_dir: Folder that ``file_name`` in the JSON is relative to.
-        check_image_sizes: Read each image header and require it to match the JSON ``width`` and
-            ``height``.
+        check_image_sizes: Read each image header and require the JSON ``width`` and ``height`` to be
+            the upright size (after the EXIF orientation, as every liaf-hf path reads images).
+        allow_outside_paths: Accept a ``file_name`` that is absolute or climbs out of the image folder
+            with ``..``; by default such a record is refused, so that a JSON file cannot make the loader
+            read files elsewhere on the machine.
 
-    Images without annotations are kept with empty ``objects``. Boxes partly outside their image
-    are clipped to it and boxes of zero width or height are dropped, as COCO tools do; both are
-    counted in one warning per file on the ``liaf_hf.data`` logger. Crowd annotations are kept with
-    ``iscrowd=True``; leaving them out of the training loss is the trainer's concern.
+    Images without annotations are kept with empty ``objects``. Boxes are fitted to their image by the
+    rules of :mod:`liaf_hf.data.checks`: partly outside, clipped; of zero width or height, dropped;
+    both counted in one warning per file on the ``liaf_hf.data`` logger. Crowd annotations are kept
+    with ``iscrowd=True``; leaving them out of the training loss is the trainer's concern.
 
     Raises:
-        DataError: The file or an image is missing or unreadable, or a record is malformed or
-            inconsistent; the message names the file and the record.
+        DataError: The file or an image is missing or unreadable, the file has no images or no
+            categories, or a record is malformed or inconsistent; the message names the file and the
+            record.
     """
     annotation_path, image_root = _resolve_paths(root, split, annotation_file, image_dir)
     content = _read_annotation_file(annotation_path)
@@ -163,6 +164,8 @@ def load_coco_detection(
     label_of = {category_id: label for label, (category_id, _) in enumerate(categories)}
     images = _parse_images(content, annotation_path)
     objects = _parse_annotations(content, annotation_path, images=images, label_of=label_of)
+    if not allow_outside_paths:
+        _check_inside(images, image_root, annotation_path)
     image_paths = _check_image_files(images, image_root, annotation_path, check_sizes=check_image_sizes)
 
     objects_by_image: dict[int, list[_CocoObject]] = {image_id: [] for image_id in images}
@@ -247,25 +250,10 @@ def _require(record: dict[str, Any], key: str, *, where: str, path: Path) -> Any
     return record[key]
 
 
-def _is_number(value: Any) -> bool:
-    # JSON true/false arrive as bool, which Python counts as int; a bool box is an upstream bug.
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:  # an integer too large for a float
-        return False
-
-
 def _integer(record: dict[str, Any], key: str, *, where: str, path: Path, bits: int = 64) -> int:
     """`record[key]` as an integer that fits a signed integer of `bits` bits (the column it is stored in)."""
     value = _require(record, key, where=where, path=path)
-    # Some exporters write ids and sizes as 640.0; accept those but nothing fractional.
-    if not _is_number(value) or not float(value).is_integer():
-        raise DataError(f"{path}: {where} has '{key}' = {value!r}, expected an integer")
-    if not -(2 ** (bits - 1)) <= int(value) < 2 ** (bits - 1):
-        raise DataError(f"{path}: {where} has '{key}' = {value!r}, outside the {bits}-bit integer range")
-    return int(value)
+    return integer_value(value, field=key, where=f"{path}: {where}", bits=bits)
 
 
 def _parse_categories(content: dict[str, Any], path: Path) -> list[tuple[int, str]]:
@@ -284,6 +272,8 @@ def _parse_categories(content: dict[str, Any], path: Path) -> list[tuple[int, st
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
         raise DataError(f"{path}: duplicate category names {duplicated}")
+    if not categories:
+        raise DataError(f"{path}: 'categories' is empty; a detection set needs at least one category")
     return sorted(categories.items())
 
 
@@ -303,6 +293,8 @@ def _parse_images(content: dict[str, Any], path: Path) -> dict[int, _CocoImage]:
         if image_id in images:
             raise DataError(f"{path}: duplicate image id {image_id}")
         images[image_id] = _CocoImage(image_id, file_name, width, height)
+    if not images:
+        raise DataError(f"{path}: 'images' is empty; a detection set needs at least one image")
     return images
 
 
@@ -315,8 +307,7 @@ def _parse_annotations(
 ) -> list[_CocoObject]:
     objects: list[_CocoObject] = []
     seen_ids: set[int] = set()
-    clipped = 0
-    dropped = 0
+    fitter = BoxFitter()
     for index, record in enumerate(_records(content, "annotations", path)):
         annotation_id = _integer(record, "id", where=f"annotations[{index}]", path=path)
         where = f"annotation id {annotation_id}"
@@ -327,7 +318,7 @@ def _parse_annotations(
         image_id = _integer(record, "image_id", where=where, path=path)
         category_id = _integer(record, "category_id", where=where, path=path)
         bbox = _require(record, "bbox", where=where, path=path)
-        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(_is_number, bbox)):
+        if not isinstance(bbox, list) or len(bbox) != 4 or not all(map(is_number, bbox)):
             raise DataError(f"{path}: {where} has 'bbox' = {bbox!r}, expected 4 finite numbers")
         if bbox[2] < 0 or bbox[3] < 0:
             raise DataError(f"{path}: {where} has negative box width or height in {bbox!r}")
@@ -338,68 +329,32 @@ def _parse_annotations(
                 f"{path}: {where} has category id {category_id}, not among the known category ids {sorted(label_of)}"
             )
         image = images[image_id]
-        box = _clip_xywh(bbox, width=image.width, height=image.height)
+        box = fitter.fit(bbox, width=image.width, height=image.height, where=f"{path}: {where} (image id {image_id})")
         if box is None:
-            raise DataError(
-                f"{path}: {where} has box {bbox!r} entirely outside its image id {image_id} "
-                f"({image.width}x{image.height})"
-            )
-        if box[2] == 0 or box[3] == 0:
-            dropped += 1
             continue
-        if box != tuple(bbox):
-            clipped += 1
         objects.append(
             _CocoObject(
                 annotation_id=annotation_id,
                 image_id=image_id,
                 label=label_of[category_id],
                 bbox_xywh=box,
-                area=_area(record, box, where=where, path=path),
-                iscrowd=_iscrowd(record, where=where, path=path),
+                area=area_value(record.get("area"), box, where=f"{path}: {where}"),
+                iscrowd=parse_iscrowd(record.get("iscrowd", 0), where=f"{path}: {where}"),
             )
         )
-    if clipped or dropped:
-        logger.warning(
-            "%s: clipped %d boxes partly outside their image, dropped %d zero-area boxes",
-            path.name,
-            clipped,
-            dropped,
-        )
+    fitter.warn(path.name)
     return objects
 
 
-def _clip_xywh(bbox: list[float], *, width: int, height: int) -> tuple[float, float, float, float] | None:
-    """Clip an xywh box in absolute pixels to the image; None when it shares no point with it.
-
-    A box that only touches the image border comes back with zero width or height, so that the
-    caller drops it as empty rather than rejecting it as misplaced.
-    """
-    x, y, w, h = (float(value) for value in bbox)
-    if x > width or y > height or x + w < 0 or y + h < 0:
-        return None
-    left, top = max(x, 0.0), max(y, 0.0)
-    right, bottom = min(x + w, float(width)), min(y + h, float(height))
-    if (left, top, right, bottom) == (x, y, x + w, y + h):
-        # Returned unchanged rather than recomputed, so x + w - x rounding never counts as a clip.
-        return (x, y, w, h)
-    return (left, top, right - left, bottom - top)
-
-
-def _area(record: dict[str, Any], box: tuple[float, float, float, float], *, where: str, path: Path) -> float:
-    if "area" not in record:
-        return box[2] * box[3]
-    area = record["area"]
-    if not _is_number(area) or area < 0:
-        raise DataError(f"{path}: {where} has 'area' = {area!r}, expected a non-negative number")
-    return float(area)
-
-
-def _iscrowd(record: dict[str, Any], *, where: str, path: Path) -> bool:
-    iscrowd = record.get("iscrowd", 0)
-    if iscrowd not in (0, 1):  # True/False compare equal to 1/0, so both spellings pass
-        raise DataError(f"{path}: {where} has 'iscrowd' = {iscrowd!r}, expected 0 or 1")
-    return bool(iscrowd)
+def _check_inside(images: dict[int, _CocoImage], image_dir: Path, path: Path) -> None:
+    """Refuse a ``file_name`` that is absolute or climbs out of `image_dir` with ``..``."""
+    for image_id, image in images.items():
+        if is_outside(image.file_name):
+            raise DataError(
+                f"{path}: image id {image_id} has 'file_name' = {image.file_name!r}, which is outside the image "
+                f"folder {image_dir}; move the image into that folder, or pass allow_outside_paths=True to read "
+                "files from anywhere"
+            )
 
 
 def _check_image_files(
@@ -411,26 +366,23 @@ def _check_image_files(
         f"{image_paths[image_id]} (image id {image_id})" for image_id in images if not _is_file(image_paths[image_id])
     ]
     if missing:
-        raise DataError(f"{path}: {len(missing)} of {len(images)} image files are missing, first: {_listing(missing)}")
+        raise DataError(f"{path}: {len(missing)} of {len(images)} image files are missing, first: {listing(missing)}")
     if not check_sizes:
         return image_paths
     wrong_sizes = []
     for image_id, image in images.items():
-        image_path = image_paths[image_id]
+        name = f"{image_paths[image_id]} (image id {image_id})"
         try:
-            # Opening reads only the header, so this stays cheap even for large sets.
-            with Image.open(image_path) as opened:
-                actual_width, actual_height = opened.size
-        except (UnidentifiedImageError, OSError) as error:
-            raise DataError(f"{path}: cannot read image {image_path} (image id {image_id}): {error}") from error
-        if (actual_width, actual_height) != (image.width, image.height):
-            wrong_sizes.append(
-                f"{image_path} (image id {image_id}) is {actual_width}x{actual_height}, "
-                f"the JSON says {image.width}x{image.height}"
-            )
+            # Only the header is read, so this stays cheap even for large sets.
+            header = read_header(image_paths[image_id], name=name)
+        except DataError as error:
+            raise DataError(f"{path}: {error}") from error
+        mismatch = header.size_mismatch(image.width, image.height)
+        if mismatch is not None:
+            wrong_sizes.append(f"{name} {mismatch}")
     if wrong_sizes:
         raise DataError(
-            f"{path}: {len(wrong_sizes)} images differ in size from their JSON record, first: {_listing(wrong_sizes)}"
+            f"{path}: {len(wrong_sizes)} images differ in size from their JSON record, first: {listing(wrong_sizes)}"
         )
     return image_paths
 
@@ -440,8 +392,3 @@ def _is_file(path: Path) -> bool:
         return path.is_file()
     except (OSError, ValueError):  # a name too long for the file system, or holding a NUL byte
         return False
-
-
-def _listing(items: list[str]) -> str:
-    shown = "; ".join(items[:_MAX_LISTED])
-    return shown if len(items) <= _MAX_LISTED else f"{shown}; ... ({len(items) - _MAX_LISTED} more)"

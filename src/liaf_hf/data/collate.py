@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import logging
 import random
-import struct
-import zlib
 from typing import Any
 
 import datasets
@@ -13,13 +11,11 @@ from PIL import Image
 
 from ..errors import DataError
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
+from .checks import parse_iscrowd
 from .coco import objects_as_rows
+from .images import read_image, source_name, undecoded_images
 
 logger = logging.getLogger("liaf_hf.data")
-
-# What PIL raises on a corrupt or truncated file, depending on the format and where the damage is
-# (UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error, Image.DecompressionBombError)
 
 
 def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = None) -> dict:
@@ -27,11 +23,15 @@ def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = Non
 
     Args:
         image_id: the row's image id.
-        objects: the row's `objects` (bbox xywh absolute pixels, category, iscrowd).
+        objects: the row's `objects` (bbox xywh absolute pixels, category, iscrowd: 0/1, a bool, or
+            "0"/"1"/"true"/"false").
         flip_width: when given, mirror every box horizontally inside an image of this width.
+
+    Raises:
+        DataError: an object's ``iscrowd`` is none of those values (naming the image id and the object).
     """
     annotations = []
-    for obj in objects_as_rows(objects):
+    for index, obj in enumerate(objects_as_rows(objects)):
         x, y, w, h = (float(v) for v in obj["bbox"])
         if flip_width is not None:
             x = flip_width - x - w
@@ -39,7 +39,7 @@ def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = Non
             {
                 "bbox": [x, y, w, h],
                 "category_id": int(obj["category"]),
-                "iscrowd": int(bool(obj.get("iscrowd", 0))),
+                "iscrowd": int(parse_iscrowd(obj.get("iscrowd"), where=f"image id {image_id} object {index}")),
             }
         )
     return {"image_id": int(image_id), "annotations": annotations}
@@ -54,8 +54,11 @@ class DetectionTransform:
     them, so a flip drawn from a shared generator would differ between a resumed run and an uninterrupted
     one. `set_epoch` (called by `AugmentationEpochCallback`) gives each epoch fresh flips.
 
-    An image that cannot be decoded (corrupt, truncated, not an image) raises `DataError` naming the file
-    and the image id, or with `skip_bad_images=True` is dropped from its batch, logged and counted in
+    Images are read by `liaf_hf.data.images.read_image`: upright by their EXIF orientation (the annotations
+    are in upright coordinates), as 8-bit RGB with 16-bit and float greyscale scaled by their range.
+    An image that cannot be read (corrupt, truncated, not an image, a possible decompression bomb, a pixel
+    mode with no faithful RGB form) raises `DataError` naming the file and the image id, or with
+    `skip_bad_images=True` is dropped from its batch, logged and counted in
     `bad_images_skipped` (in the process that loads the data: with `dataloader_num_workers > 0` the workers'
     counts stay in the workers, but each drop is still logged). Attach it with `apply_to`, which lets this
     transform decode the images: `datasets` would otherwise decode them first and fail with PIL's own error.
@@ -84,15 +87,11 @@ class DetectionTransform:
         self.epoch = 0
         self.skip_bad_images = skip_bad_images
         self.bad_images_skipped = 0
-        self._decoder = datasets.Image()
 
     def apply_to(self, dataset: datasets.Dataset) -> datasets.Dataset:
         """`dataset.with_transform(self)`, with the image column left undecoded so that this transform
         decodes each image itself and can name the file that fails."""
-        image_feature = dataset.features.get("image")
-        if isinstance(image_feature, datasets.Image) and image_feature.decode:
-            dataset = dataset.cast_column("image", datasets.Image(decode=False))
-        return dataset.with_transform(self)
+        return undecoded_images(dataset).with_transform(self)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -104,13 +103,14 @@ class DetectionTransform:
         return random.Random(f"{self.seed}/{self.epoch}/{int(image_id)}").random() < self.horizontal_flip_prob
 
     def decode(self, value: Any, image_id: int) -> Image.Image | None:
-        """The RGB image of a row's `image` value (a PIL image, or datasets' `{"path", "bytes"}` dict); None
-        when it is unreadable and `skip_bad_images` is on."""
+        """The upright RGB image of a row's `image` value (a PIL image, or datasets' `{"path", "bytes"}` dict);
+        None when it is unreadable and `skip_bad_images` is on."""
+        source = source_name(value)
         try:
-            return self._decoder.decode_example(value).convert("RGB")
-        except _DECODE_ERRORS as error:
-            source = (value.get("path") or "<image bytes>") if isinstance(value, dict) else "<decoded image>"
-            message = f"{source}: cannot decode image id {int(image_id)}: {type(error).__name__}: {error}"
+            return read_image(value, name=source)
+        except DataError as error:
+            reason = str(error).removeprefix(f"{source}: ")
+            message = f"{source}: cannot decode image id {int(image_id)}: {reason}"
             if not self.skip_bad_images:
                 raise DataError(message) from error
             self.bad_images_skipped += 1

@@ -18,6 +18,14 @@ False. Category names come from the ``category`` ClassLabel, or, for names or nu
 from all of its splits together (sorted names; numbers 0..max), so train and validation agree. KITTI rows
 saved to disk keep their ``type``, ``truncated`` and ``occluded`` fields.
 
+Rows follow the rules of the COCO loader (:mod:`liaf_hf.data.checks`): sizes are those of the upright image
+(EXIF orientation applied, as ``datasets`` decodes it) and a ``width``/``height`` that differs from it is
+refused; boxes partly outside their image are clipped, boxes of zero width or height dropped (both counted
+in one warning), a box entirely outside refused; ``iscrowd`` is 0/1, a bool or ``"0"``/``"1"``/``"true"``/
+``"false"``. Every row needs ``objects`` (empty lists for an image without objects), and a set with no rows
+or no categories is refused. An imagefolder's ``metadata.jsonl`` is checked line by line before ``datasets``
+reads it, so a bad line is reported with its file and line number.
+
 Example::
 
     >>> train = load_hub_detection("data/my_folder", "train")  # imagefolder with metadata.jsonl  # doctest: +SKIP
@@ -26,17 +34,18 @@ Example::
 
 from __future__ import annotations
 
-import io
+import json
 import logging
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image, UnidentifiedImageError
+import pyarrow
 
+from liaf_hf.data.checks import BoxFitter, area_value, integer_value, is_number, is_outside, parse_iscrowd
 from liaf_hf.data.coco import coco_detection_features, objects_as_rows
+from liaf_hf.data.images import ImageHeader, read_header, source_name
 from liaf_hf.data.kitti import kitti_detection_features
 from liaf_hf.errors import DataError
 
@@ -62,6 +71,7 @@ def load_hub_detection(
     *,
     bbox_format: str = "xywh",
     class_names: Sequence[str] | None = None,
+    check_image_sizes: bool = True,
 ) -> datasets.Dataset:
     """One split of a Hub-format detection set, in the library's schema (module docstring).
 
@@ -71,18 +81,25 @@ def load_hub_detection(
         split: The split to return.
         bbox_format: How the set writes its boxes: ``"xywh"`` (COCO, the default) or ``"xyxy"``.
         class_names: Names of integer categories that carry none (an imagefolder with numeric categories).
+        check_image_sizes: Read the header of every image whose row gives ``width`` and ``height`` and
+            require them to be its upright size (rows without them always take the size from the header).
 
     Raises:
         DataError: The folder is neither format, the split does not exist, a single saved ``Dataset`` is
-            given where splits are needed, or a row does not fit the schema (the message names the field,
-            the row and the object).
+            given where splits are needed, a ``metadata.jsonl`` line is malformed (the message names the
+            file and the line), the split has no rows or the set no categories, or a row does not fit the
+            schema (the message names the field, the row and the object).
     """
     splits = _load_splits(name_or_path)
     if split not in splits:
         raise DataError(f"{name_or_path}: no split {split!r}; the splits are {sorted(splits)}")
     names = list(class_names) if class_names is not None else _category_names(splits, source=str(name_or_path))
     return normalise_detection_dataset(
-        splits[split], source=f"{name_or_path} [{split}]", bbox_format=bbox_format, class_names=names
+        splits[split],
+        source=f"{name_or_path} [{split}]",
+        bbox_format=bbox_format,
+        class_names=names,
+        check_image_sizes=check_image_sizes,
     )
 
 
@@ -92,6 +109,7 @@ def normalise_detection_dataset(
     source: str = "dataset",
     bbox_format: str = "xywh",
     class_names: Sequence[str] | None = None,
+    check_image_sizes: bool = True,
 ) -> datasets.Dataset:
     """``dataset`` (Hub detection schema, possibly with fields missing) in the library's schema.
 
@@ -100,10 +118,11 @@ def normalise_detection_dataset(
         source: How error messages name the dataset.
         bbox_format: ``"xywh"`` or ``"xyxy"``, absolute pixels.
         class_names: Label names; required when ``category`` is not a ClassLabel.
+        check_image_sizes: Require a row's ``width`` and ``height`` to be its image's upright size.
 
     Raises:
-        DataError: A required column or field is missing or malformed; the message names it, the row and
-            the object.
+        DataError: The dataset has no rows or no categories, or a required column or field is missing or
+            malformed; the message names it, the row and the object.
     """
     if bbox_format not in BBOX_FORMATS:
         raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {bbox_format!r}")
@@ -117,12 +136,17 @@ def normalise_detection_dataset(
     names = list(class_names) if class_names is not None else _class_label_names(object_fields["category"])
     if names is None:
         raise DataError(f"{source}: 'objects.category' is not a ClassLabel; pass class_names")
+    if not names:
+        raise DataError(f"{source}: no categories (no object names one, and no class_names were given)")
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no rows; a detection set needs at least one image")
     keep_kitti = all(field in object_fields for field in _KITTI_FIELDS)
     features = kitti_detection_features(names) if keep_kitti else coco_detection_features(names)
     # Images pass through undecoded; only their headers are read, and only where width or height is missing.
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
     label_of = {name: label for label, name in enumerate(names)}
     counter = {"next_object_id": 1}
+    fitter = BoxFitter()
 
     def normalise(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
         columns: dict[str, list[Any]] = {
@@ -133,12 +157,17 @@ def normalise_detection_dataset(
             "objects": [],
         }
         for position, index in enumerate(indices):
-            image_id = int(batch["image_id"][position]) if "image_id" in batch else index
+            image_id = index
+            if "image_id" in batch:
+                image_id = integer_value(batch["image_id"][position], field="image_id", where=f"{source}: row {index}")
             where = f"{source}: row {index} (image_id {image_id})"
-            if "width" in batch and "height" in batch:
-                width, height = int(batch["width"][position]), int(batch["height"][position])
-            else:
-                width, height = _image_size(batch["image"][position], where)
+            width, height = _row_size(
+                batch["image"][position],
+                batch["width"][position] if "width" in batch else None,
+                batch["height"][position] if "height" in batch else None,
+                where=where,
+                check=check_image_sizes,
+            )
             columns["image_id"].append(image_id)
             columns["width"].append(width)
             columns["height"].append(height)
@@ -151,6 +180,9 @@ def normalise_detection_dataset(
                     num_classes=len(names),
                     keep_kitti=keep_kitti,
                     counter=counter,
+                    fitter=fitter,
+                    width=width,
+                    height=height,
                 )
             )
         return columns
@@ -168,6 +200,7 @@ def normalise_detection_dataset(
     duplicated = len(normalised) - len(set(normalised["image_id"]))
     if duplicated:
         raise DataError(f"{source}: {duplicated} image_id values appear in more than one row")
+    fitter.warn(source)
     return normalised
 
 
@@ -175,14 +208,14 @@ def _load_splits(name_or_path: str | Path) -> dict[str, datasets.Dataset]:
     path = Path(name_or_path)
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
-            return dict(datasets.load_from_disk(str(path)))
+            return _load_saved(path)
         if (path / "state.json").is_file():
             raise DataError(
                 f"{path}: holds one saved Dataset, not splits; save a DatasetDict (e.g. "
                 "DatasetDict({'train': ..., 'validation': ...}).save_to_disk(path))"
             )
         if _has_metadata(path):
-            return dict(datasets.load_dataset("imagefolder", data_dir=str(path)))
+            return _load_imagefolder(path)
         raise DataError(
             f"{path}: neither a saved DatasetDict (dataset_dict.json) nor an imagefolder with metadata.jsonl"
         )
@@ -194,8 +227,87 @@ def _load_splits(name_or_path: str | Path) -> dict[str, datasets.Dataset]:
         raise DataError(f"{name_or_path}: not a local folder, and loading it from the Hub failed: {error}") from error
 
 
+def _load_saved(path: Path) -> dict[str, datasets.Dataset]:
+    try:
+        return dict(datasets.load_from_disk(str(path)))
+    except IndexError as error:
+        # datasets saves a split of no rows without a data file, and then fails to read it back.
+        empty = sorted(
+            folder.name
+            for folder in path.iterdir()
+            if (folder / "state.json").is_file() and not any(folder.glob("*.arrow"))
+        )
+        if not empty:
+            raise
+        raise DataError(f"{path}: the splits {empty} have no rows; a detection set needs at least one image") from error
+
+
 def _has_metadata(path: Path) -> bool:
     return (path / "metadata.jsonl").is_file() or any(path.glob("*/metadata.jsonl"))
+
+
+def _load_imagefolder(path: Path) -> dict[str, datasets.Dataset]:
+    """The splits of an imagefolder, after checking each ``metadata.jsonl`` line by line."""
+    metadata_files = [
+        metadata
+        for metadata in sorted(path.rglob("metadata.jsonl"))
+        # datasets skips hidden and dunder folders, so their files are not the set's.
+        if not any(part.startswith((".", "__")) for part in metadata.relative_to(path).parts[:-1])
+    ]
+    for metadata in metadata_files:
+        _check_metadata_file(metadata)
+    try:
+        return dict(datasets.load_dataset("imagefolder", data_dir=str(path)))
+    except (datasets.exceptions.DatasetGenerationError, pyarrow.ArrowException) as error:
+        # What the line checks cannot see, such as a field that is a string on one line and a number on
+        # another; pyarrow's "row" counts within a block of lines, not within the file.
+        cause = error.__cause__ or error
+        files = ", ".join(str(metadata) for metadata in metadata_files)
+        raise DataError(f"{files}: datasets cannot read the metadata: {type(cause).__name__}: {cause}") from error
+
+
+def _check_metadata_file(path: Path) -> None:
+    """Refuse a ``metadata.jsonl`` line that is not a JSON object with a ``file_name`` of an image inside the
+    file's folder and an ``objects`` field, naming the file and the line."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as error:
+        raise DataError(f"{path}: not UTF-8 text ({error})") from error
+    rows = 0
+    for line_number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {line_number}"
+        try:
+            record = json.loads(line, parse_constant=_refuse_constant)
+        except json.JSONDecodeError as error:
+            raise DataError(f"{where}: not valid JSON: {error.msg} (column {error.colno})") from error
+        except ValueError as error:
+            raise DataError(f"{where}: {error}") from error
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {line.strip()[:80]!r}")
+        file_name = record.get("file_name")
+        if not isinstance(file_name, str) or not file_name:
+            raise DataError(f"{where}: 'file_name' = {file_name!r}, expected the path of an image in {path.parent}")
+        if is_outside(file_name):
+            raise DataError(
+                f"{where}: 'file_name' = {file_name!r} is outside {path.parent}; an imagefolder reads only images "
+                "inside the folder of its metadata.jsonl: move the image there"
+            )
+        if not (path.parent / file_name).is_file():
+            raise DataError(f"{where}: 'file_name' = {file_name!r}, but there is no such file in {path.parent}")
+        if record.get("objects") is None:
+            raise DataError(
+                f"{where}: no 'objects'; give every image one, with empty lists for an image without objects "
+                '({"bbox": [], "category": []})'
+            )
+        rows += 1
+    if not rows:
+        raise DataError(f"{path}: no rows; an imagefolder needs one line per image")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number datasets can read; write a finite number")
 
 
 def _object_fields(feature: Any, source: str) -> dict[str, Any]:
@@ -224,28 +336,65 @@ def _category_names(splits: dict[str, datasets.Dataset], *, source: str) -> list
     names = _class_label_names(fields["category"])
     if names is not None:
         return names
-    values = {
-        category
-        for dataset in splits.values()
-        for objects in dataset.with_format(None)["objects"]
-        for category in (obj.get("category") for obj in objects_as_rows(objects))
-    }
+    values = [
+        obj.get("category")
+        for split, dataset in splits.items()
+        for index, objects in enumerate(dataset.with_format(None)["objects"])
+        for obj in _object_rows(objects, where=f"{source} [{split}]: row {index}")
+    ]
     if all(isinstance(value, str) for value in values):
-        return sorted(values)
+        return sorted(set(values))
     if all(isinstance(value, int) and not isinstance(value, bool) and value >= 0 for value in values):
         return [str(label) for label in range(max(values, default=-1) + 1)]
     raise DataError(
-        f"{source}: 'objects.category' mixes names and numbers or holds other values: {sorted(map(repr, values))[:5]}"
+        f"{source}: 'objects.category' mixes names and numbers or holds other values: "
+        f"{sorted({repr(value) for value in values})[:5]}"
     )
 
 
-def _image_size(image: dict[str, Any], where: str) -> tuple[int, int]:
-    source = io.BytesIO(image["bytes"]) if image.get("bytes") else image.get("path")
-    try:
-        with Image.open(source) as opened:
-            return opened.size
-    except (UnidentifiedImageError, OSError, TypeError) as error:
-        raise DataError(f"{where}: cannot read the image to find its size: {error}") from error
+def _object_rows(objects: Any, *, where: str) -> list[dict[str, Any]]:
+    """A row's ``objects`` (dict of lists or list of dicts) as one dict per object; a field that is None
+    (absent from this row where other rows have it) is left out."""
+    if objects is None:
+        raise DataError(f"{where}: no 'objects'; give every image one, with empty lists for an image without objects")
+    if isinstance(objects, Mapping):
+        fields = {key: values for key, values in objects.items() if values is not None}
+        for key, values in fields.items():
+            if not isinstance(values, (list, tuple)):
+                raise DataError(f"{where}: 'objects.{key}' = {values!r}, expected a list with one value per object")
+        lengths = {key: len(values) for key, values in fields.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"{where}: the 'objects' fields have different lengths {lengths}")
+        return objects_as_rows(fields)
+    if isinstance(objects, (list, tuple)) and all(isinstance(obj, Mapping) for obj in objects):
+        return [{key: value for key, value in obj.items() if value is not None} for obj in objects]
+    raise DataError(f"{where}: 'objects' = {objects!r}, expected per-object fields (bbox, category)")
+
+
+def _row_size(image: Any, width: Any, height: Any, *, where: str, check: bool) -> tuple[int, int]:
+    """The row's (width, height): as given, checked against the image's upright size when `check`, or the
+    image's upright size when the row gives none."""
+    given = width is not None and height is not None
+    if given:
+        width = integer_value(width, field="width", where=where, bits=32)
+        height = integer_value(height, field="height", where=where, bits=32)
+        if width <= 0 or height <= 0:
+            raise DataError(f"{where} has non-positive size {width}x{height}")
+        if not check:
+            return width, height
+    header = _image_header(image, where)
+    if not given:
+        return header.size
+    mismatch = header.size_mismatch(width, height)
+    if mismatch is not None:
+        raise DataError(f"{where}: the image {source_name(image)} {mismatch}")
+    return width, height
+
+
+def _image_header(image: Any, where: str) -> ImageHeader:
+    if not isinstance(image, (dict, str, bytes)):
+        raise DataError(f"{where}: 'image' = {image!r}, expected an image (path or bytes)")
+    return read_header(image, name=f"{where}: image {source_name(image)}")
 
 
 def _normalise_objects(
@@ -257,43 +406,47 @@ def _normalise_objects(
     num_classes: int,
     keep_kitti: bool,
     counter: dict[str, int],
+    fitter: BoxFitter,
+    width: int,
+    height: int,
 ) -> dict[str, list[Any]]:
-    if isinstance(objects, dict):
-        lengths = {key: len(values) for key, values in objects.items() if isinstance(values, list)}
-        if len(set(lengths.values())) > 1:
-            raise DataError(f"{where}: the 'objects' fields have different lengths {lengths}")
     fields = ["id", "bbox", "category", "area", "iscrowd", *(_KITTI_FIELDS if keep_kitti else ())]
     column: dict[str, list[Any]] = {field: [] for field in fields}
-    for index, obj in enumerate(objects_as_rows(objects or {})):
+    for index, obj in enumerate(_object_rows(objects, where=where)):
         at = f"{where} object {index}"
-        box = _xywh(obj.get("bbox"), bbox_format, at)
-        column["id"].append(_object_id(obj, counter))
-        column["bbox"].append(box)
-        column["category"].append(_label(obj.get("category"), label_of, num_classes, at))
-        area = obj.get("area")
-        column["area"].append(float(area) if area is not None else box[2] * box[3])
-        column["iscrowd"].append(bool(obj.get("iscrowd") or False))
+        label = _label(obj.get("category"), label_of, num_classes, at)
+        iscrowd = parse_iscrowd(obj.get("iscrowd"), where=at)
+        box = fitter.fit(_xywh(obj.get("bbox"), bbox_format, at), width=width, height=height, where=at)
+        # Every field is checked, also those of a box that is dropped.
+        area = area_value(obj.get("area"), box or (0.0, 0.0, 0.0, 0.0), where=at)
+        object_id = _object_id(obj, at)
+        if box is None:
+            continue
+        column["id"].append(object_id if object_id is not None else _next_object_id(counter))
+        column["bbox"].append(list(box))
+        column["category"].append(label)
+        column["area"].append(area)
+        column["iscrowd"].append(iscrowd)
         if keep_kitti:
             for field in _KITTI_FIELDS:
-                column[field].append(obj[field])
+                column[field].append(obj.get(field))
     return column
 
 
-def _object_id(obj: dict[str, Any], counter: dict[str, int]) -> int:
+def _object_id(obj: dict[str, Any], at: str) -> int | None:
     for key in ("id", "bbox_id"):
         if obj.get(key) is not None:
-            return int(obj[key])
+            return integer_value(obj[key], field=key, where=at)
+    return None
+
+
+def _next_object_id(counter: dict[str, int]) -> int:
     counter["next_object_id"] += 1
     return counter["next_object_id"] - 1
 
 
 def _xywh(bbox: Any, bbox_format: str, at: str) -> list[float]:
-    valid = (
-        isinstance(bbox, (list, tuple))
-        and len(bbox) == 4
-        and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in bbox)
-    )
-    if not valid:
+    if not isinstance(bbox, (list, tuple)) or len(bbox) != 4 or not all(map(is_number, bbox)):
         raise DataError(f"{at}: 'bbox' = {bbox!r}, expected 4 finite numbers ({bbox_format}, absolute pixels)")
     x, y, third, fourth = (float(v) for v in bbox)
     width, height = (third - x, fourth - y) if bbox_format == "xyxy" else (third, fourth)

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass
 from typing import Any, Union
 
+import datasets
 import numpy as np
 from PIL import Image, ImageOps
 
@@ -78,7 +79,9 @@ def source_name(source: ImageSource) -> str:
         return str(getattr(source, "filename", "") or "<decoded image>")
     if isinstance(source, bytes):
         return "<image bytes>"
-    return os.fspath(source)
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return f"<{type(source).__name__} value>"
 
 
 def read_header(source: ImageSource, *, name: str | None = None) -> ImageHeader:
@@ -113,6 +116,15 @@ def read_image(source: ImageSource, *, name: str | None = None) -> Image.Image:
         except DECODE_ERRORS as error:
             raise DataError(f"{name}: cannot decode the image: {type(error).__name__}: {error}") from error
         return to_rgb(ImageOps.exif_transpose(image), name=name)
+
+
+def undecoded_images(dataset: datasets.Dataset) -> datasets.Dataset:
+    """`dataset` with its ``image`` column left undecoded (``{"path", "bytes"}`` dicts), for `read_image` to
+    decode by these rules and name the file that fails; unchanged when the column is no decoding `Image`."""
+    feature = dataset.features.get("image")
+    if isinstance(feature, datasets.Image) and feature.decode:
+        return dataset.cast_column("image", datasets.Image(decode=False))
+    return dataset
 
 
 def to_rgb(image: Image.Image, *, name: str = "<image>") -> Image.Image:
@@ -171,6 +183,8 @@ def _opened(source: ImageSource, name: str | None) -> Image.Image:
         if data is None and path is None:
             raise DataError(f"{name}: the image value has neither 'bytes' nor 'path'")
         source = data if data is not None else path
+    if not isinstance(source, (str, os.PathLike, bytes)):
+        raise DataError(f"{name}: not an image path, bytes or PIL image, but a {type(source).__name__}")
     stream: Any = io.BytesIO(source) if isinstance(source, bytes) else source
     try:
         return Image.open(stream)
@@ -183,8 +197,15 @@ def _opened(source: ImageSource, name: str | None) -> Image.Image:
         raise DataError(f"{name}: no such image file") from error
     except DECODE_ERRORS as error:
         raise DataError(f"{name}: not a readable image: {type(error).__name__}: {error}") from error
-    except TypeError as error:
-        raise DataError(f"{name}: not an image path, bytes or PIL image: {error}") from error
 
 
-__all__ = ["DECODE_ERRORS", "ImageHeader", "ImageSource", "read_header", "read_image", "source_name", "to_rgb"]
+__all__ = [
+    "DECODE_ERRORS",
+    "ImageHeader",
+    "ImageSource",
+    "read_header",
+    "read_image",
+    "source_name",
+    "to_rgb",
+    "undecoded_images",
+]

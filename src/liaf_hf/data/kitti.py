@@ -9,8 +9,10 @@ Layout read::
 A label line is ``type truncated occluded alpha x1 y1 x2 y2 h w l x y z rotation_y``: the object type
 (``Car``, ``Van``, ``Truck``, ``Pedestrian``, ``Person_sitting``, ``Cyclist``, ``Tram``, ``Misc`` or
 ``DontCare``), the truncation in 0..1, the occlusion state (0 fully visible, 1 partly occluded, 2 largely
-occluded, 3 unknown), and the 2D box in pixel coordinates. The 3D fields are checked to be numbers and
-otherwise not kept.
+occluded, 3 unknown), and the 2D box in pixel coordinates of the upright image. ``DontCare`` regions may also
+carry -1 for both, as KITTI writes them; any other value outside those ranges is refused. The 3D fields are
+checked to be numbers and otherwise not kept. Boxes are fitted to their image by the rules of
+:mod:`liaf_hf.data.checks` (clipped, zero-area ones dropped, counted in one warning).
 
 Rows have the schema of :func:`liaf_hf.data.coco.load_coco_detection` (``image``, ``image_id``, ``width``,
 ``height``, ``objects`` with ``id``, ``bbox`` xywh absolute pixels, ``category`` ClassLabel, ``area``,
@@ -43,9 +45,10 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-from PIL import Image, UnidentifiedImageError
 
+from liaf_hf.data.checks import BoxFitter, listing
 from liaf_hf.data.coco import coco_detection_features
+from liaf_hf.data.images import read_header
 from liaf_hf.errors import DataError
 
 __all__ = [
@@ -77,7 +80,9 @@ KITTI_TYPES: tuple[str, ...] = (
 _NUM_FIELDS = 15
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _SPLIT_DIR = "ImageSets"
-_MAX_LISTED = 5
+_OCCLUSION_STATES = (0, 1, 2, 3)
+# What KITTI writes for the truncation and occlusion of a DontCare region.
+_DONTCARE_UNSET = -1.0
 
 
 def kitti_detection_features(names: Sequence[str]) -> datasets.Features:
@@ -105,6 +110,7 @@ class _KittiObject:
     truncated: float
     occluded: int
     box_xyxy: tuple[float, float, float, float]
+    line_number: int
 
 
 def load_kitti(
@@ -137,9 +143,11 @@ def load_kitti(
             how many of each.
 
     Raises:
-        DataError: A folder or split file is missing; a label line has the wrong number of fields, a
-            non-number or a box with x2 < x1 or y2 < y1; a type is unknown; an image has no label file or
-            a label file no image (unless ``skip_invalid``). The message names the file and the line.
+        DataError: A folder or split file is missing, or the split has no images; a label line has the
+            wrong number of fields, a non-number, a truncation outside 0..1, an occlusion other than 0-3, or
+            a box with x2 < x1 or y2 < y1 or entirely outside its image; a type is unknown; an image has no
+            label file or a label file no image (unless ``skip_invalid``). The message names the file and
+            the line.
     """
     root = Path(root)
     label_of = _label_map(classes, type_map)
@@ -154,21 +162,32 @@ def load_kitti(
     if missing:
         message = (
             f"{root / _SPLIT_DIR / (split + '.txt')}: {len(missing)} names have no image with a label file "
-            f"in {image_dir}, first: {_listing(missing)}"
+            f"in {image_dir}, first: {listing(missing)}"
         )
         if not skip_invalid:
             raise DataError(message)
         logger.warning("skipping %s", message)
         names = [name for name in names if name in images]
+    if not names:
+        raise DataError(f"{root / _SPLIT_DIR / (split + '.txt')}: split {split!r} has no images (from {image_dir})")
     image_ids = _image_ids(sorted(images))
-    skipped: dict[str, int] = {"bad lines": 0, "unknown types": 0, "empty boxes": 0}
+    skipped: dict[str, int] = {"bad lines": 0, "unknown types": 0}
+    fitter = BoxFitter()
     columns: dict[str, list[Any]] = {"image": [], "image_id": [], "width": [], "height": [], "objects": []}
     next_object_id = 1
     for name in names:
-        width, height = _image_size(images[name])
+        width, height = read_header(images[name]).size
         objects = _read_label_file(labels[name], known_types, skip_invalid=skip_invalid, skipped=skipped)
         column = _objects_column(
-            objects, label_of, first_id=next_object_id, width=width, height=height, skipped=skipped
+            objects,
+            label_of,
+            first_id=next_object_id,
+            width=width,
+            height=height,
+            fitter=fitter,
+            path=labels[name],
+            skip_invalid=skip_invalid,
+            skipped=skipped,
         )
         next_object_id += len(column["id"])
         columns["image"].append(str(images[name].absolute()))
@@ -177,12 +196,8 @@ def load_kitti(
         columns["height"].append(height)
         columns["objects"].append(column)
     if any(skipped.values()):
-        logger.warning(
-            "%s: skipped %d bad label lines and %d objects of unknown types; dropped %d boxes of zero width or "
-            "height (after clipping to the image)",
-            label_dir,
-            *skipped.values(),
-        )
+        logger.warning("%s: skipped %d bad label lines and %d objects of unknown types", label_dir, *skipped.values())
+    fitter.warn(str(label_dir))
     logger.info("%s: split %r has %d images and %d objects", root, split, len(names), next_object_id - 1)
     return datasets.Dataset.from_dict(columns, features=kitti_detection_features(classes))
 
@@ -237,12 +252,12 @@ def _paired_files(image_dir: Path, label_dir: Path, *, skip_invalid: bool) -> tu
         if without_label:
             problems.append(
                 f"{len(without_label)} images have no label file in {label_dir}, first: "
-                f"{_listing([str(images[name]) for name in without_label])}"
+                f"{listing([str(images[name]) for name in without_label])}"
             )
         if without_image:
             problems.append(
                 f"{len(without_image)} label files have no image in {image_dir}, first: "
-                f"{_listing([str(labels[name]) for name in without_image])}"
+                f"{listing([str(labels[name]) for name in without_image])}"
             )
         if not skip_invalid:
             raise DataError("; ".join(problems) + " (pass skip_invalid=True to leave them out)")
@@ -276,7 +291,7 @@ def _split_names(root: Path, split: str, all_names: list[str], *, val_fraction: 
         names.append(name)
     duplicated = sorted({name for name in names if names.count(name) > 1})
     if duplicated:
-        raise DataError(f"{split_file}: names listed more than once: {_listing(duplicated)}")
+        raise DataError(f"{split_file}: names listed more than once: {listing(duplicated)}")
     return names
 
 
@@ -286,15 +301,6 @@ def _image_ids(names: list[str]) -> dict[str, int]:
     if all(name.isdigit() for name in names):
         return {name: int(name) for name in names}
     return {name: index for index, name in enumerate(names)}
-
-
-def _image_size(path: Path) -> tuple[int, int]:
-    try:
-        # Opening reads only the header.
-        with Image.open(path) as opened:
-            return opened.size
-    except (UnidentifiedImageError, OSError) as error:
-        raise DataError(f"{path}: cannot read image: {error}") from error
 
 
 def _read_label_file(
@@ -309,7 +315,7 @@ def _read_label_file(
         if not line.strip():
             continue
         try:
-            kitti_object = _parse_line(line, known_types)
+            kitti_object = _parse_line(line, known_types, line_number=line_number)
         except _BadLine as error:
             if not skip_invalid:
                 raise DataError(f"{path}, line {line_number}: {error} in {line!r}") from None
@@ -325,7 +331,7 @@ class _BadLine(Exception):
         self.unknown_type = unknown_type
 
 
-def _parse_line(line: str, known_types: set[str]) -> _KittiObject:
+def _parse_line(line: str, known_types: set[str], *, line_number: int) -> _KittiObject:
     fields = line.split()
     if len(fields) != _NUM_FIELDS:
         raise _BadLine(f"expected {_NUM_FIELDS} fields, got {len(fields)}")
@@ -346,12 +352,23 @@ def _parse_line(line: str, known_types: set[str]) -> _KittiObject:
             unknown_type=True,
         )
     truncated, occluded = values[0], values[1]
-    if not occluded.is_integer():
-        raise _BadLine(f"occlusion (field 3) is {fields[2]!r}, expected an integer 0-3")
+    unset_allowed = " (or -1 for DontCare)" if kitti_type == "DontCare" else ""
+    unset = kitti_type == "DontCare" and truncated == _DONTCARE_UNSET
+    if not (0.0 <= truncated <= 1.0 or unset):
+        raise _BadLine(f"truncation (field 2) is {fields[1]!r}, expected a number in 0..1{unset_allowed}")
+    unset = kitti_type == "DontCare" and occluded == _DONTCARE_UNSET
+    if occluded not in _OCCLUSION_STATES and not unset:
+        raise _BadLine(f"occlusion (field 3) is {fields[2]!r}, expected an integer 0-3{unset_allowed}")
     x1, y1, x2, y2 = values[3:7]
     if x2 < x1 or y2 < y1:
         raise _BadLine(f"box ({x1}, {y1}, {x2}, {y2}) has x2 < x1 or y2 < y1")
-    return _KittiObject(type=kitti_type, truncated=truncated, occluded=int(occluded), box_xyxy=(x1, y1, x2, y2))
+    return _KittiObject(
+        type=kitti_type,
+        truncated=truncated,
+        occluded=int(occluded),
+        box_xyxy=(x1, y1, x2, y2),
+        line_number=line_number,
+    )
 
 
 def _objects_column(
@@ -361,6 +378,9 @@ def _objects_column(
     first_id: int,
     width: int,
     height: int,
+    fitter: BoxFitter,
+    path: Path,
+    skip_invalid: bool,
     skipped: dict[str, int],
 ) -> dict[str, list[Any]]:
     column: dict[str, list[Any]] = {
@@ -368,25 +388,25 @@ def _objects_column(
     }
     for kitti_object in objects:
         x1, y1, x2, y2 = kitti_object.box_xyxy
-        # KITTI boxes may reach a pixel past the border (x2 = width + 0.5 and the like); clip them.
-        x1, x2 = min(max(x1, 0.0), width), min(max(x2, 0.0), width)
-        y1, y2 = min(max(y1, 0.0), height), min(max(y2, 0.0), height)
-        if x2 <= x1 or y2 <= y1:
-            # A box with no area can neither be learnt nor matched; counted in the loader's warning.
-            skipped["empty boxes"] += 1
+        try:
+            # KITTI boxes may reach a pixel past the border (x2 = width + 0.5 and the like): clipped.
+            box = fitter.fit(
+                (x1, y1, x2 - x1, y2 - y1), width=width, height=height, where=f"{path}, line {kitti_object.line_number}"
+            )
+        except DataError:
+            if not skip_invalid:
+                raise
+            skipped["bad lines"] += 1
+            continue
+        if box is None:
             continue
         label = label_of.get(kitti_object.type)
         column["id"].append(first_id + len(column["id"]))
-        column["bbox"].append([x1, y1, x2 - x1, y2 - y1])
+        column["bbox"].append(list(box))
         column["category"].append(-1 if label is None else label)
-        column["area"].append((x2 - x1) * (y2 - y1))
+        column["area"].append(box[2] * box[3])
         column["iscrowd"].append(label is None)
         column["type"].append(kitti_object.type)
         column["truncated"].append(kitti_object.truncated)
         column["occluded"].append(kitti_object.occluded)
     return column
-
-
-def _listing(items: list[str]) -> str:
-    shown = "; ".join(items[:_MAX_LISTED])
-    return shown if len(items) <= _MAX_LISTED else f"{shown}; ... ({len(items) - _MAX_LISTED} more)"

@@ -30,6 +30,7 @@ import torch
 from PIL import Image
 
 from .. import __version__
+from ..data.images import read_image, undecoded_images
 from ..errors import DataError, LiafError
 from ..inference import PROCESSOR_CONFIG_NAME, load_detector
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
@@ -79,9 +80,10 @@ def generated_images(count: int, *, seed: int = 0) -> list[Image.Image]:
 
 
 def load_images(dataset: datasets.Dataset, limit: int | None = None) -> list[Image.Image]:
-    """The first `limit` images of a detection dataset (all without a limit), as RGB."""
+    """The first `limit` images of a detection dataset (all without a limit), read as every liaf-hf path
+    reads them (`liaf_hf.data.images.read_image`: upright, 8-bit RGB, a `DataError` naming the file)."""
     rows = dataset if limit is None else dataset.select(range(min(limit, len(dataset))))
-    return [image.convert("RGB") for image in rows["image"]]
+    return [read_image(value) for value in undecoded_images(rows)["image"]]
 
 
 def export_detector(

@@ -14,6 +14,7 @@ import datasets
 import torch
 from PIL import Image
 
+from ..data.images import read_image, undecoded_images
 from ..inference import detect
 from ..metrics import (
     CocoDetectionEvaluator,
@@ -126,9 +127,10 @@ def evaluate_ap(detector: Detector, dataset: datasets.Dataset, *, batch_size: in
     else:
         ground_truth = coco_ground_truth_from_dataset(dataset)
     evaluator = CocoDetectionEvaluator(ground_truth)
+    dataset = undecoded_images(dataset)
     for start in range(0, len(dataset), batch_size):
         rows = dataset[start : start + batch_size]
-        images = [image.convert("RGB") for image in rows["image"]]
+        images = [read_image(value) for value in rows["image"]]
         evaluator.update([int(image_id) for image_id in rows["image_id"]], detector(images))
     return evaluator.compute()
 
