@@ -126,6 +126,13 @@ class DataArguments:
     synthetic_num_val: int = field(default=500)
     synthetic_seed: int = field(default=0)
     max_eval_samples: int | None = field(default=None, metadata={"help": "Score on the first N eval images."})
+    allow_outside_paths: bool = field(
+        default=False,
+        metadata={
+            "help": "Let a COCO file_name be absolute or climb out of the image folder with '..' (refused by "
+            "default, naming the record, so an annotation file cannot read files elsewhere unnoticed)."
+        },
+    )
     shortest_edge: int = field(default=800, metadata={"help": "Resize the shorter image edge to this."})
     longest_edge: int = field(default=1333, metadata={"help": "Cap the longer image edge at this."})
 
@@ -179,7 +186,7 @@ class DataArguments:
                 skip_invalid=self.kitti_skip_invalid,
                 seed=self.split_seed,
             )
-        return load_coco_detection(self.data_dir, split)
+        return load_coco_detection(self.data_dir, split, allow_outside_paths=self.allow_outside_paths)
 
 
 @dataclass

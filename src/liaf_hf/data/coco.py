@@ -352,8 +352,8 @@ def _check_inside(images: dict[int, _CocoImage], image_dir: Path, path: Path) ->
         if is_outside(image.file_name):
             raise DataError(
                 f"{path}: image id {image_id} has 'file_name' = {image.file_name!r}, which is outside the image "
-                f"folder {image_dir}; move the image into that folder, or pass allow_outside_paths=True to read "
-                "files from anywhere"
+                f"folder {image_dir}; move the image into that folder, or pass allow_outside_paths=True "
+                "(--allow_outside_paths true to the example scripts) to read files from anywhere"
             )
 
 
