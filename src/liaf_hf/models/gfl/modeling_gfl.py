@@ -30,7 +30,7 @@ from transformers.backbone_utils import load_backbone
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
-from .configuration_gfl import GFLConfig
+from .configuration_gfl import DEFAULT_TIMM_OUT_INDICES, GFLConfig
 
 # --------------------------------------------------------------------------------------------------
 # Box helpers
@@ -262,6 +262,12 @@ class ATSSAssigner:
     whose centre lies inside the box become positives. An anchor claimed by several boxes goes to the one
     it overlaps most.
 
+    When many candidates overlap the box equally (on a small image the finest anchors, eight strides wide,
+    each hold the whole picture), mean + standard deviation can exceed every IoU and leave the box without
+    a positive, as it does in mmdetection. The threshold is then lowered to the best IoU among the
+    candidates centred inside the box, so a box gets positives whenever a candidate is centred in it; the
+    assignment of a box that has a positive by the paper's rule is unchanged.
+
     `assign_batch` assigns a batch of images in one pass over padded box lists: on a GPU a pass per image
     costs about a hundred kernel launches per image, which made the assignment most of a training step.
     """
@@ -364,15 +370,20 @@ class ATSSAssigner:
             candidate_overlaps.std(dim=1) if candidates.shape[1] > 1 else torch.zeros_like(candidate_overlaps[:, 0])
         )
         threshold = candidate_overlaps.mean(dim=1) + spread  # (B, G)
-        is_positive = candidate_overlaps >= threshold[:, None, :]
 
         candidate_centres = anchor_centres[candidates]  # (B, K, G, 2)
         edge_distances = torch.cat(
             [candidate_centres - gt_boxes[:, None, :, :2], gt_boxes[:, None, :, 2:] - candidate_centres], dim=3
         )
-        is_positive &= edge_distances.min(dim=3).values > 0.01
+        centred_inside = edge_distances.min(dim=3).values > 0.01  # (B, K, G)
         if gt_valid is not None:
-            is_positive &= gt_valid[:, None, :]
+            centred_inside &= gt_valid[:, None, :]
+        # Tied IoUs (every candidate of a level holds the whole box) can put mean + std above every IoU; the
+        # best candidate centred in the box then still reaches the threshold. A box that has a positive by
+        # the paper's rule keeps exactly its assignment.
+        best_inside = candidate_overlaps.masked_fill(~centred_inside, -math.inf).amax(dim=1)  # (B, G)
+        threshold = torch.minimum(threshold, best_inside)
+        is_positive = centred_inside & (candidate_overlaps >= threshold[:, None, :])
 
         # A box's candidates are distinct anchors (top-k within a level, levels disjoint), so the scatter
         # writes each (image, anchor, box) at most once.
@@ -383,6 +394,18 @@ class ATSSAssigner:
         positive = best_overlap > -math.inf
         gt_index = torch.where(positive, best_gt, -1)
         return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
+
+
+def _raise_for_nonfinite_pixels(pixel_values: torch.Tensor) -> None:
+    """Name the images of a (B, 3, H, W) batch that hold NaN or inf values (only called when one does)."""
+    bad = ~torch.isfinite(pixel_values.detach()).flatten(1)  # (B, 3 * H * W)
+    images = bad.any(dim=1).nonzero().flatten().tolist()
+    counts = ", ".join(f"image {index}: {int(bad[index].sum())}" for index in images)
+    raise ValueError(
+        f"pixel_values holds NaN or inf values ({counts} of {bad.shape[1]} values): the image or its "
+        "preprocessing is broken (e.g. a float image with NaN pixels, or a division by a zero std); fix or "
+        "drop that image."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,13 +429,34 @@ class TimmFeatureBackbone(nn.Module):
             self.body = timm.create_model(
                 model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **(timm_kwargs or {})
             )
-        except (RuntimeError, IndexError) as error:
+        except IndexError as error:
+            levels = self._feature_levels(model_name, timm_kwargs)
+            raise ValueError(
+                f"GFLConfig.backbone_out_indices={tuple(out_indices)} names feature levels that the timm model "
+                f"{model_name!r} does not have: it has {levels} (indices 0 to {levels - 1}, or -{levels} to -1 "
+                "counting back from the coarsest)."
+            ) from error
+        except RuntimeError as error:
             raise ValueError(
                 f"GFLConfig.backbone={model_name!r} cannot serve as a GFL backbone (the timm model must support "
                 f"features_only=True with backbone_out_indices={out_indices}): {error!r}"
             ) from error
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
+        # The FPN takes its inputs finest first and merges each level into the next finer one.
+        if any(coarser <= finer for finer, coarser in zip(self.strides, self.strides[1:])):
+            raise ValueError(
+                f"GFLConfig.backbone_out_indices={tuple(out_indices)} gives levels of the timm model {model_name!r} "
+                f"with strides {self.strides}: name distinct levels from the finest to the coarsest (e.g. "
+                f"{tuple(DEFAULT_TIMM_OUT_INDICES)})."
+            )
+
+    @staticmethod
+    def _feature_levels(model_name: str, timm_kwargs: dict | None) -> int:
+        """How many feature levels the timm model has (built on the meta device: no memory, no weights)."""
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, **(timm_kwargs or {}))
+        return len(model.feature_info)
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> list of (B, channels[i], H / strides[i], W / strides[i])."""
@@ -762,6 +806,10 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
+        # NaN or inf pixels would give NaN logits and no detection (or a NaN loss) without a word. The check
+        # is one reduction; a compiled graph goes without it rather than break on a data-dependent branch.
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
+            _raise_for_nonfinite_pixels(pixel_values)
         if isinstance(labels, GFLTargets):
             if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
                 raise ValueError(
