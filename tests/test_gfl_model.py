@@ -362,6 +362,13 @@ def test_pixel_values_with_nan_or_inf_are_refused_naming_the_image():
         model(pixel_values=pixels, labels=labels)
     with torch.no_grad(), pytest.raises(ValueError, match=r"image 1: 1"):
         model.eval()(pixel_values=pixels)
+    # A batch found finite once is not checked again, unless it changes since.
+    finite = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(pixel_values=finite)
+        finite[0, 1, 2, 3] = math.nan
+        with pytest.raises(ValueError, match=r"image 0: 1"):
+            model(pixel_values=finite)
 
 
 def test_folder_saved_before_the_backbone_api_loads_with_the_same_outputs():

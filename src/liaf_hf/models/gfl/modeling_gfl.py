@@ -396,6 +396,26 @@ class ATSSAssigner:
         return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
 
 
+# Set on a pixel batch found finite, with the tensor's version counter then, so that the other forwards of a
+# step on the same unmodified tensor (a distillation teacher's, the student's with prepared targets) do not
+# wait for the device again.
+_FINITE_VERSION = "_gfl_checked_finite_version"
+
+
+def _pixels_need_check(pixel_values: torch.Tensor) -> bool:
+    """Whether `pixel_values` is still to be checked for NaN and inf: not yet checked in its present state
+    (an inference-mode tensor has no version counter, so it always is), and not being traced by torch.compile
+    (a data-dependent branch would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
+    return pixel_values.is_inference() or getattr(pixel_values, _FINITE_VERSION, None) != pixel_values._version
+
+
+def _mark_pixels_finite(pixel_values: torch.Tensor) -> None:
+    if not pixel_values.is_inference():
+        setattr(pixel_values, _FINITE_VERSION, pixel_values._version)
+
+
 def _raise_for_nonfinite_pixels(pixel_values: torch.Tensor) -> None:
     """Name the images of a (B, 3, H, W) batch that hold NaN or inf values (only called when one does)."""
     bad = ~torch.isfinite(pixel_values.detach()).flatten(1)  # (B, 3 * H * W)
@@ -806,10 +826,6 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        # NaN or inf pixels would give NaN logits and no detection (or a NaN loss) without a word. The check
-        # is one reduction; a compiled graph goes without it rather than break on a data-dependent branch.
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(pixel_values).all()):
-            _raise_for_nonfinite_pixels(pixel_values)
         if isinstance(labels, GFLTargets):
             if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
                 raise ValueError(
@@ -819,6 +835,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             valid_sizes = labels.valid_sizes
         else:
             valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)  # (B, 2) as (height, width)
+            if labels is not None:
+                # Checked (with the pixels, in one wait for the device) before any compute.
+                labels = self.prepare_targets(labels, pixel_values, pixel_mask, valid_sizes=valid_sizes)
+        # NaN or inf pixels would give NaN logits and no detection (or a NaN loss) without a word.
+        if _pixels_need_check(pixel_values):
+            if not bool(torch.isfinite(pixel_values).all()):
+                _raise_for_nonfinite_pixels(pixel_values)
+            _mark_pixels_finite(pixel_values)
         backbone_features = self.backbone(pixel_values)
         fpn_features = self.neck(backbone_features)
         class_logits, box_distributions = self.head(fpn_features)
@@ -948,12 +972,24 @@ class GFLForObjectDetection(GFLPreTrainedModel):
     # ------------------------------------------------------------------------------------------- loss
 
     def prepare_targets(
-        self, labels: list[dict], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None
+        self,
+        labels: list[dict],
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        *,
+        valid_sizes: torch.Tensor | None = None,
     ) -> GFLTargets:
         """`labels` (the `forward` argument) checked and converted once for the batch of `pixel_values`
-        (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls."""
-        valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)
-        return GFLTargets(valid_sizes=valid_sizes, instances=self.labels_in_pixels(labels, valid_sizes))
+        (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls.
+        `pixel_values` is checked for NaN and inf in the same wait for the device as the labels.
+
+        Args:
+            valid_sizes: (B, 2) what `valid_sizes` gives for this batch, when the caller has it already.
+        """
+        if valid_sizes is None:
+            valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)
+        instances = self.labels_in_pixels(labels, valid_sizes, pixel_values)
+        return GFLTargets(valid_sizes=valid_sizes, instances=instances)
 
     def _targets(self, labels: list[dict] | GFLTargets, valid_sizes: torch.Tensor) -> list[tuple]:
         """Per image (classes, boxes in pixels, ignore boxes), converted unless `labels` already are."""
@@ -962,13 +998,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return self.labels_in_pixels(labels, valid_sizes)
 
     def labels_in_pixels(
-        self, labels: list[dict], valid_sizes: torch.Tensor
+        self, labels: list[dict], valid_sizes: torch.Tensor, pixel_values: torch.Tensor | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Check each image's labels and convert their boxes to xyxy input pixels.
 
         The values are checked and converted for the whole batch at once: a check per image would stop a GPU
         once per image (each `if tensor` waits for it), and a conversion per image costs a few kernel
-        launches per image.
+        launches per image. With `pixel_values` (B, 3, H, W), the images are checked for NaN and inf in the
+        same wait.
 
         Returns:
             per image `(class_labels (n,), boxes (n, 4) xyxy pixels, ignore_boxes (m, 4) xyxy pixels or None)`.
@@ -996,10 +1033,19 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 ignore = torch.as_tensor(ignore, device=device).float().reshape(-1, 4)
             ignore_list.append(ignore)
         all_classes, all_boxes = torch.cat(class_list), torch.cat(box_list)
+        faults = []
         if all_classes.numel():
             bad = (all_classes < 0) | (all_classes >= num_classes) | ~torch.isfinite(all_boxes).all(dim=1)
-            if bad.any():  # the batch's only wait for the device
-                self._raise_for_bad_labels(class_list, box_list)
+            faults.append(bad.any())
+        check_pixels = pixel_values is not None and _pixels_need_check(pixel_values)
+        if check_pixels:
+            faults.append(~torch.isfinite(pixel_values).all())
+        if faults and bool(torch.stack(faults).any()):  # the batch's only wait for the device
+            if check_pixels and not bool(torch.isfinite(pixel_values).all()):
+                _raise_for_nonfinite_pixels(pixel_values)
+            self._raise_for_bad_labels(class_list, box_list)
+        if check_pixels:
+            _mark_pixels_finite(pixel_values)
         scales = valid_sizes.float().flip(1).repeat(1, 2)  # (B, 4): (w, h, w, h)
         boxes = _to_pixels(all_boxes, [len(b) for b in box_list], scales)
         given = [index for index, ignore in enumerate(ignore_list) if ignore is not None]
