@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from liaf_hf import GFLImageProcessor
 from liaf_hf.models.gfl.modeling_gfl import (
     ATSSAssigner,
     aligned_box_iou,
@@ -12,6 +13,7 @@ from liaf_hf.models.gfl.modeling_gfl import (
     giou_loss,
     quality_focal_loss,
 )
+from tiny import tiny_detector
 
 
 class TestQualityFocalLoss:
@@ -176,6 +178,16 @@ class TestATSSAssigner:
             assert torch.equal(batch.ignored[index], alone.ignored), index
         assert (batch.gt_index[0] == -1).all() and batch.gt_index[3].max() > 0
 
+    def test_tied_candidates_that_hold_the_whole_box_still_give_it_positives(self):
+        # A 16-px box on a 16-px image: the four finest anchors (64 px, centres 4 and 12) each hold it, IoU
+        # 256/4096; the next level's one anchor (128 px) has 256/16384. Mean + std of the five is 0.074, above
+        # every IoU, so the paper's rule gives no positive; the four tied best, centred inside, become positives.
+        anchors = torch.cat([grid_anchors(2, 8, 64), grid_anchors(1, 16, 128)])
+        result = ATSSAssigner(topk=9).assign(
+            anchors=anchors, num_anchors_per_level=[4, 1], gt_boxes=torch.tensor([[0.0, 0.0, 16.0, 16.0]])
+        )
+        assert result.gt_index.tolist() == [0, 0, 0, 0, -1]
+
     def test_no_ground_truth_means_all_negative(self):
         result = ATSSAssigner().assign(anchors=grid_anchors(), num_anchors_per_level=[16], gt_boxes=torch.zeros(0, 4))
         assert (result.gt_index == -1).all()
@@ -256,3 +268,31 @@ def test_instance_losses_and_quality_are_each_instances_own():
     assert float(output.instance_quality[2]) == 0.0  # the unassigned instance
     assert plain.instance_losses is None and plain.instance_quality is None
     torch.testing.assert_close(output.loss, plain.loss)  # asking for them changes nothing else
+
+
+# ------------------------------------------------------------------------------------ small images
+
+
+@pytest.fixture(scope="module")
+def five_level_detector():
+    return tiny_detector({0: "object"})
+
+
+@pytest.mark.parametrize("size", [16, 32, 48])
+def test_every_box_of_a_small_image_gets_positive_anchors(five_level_detector, size):
+    """On images of 48 px or less the finest anchors (eight strides wide) hold the whole picture and tie in
+    IoU; each box, the whole image included, still gets positives, and the box losses are not zero."""
+    model = five_level_detector
+    s = float(size)
+    boxes = [[0, 0, s, s], [0, 0, s / 2, s], [s / 2, 0, s / 2, s], [0, 0, s / 2, s / 2], [s / 4, s / 4, s / 2, s / 2]]
+    processor = GFLImageProcessor(size={"height": size, "width": size})
+    images = [torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=torch.Generator().manual_seed(i))
+              for i in range(len(boxes))]  # fmt: skip
+    annotations = [{"image_id": i, "annotations": [{"bbox": box, "category_id": 0}]} for i, box in enumerate(boxes)]
+    batch = processor(images=images, annotations=annotations, return_tensors="pt")
+    outputs = model(**batch)
+    mask = model.positive_anchor_mask(
+        outputs.fpn_features, model.valid_sizes(batch["pixel_values"], batch["pixel_mask"]), batch["labels"]
+    )
+    assert mask.any(dim=1).tolist() == [True] * len(boxes), mask.sum(dim=1).tolist()
+    assert outputs.loss_dict["loss_giou"] > 0 and torch.isfinite(outputs.loss)

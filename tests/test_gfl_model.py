@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -330,6 +331,44 @@ def test_transformers_backbone_from_a_checkpoint_folder(tmp_path):
 def test_bad_backbone_settings_are_refused_by_name(settings, message):
     with pytest.raises(ValueError, match=message):
         small_config(**settings)
+
+
+@pytest.mark.parametrize("indices", [(1, 2, 9), (5,), (-6, -1)])
+def test_backbone_out_indices_the_timm_model_lacks_are_refused_naming_the_valid_ones(indices):
+    with pytest.raises(
+        ValueError, match=rf"out_indices={re.escape(str(indices))} .*'resnet18'.* has 5 \(indices 0 to 4, or -5 to -1"
+    ):
+        GFLForObjectDetection(small_config(backbone_out_indices=indices))
+
+
+@pytest.mark.parametrize("indices", [(2, 2, 3), (3, 2, 1)])
+def test_backbone_out_indices_must_name_distinct_levels_finest_first(indices):
+    with pytest.raises(ValueError, match=r"strides \[.*\]: name distinct levels from the finest"):
+        GFLForObjectDetection(small_config(backbone_out_indices=indices))
+
+
+def test_a_config_without_classes_is_refused():
+    with pytest.raises(ValueError, match=r"GFLConfig has no classes \(id2label=\{\}\)"):
+        small_config(id2label={})
+
+
+def test_pixel_values_with_nan_or_inf_are_refused_naming_the_image():
+    model = GFLForObjectDetection(small_config())
+    pixels = torch.randn(3, 3, 64, 64)
+    pixels[1, 0, 5, 5] = math.nan
+    pixels[2, 2, 0, :3] = math.inf
+    labels = example_labels() + [{"class_labels": torch.tensor([0]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.2]])}]
+    with pytest.raises(ValueError, match=r"NaN or inf values \(image 1: 1, image 2: 3 of 12288 values\)"):
+        model(pixel_values=pixels, labels=labels)
+    with torch.no_grad(), pytest.raises(ValueError, match=r"image 1: 1"):
+        model.eval()(pixel_values=pixels)
+    # A batch found finite once is not checked again, unless it changes since.
+    finite = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        model(pixel_values=finite)
+        finite[0, 1, 2, 3] = math.nan
+        with pytest.raises(ValueError, match=r"image 0: 1"):
+            model(pixel_values=finite)
 
 
 def test_folder_saved_before_the_backbone_api_loads_with_the_same_outputs():

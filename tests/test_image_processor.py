@@ -1,5 +1,6 @@
 """GFLImageProcessor: resizing, padding, label conversion and post-processing."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,37 @@ def test_rescale_factor_and_float_images_already_in_unit_range():
     assert torch.allclose(halves, torch.full_like(halves, 100.0))
     unit = torch.full((3, 8, 8), 0.25)
     assert torch.allclose(processor(images=unit, do_rescale=False)["pixel_values"], unit[None])
+
+
+def test_float_images_of_0_to_255_are_rescaled_like_their_uint8_twins():
+    """transformers' rule: `do_rescale` multiplies every image by `rescale_factor`, whatever its dtype; a float
+    RGBA image of 0..255 is composited at its own scale (transformers' RGBA conversion takes floats only in
+    [0, 1]), not refused or clipped."""
+    processor = GFLImageProcessor(size={"shortest_edge": 16, "longest_edge": 24})
+    pixels = np.random.default_rng(0).integers(0, 256, (20, 30, 4), dtype=np.uint8)
+    pixels[..., 3] = np.where(np.arange(30) < 15, 255, 128)  # opaque on the left, half transparent on the right
+    for channels in (slice(0, 3), slice(0, 4)):
+        expected = processor(images=pixels[..., channels])["pixel_values"]
+        as_float = pixels[..., channels].astype(np.float32)
+        for image in (as_float, torch.from_numpy(as_float).permute(2, 0, 1), as_float.astype(np.float64)):
+            values = processor(images=image)["pixel_values"]
+            assert torch.allclose(values.float(), expected, atol=0.05), (channels, type(image), image.dtype)
+
+
+def test_a_float_image_whose_range_disagrees_with_do_rescale_is_processed_as_asked_with_a_warning():
+    processor = GFLImageProcessor(size={"height": 8, "width": 8}, do_normalize=False, pad_size_divisor=8)
+    levels = np.linspace(0, 255, 8 * 8 * 3, dtype=np.float32).reshape(8, 8, 3)
+    with pytest.warns(UserWarning, match=r"images\[1\] is a float image with values outside \[0, 1\] \(0 to 255\)"):
+        unscaled = processor(images=[levels / 255, levels], do_rescale=False)["pixel_values"]
+    assert torch.allclose(unscaled[1], torch.from_numpy(levels).permute(2, 0, 1))
+    with pytest.warns(UserWarning, match=r"images\[0\] is a float image already in \[0, 1\].*do_rescale=False"):
+        twice = processor(images=levels / 255)["pixel_values"]
+    assert torch.allclose(twice[0], torch.from_numpy(levels / 255 / 255).permute(2, 0, 1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        processor(images=levels)  # 0..255 floats, rescaled
+        processor(images=levels / 255, do_rescale=False)
+        processor(images=levels.astype(np.uint8), do_rescale=False)  # integer images never warn
 
 
 def test_numpy_tensors_and_coco_detection_format_and_an_unknown_format():

@@ -2,8 +2,8 @@
 
 - A non-finite loss (NaN or inf in the total or any `loss_dict` component) stops the run with a
   `FloatingPointError` naming the components and the step, or, with `nonfinite_loss="skip"`, the step is
-  skipped: no weight, optimizer moment or step count changes, and `nonfinite_steps_skipped` counts it in the
-  logs and the final train metrics.
+  skipped: no weight, optimizer moment, step count or buffer (BatchNorm's running statistics) changes, and
+  `nonfinite_steps_skipped` counts it in the logs and the final train metrics.
 - Unreadable images that a `DetectionTransform(skip_bad_images=True)` dropped are counted as
   `bad_images_skipped` in the same logs.
 - Resuming loads weights only from `model.safetensors`, never from a pickled `pytorch_model.bin`, and reads every
@@ -49,7 +49,8 @@ class FaultArguments:
         default="error",
         metadata={
             "help": "On a NaN or inf loss: 'error' stops naming the component and the step; 'skip' leaves the "
-            "weights and optimizer untouched for that step and counts it (nonfinite_steps_skipped)."
+            "weights, optimizer and buffers (BatchNorm statistics) untouched for that step and counts it "
+            "(nonfinite_steps_skipped)."
         },
     )
     skip_bad_images: bool = field(
@@ -92,11 +93,14 @@ class DetectionTrainer(Trainer):
         self._counts_restored = False
         # Set by compute_loss when a micro-batch of the current optimizer step had a non-finite loss.
         self._nonfinite_in_step = False
+        # With nonfinite_loss="skip": the model's buffers as the current optimizer step found them.
+        self._buffers_at_step_start: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------------------ non-finite losses
 
     def train(self, *args, **kwargs):
         self._nonfinite_in_step = False
+        self._buffers_at_step_start = None
         self._counts_restored = False
         return super().train(*args, **kwargs)
 
@@ -135,6 +139,10 @@ class DetectionTrainer(Trainer):
             logged = [entry.get("nonfinite_steps_skipped", 0) for entry in self.state.log_history]
             self.nonfinite_steps_skipped = max(logged, default=0)
             self._counts_restored = True
+        if self.nonfinite_loss == "skip" and self._buffers_at_step_start is None:
+            # The forward of a bad batch updates BatchNorm's running statistics (NaN) before its loss is seen;
+            # a copy of the buffers (small beside the weights) taken as the step starts undoes that.
+            self._buffers_at_step_start = [buffer.detach().clone() for buffer in model.buffers()]
         loss = super().training_step(model, inputs, num_items_in_batch)
         skipped_micro_batch = self._nonfinite_in_step
         if self.accelerator.sync_gradients:
@@ -151,12 +159,19 @@ class DetectionTrainer(Trainer):
             flag = torch.tensor(float(skip), device=self.args.device)
             skip = float(self.accelerator.reduce(flag, reduction="sum")) > 0
         self._nonfinite_in_step = False
+        saved_buffers, self._buffers_at_step_start = self._buffers_at_step_start, None
         if not skip:
             return
         # torch optimizers pass over parameters whose grad is None: no moment update, no weight decay, no
         # step count, so the weights and the optimizer state stay exactly as they were.
         for parameter in model.parameters():
             parameter.grad = None
+        if saved_buffers is not None:
+            # Every micro-batch of the step ran its forward: the buffer updates of all are undone, as their
+            # gradients are.
+            with torch.no_grad():
+                for buffer, saved in zip(model.buffers(), saved_buffers, strict=True):
+                    buffer.copy_(saved)
         self.nonfinite_steps_skipped += 1
 
     # ------------------------------------------------------------------------------------- logging

@@ -166,6 +166,11 @@ class GFLConfig(PreTrainedConfig):
             )
         # Also maps the old `backbone_pretrained` key or keyword onto `use_pretrained_backbone` (attribute_map).
         super().__post_init__(**kwargs)
+        if self.num_labels < 1:
+            raise ValueError(
+                f"GFLConfig has no classes (id2label={self.id2label}): a detector needs at least one; pass "
+                "id2label={0: 'name', ...}, e.g. the label maps of the training set (liaf_hf.data.label_maps)."
+            )
         self.backbone_out_indices = tuple(self.backbone_out_indices)
         if self.backbone_config is None and not self.use_timm_backbone:
             self._backbone_config_from_checkpoint()

@@ -7,10 +7,15 @@ It follows the contract of transformers' fast detection processors (DETR, RT-DET
 and `format="coco_detection"`. One difference is deliberate: label boxes stay normalised to each image's own
 (resized, unpadded) size, which `labels[i]["size"]` gives, and the model measures its boxes against that
 size, so padding never moves a target (DETR's processor instead renormalises boxes to the padded canvas).
+
+Pixel values follow transformers' rule: with `do_rescale=True` every image, float or integer, is multiplied by
+`rescale_factor`; nothing is clipped. A float image already in [0, 1] that is rescaled, or one outside [0, 1]
+that is not, is processed as asked with a warning, since either is usually a wrong `do_rescale`.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -54,6 +59,39 @@ class GFLImageProcessorKwargs(ImagesKwargs, total=False):
     pad_size_divisor: int
 
 
+def _float_range(image: Any) -> tuple[float, float] | None:
+    """(min, max) of a float numpy array or tensor image; None for integer images and PIL images."""
+    if isinstance(image, torch.Tensor) and image.is_floating_point() and image.numel():
+        return float(image.min()), float(image.max())
+    if isinstance(image, np.ndarray) and np.issubdtype(image.dtype, np.floating) and image.size:
+        return float(image.min()), float(image.max())
+    return None
+
+
+def _warn_about_scale(index: int, value_range: tuple[float, float], do_rescale: bool) -> None:
+    low, high = value_range
+    if do_rescale:
+        warnings.warn(
+            f"images[{index}] is a float image already in [0, 1] (values {low:.4g} to {high:.4g}) and is rescaled "
+            "again by rescale_factor. If its pixel values are meant to lie between 0 and 1, pass do_rescale=False.",
+            UserWarning,
+            stacklevel=7,
+        )
+    else:
+        warnings.warn(
+            f"images[{index}] is a float image with values outside [0, 1] ({low:.4g} to {high:.4g}) and "
+            "do_rescale=False, so they reach normalisation unscaled. If they are 0..255 pixel values, pass "
+            "do_rescale=True (the default) to multiply them by rescale_factor.",
+            UserWarning,
+            stacklevel=7,
+        )
+
+
+def _has_alpha(image: np.ndarray | torch.Tensor) -> bool:
+    """Whether a 3-D array or tensor image has 4 channels, first or last."""
+    return image.ndim == 3 and 4 in (image.shape[0], image.shape[-1])
+
+
 def _output_field(outputs: Any, name: str) -> torch.Tensor:
     """`outputs.name` of a ModelOutput, a dataclass or any object, or `outputs[name]` of a mapping."""
     if isinstance(outputs, Mapping):
@@ -82,8 +120,9 @@ class GFLImageProcessor(TorchvisionBackend):
         resample (`PILImageResampling`, defaults to `BILINEAR`):
             The resampling filter (antialiased).
         do_rescale (`bool`, defaults to `True`), rescale_factor (`float`, defaults to `1 / 255`):
-            Multiply pixel values by `rescale_factor` (uint8 images to [0, 1]). Pass `do_rescale=False` for
-            float images already in [0, 1].
+            Multiply pixel values by `rescale_factor` (0..255 images, integer or float, to [0, 1]). Pass
+            `do_rescale=False` for float images already in [0, 1]; a float image whose range disagrees with
+            `do_rescale` is processed as asked, with a warning.
         do_normalize (`bool`, defaults to `True`), image_mean, image_std (default to ImageNet's):
             Subtract `image_mean` and divide by `image_std`, per channel.
         do_pad (`bool`, defaults to `True`):
@@ -205,8 +244,15 @@ class GFLImageProcessor(TorchvisionBackend):
         for index, image in enumerate(images):
             if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3):
                 raise ValueError(f"images[{index}] must be 2-D or 3-D, got shape {tuple(image.shape)}.")
+            value_range = _float_range(image)
+            unit_range = value_range is not None and value_range[0] >= 0.0 and value_range[1] <= 1.0
+            if value_range is not None and bool(kwargs.get("do_rescale")) == unit_range:
+                _warn_about_scale(index, value_range, bool(kwargs.get("do_rescale")))
             try:
-                tensor = self.process_image(image, **kwargs)
+                if value_range is not None and kwargs.get("do_rescale") and not unit_range and _has_alpha(image):
+                    tensor = self._process_unscaled_rgba(image, **kwargs)
+                else:
+                    tensor = self.process_image(image, **kwargs)
             except ValueError as error:
                 raise ValueError(f"images[{index}] (shape {tuple(np.shape(image))}): {error}") from error
             if tensor.shape[0] != 3:
@@ -216,6 +262,12 @@ class GFLImageProcessor(TorchvisionBackend):
                 )
             prepared.append(tensor)
         return prepared
+
+    def _process_unscaled_rgba(self, image, *, rescale_factor: float, **kwargs) -> torch.Tensor:
+        """An RGBA float image in rescale units (e.g. 0..255): composited over white at its own scale, since
+        transformers' RGBA conversion takes float images only in [0, 1]."""
+        unit = self.process_image(image * rescale_factor, rescale_factor=rescale_factor, **kwargs)
+        return unit / rescale_factor
 
     def preprocess(self, images, annotations: dict | Sequence[dict] | None = None, **kwargs) -> BatchFeature:
         """Prepare a batch.

@@ -30,7 +30,7 @@ from transformers.backbone_utils import load_backbone
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
-from .configuration_gfl import GFLConfig
+from .configuration_gfl import DEFAULT_TIMM_OUT_INDICES, GFLConfig
 
 # --------------------------------------------------------------------------------------------------
 # Box helpers
@@ -262,6 +262,12 @@ class ATSSAssigner:
     whose centre lies inside the box become positives. An anchor claimed by several boxes goes to the one
     it overlaps most.
 
+    When many candidates overlap the box equally (on a small image the finest anchors, eight strides wide,
+    each hold the whole picture), mean + standard deviation can exceed every IoU and leave the box without
+    a positive, as it does in mmdetection. The threshold is then lowered to the best IoU among the
+    candidates centred inside the box, so a box gets positives whenever a candidate is centred in it; the
+    assignment of a box that has a positive by the paper's rule is unchanged.
+
     `assign_batch` assigns a batch of images in one pass over padded box lists: on a GPU a pass per image
     costs about a hundred kernel launches per image, which made the assignment most of a training step.
     """
@@ -364,15 +370,20 @@ class ATSSAssigner:
             candidate_overlaps.std(dim=1) if candidates.shape[1] > 1 else torch.zeros_like(candidate_overlaps[:, 0])
         )
         threshold = candidate_overlaps.mean(dim=1) + spread  # (B, G)
-        is_positive = candidate_overlaps >= threshold[:, None, :]
 
         candidate_centres = anchor_centres[candidates]  # (B, K, G, 2)
         edge_distances = torch.cat(
             [candidate_centres - gt_boxes[:, None, :, :2], gt_boxes[:, None, :, 2:] - candidate_centres], dim=3
         )
-        is_positive &= edge_distances.min(dim=3).values > 0.01
+        centred_inside = edge_distances.min(dim=3).values > 0.01  # (B, K, G)
         if gt_valid is not None:
-            is_positive &= gt_valid[:, None, :]
+            centred_inside &= gt_valid[:, None, :]
+        # Tied IoUs (every candidate of a level holds the whole box) can put mean + std above every IoU; the
+        # best candidate centred in the box then still reaches the threshold. A box that has a positive by
+        # the paper's rule keeps exactly its assignment.
+        best_inside = candidate_overlaps.masked_fill(~centred_inside, -math.inf).amax(dim=1)  # (B, G)
+        threshold = torch.minimum(threshold, best_inside)
+        is_positive = centred_inside & (candidate_overlaps >= threshold[:, None, :])
 
         # A box's candidates are distinct anchors (top-k within a level, levels disjoint), so the scatter
         # writes each (image, anchor, box) at most once.
@@ -383,6 +394,38 @@ class ATSSAssigner:
         positive = best_overlap > -math.inf
         gt_index = torch.where(positive, best_gt, -1)
         return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
+
+
+# Set on a pixel batch found finite, with the tensor's version counter then, so that the other forwards of a
+# step on the same unmodified tensor (a distillation teacher's, the student's with prepared targets) do not
+# wait for the device again.
+_FINITE_VERSION = "_gfl_checked_finite_version"
+
+
+def _pixels_need_check(pixel_values: torch.Tensor) -> bool:
+    """Whether `pixel_values` is still to be checked for NaN and inf: not yet checked in its present state
+    (an inference-mode tensor has no version counter, so it always is), and not being traced by torch.compile
+    (a data-dependent branch would break the graph)."""
+    if torch.compiler.is_compiling():
+        return False
+    return pixel_values.is_inference() or getattr(pixel_values, _FINITE_VERSION, None) != pixel_values._version
+
+
+def _mark_pixels_finite(pixel_values: torch.Tensor) -> None:
+    if not pixel_values.is_inference():
+        setattr(pixel_values, _FINITE_VERSION, pixel_values._version)
+
+
+def _raise_for_nonfinite_pixels(pixel_values: torch.Tensor) -> None:
+    """Name the images of a (B, 3, H, W) batch that hold NaN or inf values (only called when one does)."""
+    bad = ~torch.isfinite(pixel_values.detach()).flatten(1)  # (B, 3 * H * W)
+    images = bad.any(dim=1).nonzero().flatten().tolist()
+    counts = ", ".join(f"image {index}: {int(bad[index].sum())}" for index in images)
+    raise ValueError(
+        f"pixel_values holds NaN or inf values ({counts} of {bad.shape[1]} values): the image or its "
+        "preprocessing is broken (e.g. a float image with NaN pixels, or a division by a zero std); fix or "
+        "drop that image."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -406,13 +449,34 @@ class TimmFeatureBackbone(nn.Module):
             self.body = timm.create_model(
                 model_name, pretrained=pretrained, features_only=True, out_indices=out_indices, **(timm_kwargs or {})
             )
-        except (RuntimeError, IndexError) as error:
+        except IndexError as error:
+            levels = self._feature_levels(model_name, timm_kwargs)
+            raise ValueError(
+                f"GFLConfig.backbone_out_indices={tuple(out_indices)} names feature levels that the timm model "
+                f"{model_name!r} does not have: it has {levels} (indices 0 to {levels - 1}, or -{levels} to -1 "
+                "counting back from the coarsest)."
+            ) from error
+        except RuntimeError as error:
             raise ValueError(
                 f"GFLConfig.backbone={model_name!r} cannot serve as a GFL backbone (the timm model must support "
                 f"features_only=True with backbone_out_indices={out_indices}): {error!r}"
             ) from error
         self.channels: list[int] = list(self.body.feature_info.channels())
         self.strides: list[int] = list(self.body.feature_info.reduction())
+        # The FPN takes its inputs finest first and merges each level into the next finer one.
+        if any(coarser <= finer for finer, coarser in zip(self.strides, self.strides[1:])):
+            raise ValueError(
+                f"GFLConfig.backbone_out_indices={tuple(out_indices)} gives levels of the timm model {model_name!r} "
+                f"with strides {self.strides}: name distinct levels from the finest to the coarsest (e.g. "
+                f"{tuple(DEFAULT_TIMM_OUT_INDICES)})."
+            )
+
+    @staticmethod
+    def _feature_levels(model_name: str, timm_kwargs: dict | None) -> int:
+        """How many feature levels the timm model has (built on the meta device: no memory, no weights)."""
+        with torch.device("meta"):
+            model = timm.create_model(model_name, pretrained=False, **(timm_kwargs or {}))
+        return len(model.feature_info)
 
     def forward(self, pixel_values: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) -> list of (B, channels[i], H / strides[i], W / strides[i])."""
@@ -771,6 +835,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             valid_sizes = labels.valid_sizes
         else:
             valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)  # (B, 2) as (height, width)
+            if labels is not None:
+                # Checked (with the pixels, in one wait for the device) before any compute.
+                labels = self.prepare_targets(labels, pixel_values, pixel_mask, valid_sizes=valid_sizes)
+        # NaN or inf pixels would give NaN logits and no detection (or a NaN loss) without a word.
+        if _pixels_need_check(pixel_values):
+            if not bool(torch.isfinite(pixel_values).all()):
+                _raise_for_nonfinite_pixels(pixel_values)
+            _mark_pixels_finite(pixel_values)
         backbone_features = self.backbone(pixel_values)
         fpn_features = self.neck(backbone_features)
         class_logits, box_distributions = self.head(fpn_features)
@@ -900,12 +972,24 @@ class GFLForObjectDetection(GFLPreTrainedModel):
     # ------------------------------------------------------------------------------------------- loss
 
     def prepare_targets(
-        self, labels: list[dict], pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None = None
+        self,
+        labels: list[dict],
+        pixel_values: torch.Tensor,
+        pixel_mask: torch.Tensor | None = None,
+        *,
+        valid_sizes: torch.Tensor | None = None,
     ) -> GFLTargets:
         """`labels` (the `forward` argument) checked and converted once for the batch of `pixel_values`
-        (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls."""
-        valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)
-        return GFLTargets(valid_sizes=valid_sizes, instances=self.labels_in_pixels(labels, valid_sizes))
+        (and `pixel_mask`); pass the result as `labels` to share the conversion between several calls.
+        `pixel_values` is checked for NaN and inf in the same wait for the device as the labels.
+
+        Args:
+            valid_sizes: (B, 2) what `valid_sizes` gives for this batch, when the caller has it already.
+        """
+        if valid_sizes is None:
+            valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)
+        instances = self.labels_in_pixels(labels, valid_sizes, pixel_values)
+        return GFLTargets(valid_sizes=valid_sizes, instances=instances)
 
     def _targets(self, labels: list[dict] | GFLTargets, valid_sizes: torch.Tensor) -> list[tuple]:
         """Per image (classes, boxes in pixels, ignore boxes), converted unless `labels` already are."""
@@ -914,13 +998,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return self.labels_in_pixels(labels, valid_sizes)
 
     def labels_in_pixels(
-        self, labels: list[dict], valid_sizes: torch.Tensor
+        self, labels: list[dict], valid_sizes: torch.Tensor, pixel_values: torch.Tensor | None = None
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
         """Check each image's labels and convert their boxes to xyxy input pixels.
 
         The values are checked and converted for the whole batch at once: a check per image would stop a GPU
         once per image (each `if tensor` waits for it), and a conversion per image costs a few kernel
-        launches per image.
+        launches per image. With `pixel_values` (B, 3, H, W), the images are checked for NaN and inf in the
+        same wait.
 
         Returns:
             per image `(class_labels (n,), boxes (n, 4) xyxy pixels, ignore_boxes (m, 4) xyxy pixels or None)`.
@@ -948,10 +1033,19 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 ignore = torch.as_tensor(ignore, device=device).float().reshape(-1, 4)
             ignore_list.append(ignore)
         all_classes, all_boxes = torch.cat(class_list), torch.cat(box_list)
+        faults = []
         if all_classes.numel():
             bad = (all_classes < 0) | (all_classes >= num_classes) | ~torch.isfinite(all_boxes).all(dim=1)
-            if bad.any():  # the batch's only wait for the device
-                self._raise_for_bad_labels(class_list, box_list)
+            faults.append(bad.any())
+        check_pixels = pixel_values is not None and _pixels_need_check(pixel_values)
+        if check_pixels:
+            faults.append(~torch.isfinite(pixel_values).all())
+        if faults and bool(torch.stack(faults).any()):  # the batch's only wait for the device
+            if check_pixels and not bool(torch.isfinite(pixel_values).all()):
+                _raise_for_nonfinite_pixels(pixel_values)
+            self._raise_for_bad_labels(class_list, box_list)
+        if check_pixels:
+            _mark_pixels_finite(pixel_values)
         scales = valid_sizes.float().flip(1).repeat(1, 2)  # (B, 4): (w, h, w, h)
         boxes = _to_pixels(all_boxes, [len(b) for b in box_list], scales)
         given = [index for index, ignore in enumerate(ignore_list) if ignore is not None]
