@@ -6,9 +6,9 @@ for difficulty:
 
 * ``easy`` (default): 128x128, 6 shapes in three pairs that differ in detail (circle/ring, square/
   square with a hole, triangle up/down), 1-6 objects of 10-40 px, up to 15% occlusion, a little
-  unlabelled clutter, a gentle gradient background. A ResNet-18 GFL trained from scratch on two CPU
-  cores reaches AP of about 0.77 in 600 steps (4 minutes), leaving room for larger models and for
-  distillation (the small objects and the detail pairs are where it errs).
+  unlabelled clutter, a gentle gradient background. A small GFL trained from scratch on a CPU learns it
+  in a few hundred steps, leaving room for larger models and for distillation (the small objects and the
+  detail pairs are where it errs).
 * ``medium``: 256x256, 8 shapes including pairs that differ in detail (circle/ring, square/square
   with a hole, triangle up/down), 1-8 objects of 10-64 px, unlabelled clutter, up to 30% occlusion.
 * ``hard``: 384x384, 12 shapes, 1-16 objects of 8-96 px, more clutter, up to 50% occlusion, more

@@ -209,7 +209,7 @@ class DistillationModel(nn.Module):
         if self.distiller.needs_teacher:
             # The teacher runs first: its activations are freed before the student's graph is built, so the
             # step's peak memory is the student's plus the teacher's outputs (run second, the teacher's
-            # activations came on top of the student's graph: +31% peak GPU memory at the gpu preset).
+            # activations would come on top of the student's graph, which is kept for the backward pass).
             with torch.no_grad():
                 teacher_loss = self.distiller.needs_teacher_loss or self.distiller.needs_teacher_instance_losses
                 if self.distiller.needs_teacher_head or teacher_loss:

@@ -268,8 +268,8 @@ class ATSSAssigner:
     candidates centred inside the box, so a box gets positives whenever a candidate is centred in it; the
     assignment of a box that has a positive by the paper's rule is unchanged.
 
-    `assign_batch` assigns a batch of images in one pass over padded box lists: on a GPU a pass per image
-    costs about a hundred kernel launches per image, which made the assignment most of a training step.
+    `assign_batch` assigns a batch of images in one pass over padded box lists: a pass per image would launch
+    its kernels once per image, and on a GPU launches, not arithmetic, set a step's time.
     """
 
     def __init__(self, *, topk: int = 9, ignore_iof_threshold: float = 0.5) -> None:
@@ -1178,7 +1178,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             return_positive_mask: also return the (B, A) bool mask of the anchors the assignment made
                 positive (`forward` reports it, so that nothing assigns the anchors a second time).
             return_instance_terms: also return each instance's (N,) loss and quality, without gradient (see
-            `GFLObjectDetectionOutput.instance_losses` and `instance_quality`), after the mask when both are asked.
+                `GFLObjectDetectionOutput.instance_losses` and `instance_quality`), after the mask when both are
+                asked.
 
         Returns:
             `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed
