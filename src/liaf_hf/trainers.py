@@ -36,7 +36,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME
 from .data.collate import DetectionTransform
 from .errors import DataError
 
-logger = logging.getLogger("liaf_hf.training")
+logger = logging.getLogger(__name__)
 
 NONFINITE_POLICIES = ("error", "skip")
 

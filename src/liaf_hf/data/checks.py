@@ -40,7 +40,7 @@ __all__ = [
     "parse_iscrowd",
 ]
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 # Error messages about many bad records list only this many before giving the count, so that a
 # broken 100k-image set still produces a readable message.

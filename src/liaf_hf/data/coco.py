@@ -46,7 +46,7 @@ __all__ = [
     "load_coco_detection",
 ]
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

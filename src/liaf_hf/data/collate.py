@@ -15,7 +15,7 @@ from .checks import parse_iscrowd
 from .coco import objects_as_rows
 from .images import read_image, source_name, undecoded_images
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 
 def coco_annotation(image_id: int, objects: Any, *, flip_width: int | None = None) -> dict:

@@ -51,7 +51,7 @@ from liaf_hf.errors import DataError
 
 __all__ = ["BBOX_FORMATS", "is_saved_or_imagefolder", "load_hub_detection", "normalise_detection_dataset"]
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 BBOX_FORMATS: tuple[str, ...] = ("xywh", "xyxy")
 """``xywh``: COCO's (x, y, width, height), as ``cppe-5``; ``xyxy``: corners (x1, y1, x2, y2). Absolute pixels."""

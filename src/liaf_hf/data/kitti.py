@@ -60,7 +60,7 @@ __all__ = [
     "write_kitti_split",
 ]
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 KITTI_CLASSES: tuple[str, ...] = ("Car", "Pedestrian", "Cyclist")
 """The classes of the KITTI 2D benchmark, the default classes of :func:`load_kitti`."""

@@ -63,7 +63,7 @@ __all__ = [
     "read_instance_facts",
 ]
 
-logger = logging.getLogger("liaf_hf.data")
+logger = logging.getLogger(__name__)
 
 Colour = tuple[int, int, int]
 

@@ -48,7 +48,7 @@ from ..visualize import draw_instance_weights, image_grid, weight_legend
 from .base import CompositeDistiller, Distiller
 from .trainer import DistillationModel
 
-logger = logging.getLogger("liaf_hf.distillation")
+logger = logging.getLogger(__name__)
 
 #: Folder under the run's output directory that holds the pictures.
 PICTURES_DIR = "selector_weights"

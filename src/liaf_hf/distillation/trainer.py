@@ -28,7 +28,7 @@ from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionO
 from ..trainers import DetectionTrainer, check_checkpoint, require_safetensors_checkpoint
 from .base import DistillationBatch, Distiller, build_distiller, method_settings
 
-logger = logging.getLogger("liaf_hf.distillation")
+logger = logging.getLogger(__name__)
 
 DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
 #: Key of the distiller file's safetensors metadata that records the method and every setting it ran with.

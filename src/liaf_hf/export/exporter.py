@@ -39,7 +39,7 @@ from .formats import FORMATS, ONNX_OPSET, ExportError, save_onnx, save_program, 
 from .graph import DETECTION_OUTPUT_NAMES, RAW_OUTPUT_NAMES, DetectionGraph
 from .parity import ParityReport, check_parity, evaluate_ap, pytorch_detector
 
-logger = logging.getLogger("liaf_hf.export")
+logger = logging.getLogger(__name__)
 
 SUMMARY_NAME = "export_summary.json"
 README_NAME = "README.md"

@@ -22,7 +22,7 @@ from ..errors import DataError
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from .dependencies import require
 
-logger = logging.getLogger("liaf_hf.export")
+logger = logging.getLogger(__name__)
 
 #: The ONNX operators whose inputs and weights become int8.
 QUANTIZED_OPERATORS = ("Conv",)

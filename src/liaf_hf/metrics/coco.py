@@ -78,7 +78,7 @@ __all__ = [
     "resolve_coco_backend",
 ]
 
-logger = logging.getLogger("liaf_hf.metrics")
+logger = logging.getLogger(__name__)
 
 #: The names ``backend=`` takes (see the module docstring).
 COCO_BACKENDS = ("pycocotools", "faster_coco_eval", "auto")
