@@ -230,3 +230,19 @@ def test_post_processing_reads_a_model_output_a_plain_dataclass_or_a_dict(contai
     }[container]
     (result,) = GFLImageProcessor().post_process_object_detection(outputs, threshold=0.5, target_sizes=[(10, 20)])
     assert result["labels"].tolist() == [0] and result["boxes"][0].tolist() == pytest.approx([5.0, 2.5, 15.0, 7.5])
+
+
+@pytest.mark.parametrize("mode", ["I;16", "F"])
+def test_a_16_bit_or_float_pil_image_is_refused_rather_than_saturated(mode):
+    """PIL's RGB conversion would clip a 16-bit ramp to white or a [0, 1] float image to black; the processor
+    says so and how to convert it, and the library's reader gives it the right pixels."""
+    from liaf_hf.data.images import to_rgb
+
+    ramp = np.linspace(0, 65535 if mode == "I;16" else 1.0, 32 * 32).reshape(32, 32)
+    image = Image.fromarray(ramp.astype(np.uint16 if mode == "I;16" else np.float32))
+    assert image.mode == mode
+    processor = GFLImageProcessor(size={"height": 32, "width": 32})
+    with pytest.raises(ValueError, match=rf"images\[0\] is a PIL image of mode '{mode}'.*to_rgb"):
+        processor(images=[image])
+    pixels = processor(images=[to_rgb(image)], do_normalize=False)["pixel_values"][0]
+    assert 0.45 < float(pixels.mean()) < 0.55  # the ramp's mean, neither white nor black

@@ -45,6 +45,9 @@ POST_PROCESSING_DEFAULTS = {
     "max_detections": 100,
 }
 
+# PIL modes whose pixels do not fit 8 bits: PIL's RGB conversion clips them instead of scaling.
+_WIDE_PIL_MODES = frozenset({"I", "I;16", "I;16L", "I;16B", "I;16N", "F"})
+
 
 class GFLImageProcessorKwargs(ImagesKwargs, total=False):
     r"""
@@ -242,6 +245,12 @@ class GFLImageProcessor(TorchvisionBackend):
         images = self._prepare_images_structure(images, expected_ndims=expected_ndims)
         prepared = []
         for index, image in enumerate(images):
+            if getattr(image, "mode", None) in _WIDE_PIL_MODES:
+                raise ValueError(
+                    f"images[{index}] is a PIL image of mode {image.mode!r} (16-bit or 32-bit greyscale), which "
+                    "converting to RGB would saturate or blacken: scale it to 8 bits by its range first "
+                    "(liaf_hf.data.images.to_rgb does), or pass it as an array with the do_rescale it needs."
+                )
             if isinstance(image, (np.ndarray, torch.Tensor)) and image.ndim not in (2, 3):
                 raise ValueError(f"images[{index}] must be 2-D or 3-D, got shape {tuple(image.shape)}.")
             value_range = _float_range(image)
