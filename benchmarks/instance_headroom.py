@@ -94,10 +94,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--rows", nargs="+", default=None, help="Rows to run (default: all), by label.")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3, 4, 5])
     parser.add_argument("--preset", default="cpu")
-    parser.add_argument("--data_dir", default=None, help="Where the varied set is generated.")
+    parser.add_argument(
+        "--difficulty",
+        default=DIFFICULTY,
+        help="The generated set: varied, or a preset whose instances differ more (varied-harsh).",
+    )
+    parser.add_argument("--data_dir", default=None, help="Where the set is generated.")
     parser.add_argument("--output", default=None, help="JSON file (default: results/instance_headroom_<preset>.json).")
     args, passed_on = parser.parse_known_args(argv)
-    data_dir = Path(args.data_dir or ROOT / "data" / f"shapes-{DIFFICULTY}")
+    data_dir = Path(args.data_dir or ROOT / "data" / f"shapes-{args.difficulty}")
     specs = row_specs(data_dir.resolve() / "instance_facts_train.json")
     rows = args.rows or list(specs)
     unknown = sorted(set(rows) - set(specs))
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> dict:
     output = args.output or str(ROOT / "benchmarks" / "results" / f"instance_headroom_{args.preset}.json")
     result = distill_gain.main(
         [
-            "--preset", args.preset, "--difficulty", DIFFICULTY, "--data_dir", str(data_dir), "--reuse",
+            "--preset", args.preset, "--difficulty", args.difficulty, "--data_dir", str(data_dir), "--reuse",
             "--paired_against", REFERENCE, "--output", output, "--seeds", *map(str, args.seeds),
             "--methods", *(specs[row] for row in rows),
         ]

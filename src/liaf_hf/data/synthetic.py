@@ -20,6 +20,8 @@ for difficulty:
   contrast), and 10% of the training annotations wrong (a shifted box or another class). Each is a
   knob of :class:`SyntheticSpec`. What the generator did to each annotation is written beside the set
   in ``instance_facts_<split>.json``, which no loader reads: it is for oracle experiments and analysis.
+* ``varied-harsh``: ``varied`` with its instances further apart: 40% of the images crowded, half the
+  objects faint and fainter (10-30% of full contrast), and 30% of the training annotations wrong.
 
 Scene generation (:func:`generate_scene`) knows nothing about file formats, so that other layouts
 can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one and
@@ -308,7 +310,8 @@ class SyntheticSpec:
 
     @classmethod
     def preset(cls, difficulty: str) -> SyntheticSpec:
-        """The named preset: ``"easy"``, ``"medium"``, ``"hard"`` or ``"varied"`` (see the module docstring)."""
+        """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"`` or ``"varied-harsh"`` (see the
+        module docstring)."""
         if difficulty not in _PRESETS:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
         return _PRESETS[difficulty]
@@ -367,6 +370,22 @@ _PRESETS: dict[str, SyntheticSpec] = {
         faint_fraction=0.25,
         faint_contrast=(0.15, 0.4),
         annotation_noise=0.1,
+        noise_box_shift=0.5,
+    ),
+    "varied-harsh": SyntheticSpec(
+        class_names=("circle", "square", "triangle_up", "ring", "square_hole", "triangle_down"),
+        class_frequency_ratio=15.0,
+        max_objects=6,
+        min_size=6,
+        max_size=64,
+        crowded_fraction=0.4,
+        crowded_max_objects=14,
+        max_occlusion=0.35,
+        max_truncation=0.4,
+        clutter=3,
+        faint_fraction=0.5,
+        faint_contrast=(0.1, 0.3),
+        annotation_noise=0.3,
         noise_box_shift=0.5,
     ),
 }
