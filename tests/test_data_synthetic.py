@@ -149,7 +149,7 @@ def test_presets(difficulty: str, size: int, num_classes: int) -> None:
 
 def test_default_spec_is_easy_and_presets_are_listed() -> None:
     assert SyntheticSpec() == SyntheticSpec.preset("easy")
-    assert DIFFICULTIES == ("easy", "medium", "hard", "varied")
+    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh")
     with pytest.raises(ValueError, match="unknown difficulty"):
         SyntheticSpec.preset("extreme")
 
@@ -248,6 +248,15 @@ def test_varied_instances_differ_as_the_docstring_says(varied_set: Path) -> None
         assert (moved, relabelled) == (record["noise"] == "box", record["noise"] == "class")
     val_facts = [record for records in read_instance_facts(varied_set, "val").values() for record in records]
     assert {record["noise"] for record in val_facts} == {"none"}
+
+
+def test_the_harsh_variant_has_more_crowds_fainter_objects_and_more_wrong_annotations(tmp_path: Path) -> None:
+    harsh = generate_coco_dataset(tmp_path / "harsh", difficulty="varied-harsh", num_train=200, num_val=5)
+    facts = [record for records in read_instance_facts(harsh, "train").values() for record in records]
+    wrong = sum(record["noise"] != "none" for record in facts) / len(facts)
+    assert 0.25 < wrong < 0.35
+    faint = [record["contrast"] for record in facts if record["contrast"] < 1]
+    assert 0.4 < len(faint) / len(facts) < 0.6 and max(faint) <= 0.3
 
 
 def test_annotation_noise_changes_labels_only(tmp_path: Path) -> None:
