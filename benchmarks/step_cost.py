@@ -60,7 +60,7 @@ from _provenance import provenance  # noqa: E402
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
 from liaf_hf.distillation import available_methods, build_distiller, parse_method_spec  # noqa: E402
-from liaf_hf.distillation.trainer import DistillationModel  # noqa: E402
+from liaf_hf.trainer.distillation import DistillationModel  # noqa: E402
 
 PRESETS = {
     # The settings of the demo and of distill_gain's cpu preset.

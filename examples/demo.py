@@ -36,10 +36,10 @@ import torch
 
 from distill import main as distill
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor
+from liaf_hf.cli import DATASET_FORMATS, DataArguments
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
-from liaf_hf.distillation.pictures import PICTURES_DIR
-from liaf_hf.progress import format_duration
-from liaf_hf.training import DATASET_FORMATS, DataArguments
+from liaf_hf.trainer.callbacks import format_duration
+from liaf_hf.visualization.selector_weights import PICTURES_DIR
 from train_detector import main as train_detector
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -31,33 +31,27 @@ from pathlib import Path
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
-from liaf_hf.data import label_maps
-from liaf_hf.distillation import LIAFDistillationTrainer
-from liaf_hf.distillation.arguments import DistillationArguments
-from liaf_hf.distillation.pictures import PICTURES_DIR, add_selector_pictures
-from liaf_hf.hub import take_over_push_to_hub
-from liaf_hf.model_card import (
-    ModelCardArguments,
-    backbone_name,
-    read_metrics_file,
-    training_hyperparameters,
-    write_model_card,
-)
-from liaf_hf.trainers import FaultArguments
-from liaf_hf.training import (
+from liaf_hf.cli import (
     DataArguments,
     DetectorArguments,
+    DistillationArguments,
+    FaultArguments,
+    ModelCardArguments,
     OutputArguments,
     build_detector,
     check_output_dir,
-    configure_for_detection,
-    detection_trainer_kwargs,
     prefixed_arguments,
     prepare_datasets,
     train_and_evaluate,
     unprefixed,
     write_run_summary,
 )
+from liaf_hf.data import label_maps
+from liaf_hf.hub import take_over_push_to_hub
+from liaf_hf.hub.model_card import backbone_name, read_metrics_file, training_hyperparameters, write_model_card
+from liaf_hf.trainer import LIAFDistillationTrainer
+from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
+from liaf_hf.visualization.selector_weights import PICTURES_DIR, add_selector_pictures
 
 StudentArguments = prefixed_arguments(DetectorArguments, "student_", "StudentArguments")
 

@@ -23,10 +23,10 @@ from pathlib import Path
 from transformers import HfArgumentParser
 
 from liaf_hf import DataError
+from liaf_hf.cli import DataArguments
 from liaf_hf.export.exporter import check_formats, check_output_dir, export_detector, load_images
-from liaf_hf.inference import check_saved_detector
-from liaf_hf.model_card import add_export_section
-from liaf_hf.training import DataArguments
+from liaf_hf.hub.model_card import add_export_section
+from liaf_hf.hub.saved_folder import check_saved_detector
 
 logger = logging.getLogger("export")
 

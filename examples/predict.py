@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 
 from liaf_hf import LiafError
 from liaf_hf.inference import detect, find_images, load_detector, open_image
-from liaf_hf.visualize import draw_detections
+from liaf_hf.visualization.drawing import draw_detections
 
 logger = logging.getLogger("predict")
 

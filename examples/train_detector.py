@@ -22,22 +22,23 @@ import sys
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from liaf_hf import GFLImageProcessor
-from liaf_hf.data import label_maps
-from liaf_hf.hub import take_over_push_to_hub
-from liaf_hf.model_card import ModelCardArguments, backbone_name, training_hyperparameters, write_model_card
-from liaf_hf.trainers import DetectionTrainer, FaultArguments
-from liaf_hf.training import (
+from liaf_hf.cli import (
     DataArguments,
     DetectorArguments,
+    FaultArguments,
+    ModelCardArguments,
     OutputArguments,
     build_detector,
     check_output_dir,
-    configure_for_detection,
-    detection_trainer_kwargs,
     prepare_datasets,
     train_and_evaluate,
     write_run_summary,
 )
+from liaf_hf.data import label_maps
+from liaf_hf.hub import take_over_push_to_hub
+from liaf_hf.hub.model_card import backbone_name, training_hyperparameters, write_model_card
+from liaf_hf.trainer.detection import DetectionTrainer
+from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
 
 
 def main(argv: list[str] | None = None) -> dict[str, float]:

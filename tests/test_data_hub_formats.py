@@ -189,7 +189,7 @@ def test_example_arguments_pick_the_format(tmp_path):
     `prepare_datasets`, which the example scripts call."""
     from transformers import HfArgumentParser, TrainingArguments
 
-    from liaf_hf.training import DataArguments, prepare_datasets
+    from liaf_hf.cli import DataArguments, prepare_datasets
 
     training_args = TrainingArguments(output_dir=str(tmp_path / "run"), report_to="none")
     parser = HfArgumentParser(DataArguments)

@@ -9,6 +9,7 @@ import torch
 
 import test_distillation_trainer as trainer_tests
 from liaf_hf import GFLConfig, GFLForObjectDetection
+from liaf_hf.cli import DistillationArguments
 from liaf_hf.distillation import (
     AIDDistiller,
     CompositeDistiller,
@@ -21,10 +22,9 @@ from liaf_hf.distillation import (
     method_settings,
     parse_method_spec,
 )
-from liaf_hf.distillation.arguments import DistillationArguments
+from liaf_hf.distillation._masks import box_cell_masks, foreground_background_masks
 from liaf_hf.distillation.base import DistillationBatch
 from liaf_hf.distillation.fgd import fgd_batch_masks, fgd_masks, fgd_multi_level_masks
-from liaf_hf.distillation.masks import box_cell_masks, foreground_background_masks
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 # The generated shapes set and the saved teacher of the trainer tests, built once for this module too.

@@ -8,8 +8,8 @@ import torch._dynamo
 from torch._dynamo.utils import counters
 
 from liaf_hf import GFLConfig
+from liaf_hf.cli import DistillationArguments
 from liaf_hf.distillation import build_distiller
-from liaf_hf.distillation.arguments import DistillationArguments
 from liaf_hf.distillation.base import DistillationBatch
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 

@@ -7,16 +7,16 @@ import torch
 
 from liaf_hf import GFLConfig
 from liaf_hf.distillation import LIAFDistiller, build_distiller
-from liaf_hf.distillation.base import DistillationBatch
-from liaf_hf.distillation.features import squared_error_per_cell
-from liaf_hf.distillation.instances import InstanceDiscrepancy, InstanceLayout
-from liaf_hf.distillation.masks import (
+from liaf_hf.distillation._features import squared_error_per_cell
+from liaf_hf.distillation._instances import InstanceDiscrepancy, InstanceLayout
+from liaf_hf.distillation._masks import (
     box_cell_masks,
     foreground_background_masks,
     gaussian_instance_masks,
     multi_level_background_masks,
     multi_level_gaussian_masks,
 )
+from liaf_hf.distillation.base import DistillationBatch
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from tiny import ROOT, load_script
 

@@ -16,15 +16,9 @@ from transformers import TrainerCallback, TrainingArguments
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.synthetic import generate_coco_dataset
-from liaf_hf.distillation import (
-    DistillationModel,
-    DistillationOutput,
-    DistillationResult,
-    Distiller,
-    LIAFDistillationTrainer,
-    inherit_from_teacher,
-)
-from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
+from liaf_hf.distillation import DistillationResult, Distiller
+from liaf_hf.trainer import DistillationModel, DistillationOutput, LIAFDistillationTrainer, inherit_from_teacher
+from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
 from tiny import load_example, tiny_detector
 
 

@@ -22,7 +22,7 @@ LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 # An inline code span.
 CODE_SPAN = re.compile(r"`([^`\n]+)`")
 # What a repository path in backticks starts with: the top-level folders that ship in the repository.
-REPO_FOLDERS = ("src/", "tests/", "examples/", "benchmarks/", "docs/", "model_cards/", ".ci/")
+REPO_FOLDERS = ("src/", "tests/", "examples/", "benchmarks/", "docs/", ".ci/")
 # Tokens that are patterns or placeholders rather than one path: `benchmarks/results/*.png`, `<split>`.
 PLACEHOLDER = re.compile(r"[*<>{}\[\]|$]")
 # Paths outside the repository that a page must not point at.

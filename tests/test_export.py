@@ -18,8 +18,8 @@ from liaf_hf.data import generate_coco_dataset, load_coco_detection
 from liaf_hf.export import ExportError, OnnxDetector, ProgramDetector, check_parity
 from liaf_hf.export.exporter import export_detector, export_loaded, load_images
 from liaf_hf.export.parity import pytorch_detector
+from liaf_hf.hub.model_card import add_export_section, write_model_card
 from liaf_hf.inference import load_detector
-from liaf_hf.model_card import add_export_section, write_model_card
 from tiny import load_example, tiny_detector
 
 pytestmark = pytest.mark.slow

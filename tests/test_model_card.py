@@ -16,8 +16,9 @@ from transformers import ResNetConfig, pipeline
 import liaf_hf
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
 from liaf_hf.distillation import method_settings
-from liaf_hf.hub import prepare_upload_folder, push_student, take_over_push_to_hub, upload_file_names
-from liaf_hf.model_card import backbone_name, count_parameters, read_metrics_file, template_path, write_model_card
+from liaf_hf.hub import push_student, take_over_push_to_hub
+from liaf_hf.hub.model_card import backbone_name, count_parameters, read_metrics_file, template_path, write_model_card
+from liaf_hf.hub.upload import prepare_upload_folder, upload_file_names
 from tiny import load_example, tiny_detector_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -262,8 +263,7 @@ def test_transformers_backbone_is_named_and_counted():
 def test_template_ships_inside_the_package():
     path = template_path()
     assert path.is_file() and Path(liaf_hf.__file__).parent in path.parents
-    assert '"model_cards/*.md"' in (ROOT / "pyproject.toml").read_text()
-    assert (ROOT / "model_cards" / "README.md").is_file()
+    assert '"hub/templates/*.md"' in (ROOT / "pyproject.toml").read_text()
 
 
 # ------------------------------------------------------------------------------------------------- hub

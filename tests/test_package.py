@@ -14,7 +14,9 @@ def test_import_liaf_hf_loads_only_the_detector():
     loaded = subprocess.run([sys.executable, "-c", probe], check=True, capture_output=True, text=True).stdout
     for heavy in (
         "liaf_hf.distillation",
-        "liaf_hf.trainers",
+        "liaf_hf.trainer",
+        "liaf_hf.cli",
+        "liaf_hf.hub",
         "liaf_hf.data",
         "liaf_hf.metrics",
         "datasets",
@@ -26,8 +28,8 @@ def test_import_liaf_hf_loads_only_the_detector():
 def test_every_top_level_name_resolves_to_the_object_of_its_module():
     from liaf_hf import DetectionTrainer, LIAFDistillationTrainer, load_coco_detection
     from liaf_hf.data.coco import load_coco_detection as from_module
-    from liaf_hf.distillation.trainer import LIAFDistillationTrainer as trainer_from_module
-    from liaf_hf.trainers import DetectionTrainer as detection_trainer_from_module
+    from liaf_hf.trainer.detection import DetectionTrainer as detection_trainer_from_module
+    from liaf_hf.trainer.distillation import LIAFDistillationTrainer as trainer_from_module
 
     assert LIAFDistillationTrainer is trainer_from_module and DetectionTrainer is detection_trainer_from_module
     assert load_coco_detection is from_module

@@ -13,15 +13,16 @@ from transformers import TrainerControl, TrainerState, TrainingArguments
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.synthetic import generate_coco_dataset
-from liaf_hf.distillation import LIAFDistillationTrainer, build_distiller
-from liaf_hf.distillation.pictures import (
+from liaf_hf.distillation import build_distiller
+from liaf_hf.trainer import LIAFDistillationTrainer
+from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
+from liaf_hf.visualization.drawing import draw_instance_weights, weight_colour, weight_legend
+from liaf_hf.visualization.selector_weights import (
     PICTURES_DIR,
     SelectorWeightsCallback,
     add_selector_pictures,
     selecting_distiller,
 )
-from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
-from liaf_hf.visualize import draw_instance_weights, weight_colour, weight_legend
 from tiny import load_script
 from tiny import tiny_config as shared_tiny_config
 

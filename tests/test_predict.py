@@ -13,7 +13,7 @@ from PIL import Image
 
 from liaf_hf import DataError, GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
 from liaf_hf.inference import detect, find_images, load_detector, open_image
-from liaf_hf.visualize import class_colour, draw_detections
+from liaf_hf.visualization.drawing import class_colour, draw_detections
 
 ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "circle", 1: "square"}

@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import Trainer, TrainingArguments
 
-from liaf_hf.progress import TrainingProgressCallback, format_duration
+from liaf_hf.trainer.callbacks import TrainingProgressCallback, format_duration
 
 
 class _Regression(torch.nn.Module):
@@ -37,9 +37,9 @@ def test_a_run_is_announced_estimated_and_finished(tmp_path, caplog):
         model=_Regression(), args=arguments, train_dataset=_rows(40),
         callbacks=[TrainingProgressCallback("toy regression", probe_steps=3)],
     )  # fmt: skip
-    with caplog.at_level(logging.INFO, logger="liaf_hf.progress"):
+    with caplog.at_level(logging.INFO, logger="liaf_hf.trainer.callbacks"):
         trainer.train()
-    messages = [record.getMessage() for record in caplog.records if record.name == "liaf_hf.progress"]
+    messages = [record.getMessage() for record in caplog.records if record.name == "liaf_hf.trainer.callbacks"]
     assert messages[0] == "Training toy regression: 20 steps"
     estimates = [message for message in messages if "of training left" in message]
     # The first after 1 + 3 steps, then one at each quarter (steps 5, 10, 15) that is not the end.

@@ -20,10 +20,11 @@ from liaf_hf import GFLForObjectDetection, GFLImageProcessor
 from liaf_hf.data import label_maps, load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
-from liaf_hf.distillation import DistillationResult, Distiller, LIAFDistillationTrainer
+from liaf_hf.distillation import DistillationResult, Distiller
 from liaf_hf.errors import DataError
-from liaf_hf.trainers import DetectionTrainer
-from liaf_hf.training import configure_for_detection, detection_trainer_kwargs
+from liaf_hf.trainer import LIAFDistillationTrainer
+from liaf_hf.trainer.detection import DetectionTrainer
+from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
 from tiny import tiny_detector as shared_tiny_detector
 
 # Three FPN levels: these tests train for real, and P6-P7 would only add time.

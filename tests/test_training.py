@@ -9,11 +9,11 @@ import torch
 from transformers import AutoModelForObjectDetection, HfArgumentParser
 
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from liaf_hf.cli import DetectorArguments, build_detector
 from liaf_hf.data import load_coco_detection
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
 from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_dataset
-from liaf_hf.training import DetectorArguments, build_detector
 from tiny import load_example, tiny_detector_flags
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_train_detector_example_trains_scores_and_saves(tmp_path, caplog):
     data_dir, output_dir = tmp_path / "shapes", tmp_path / "run"
-    caplog.set_level(logging.INFO, logger="liaf_hf.progress")
+    caplog.set_level(logging.INFO, logger="liaf_hf.trainer.callbacks")
     metrics = load_example("train_detector").main(
         [
             "--data_dir", str(data_dir), "--generate_synthetic", "easy",
@@ -42,7 +42,7 @@ def test_train_detector_example_trains_scores_and_saves(tmp_path, caplog):
     assert GFLImageProcessor.from_pretrained(output_dir).size == {"shortest_edge": 64, "longest_edge": 64}
     summary = json.loads((output_dir / "summary.json").read_text())
     assert summary["parameters"] == sum(p.numel() for p in model.parameters())
-    progress = [record.getMessage() for record in caplog.records if record.name == "liaf_hf.progress"]
+    progress = [record.getMessage() for record in caplog.records if record.name == "liaf_hf.trainer.callbacks"]
     assert progress == ["Training GFL resnet18 detector: 3 steps", "GFL resnet18 detector: trained 3 steps"]
 
 
@@ -108,7 +108,7 @@ def test_detection_batches_are_copied_to_a_gpu_without_waiting(tmp_path, monkeyp
     each; on a machine without one, nothing is pinned (torch would warn)."""
     from transformers import TrainingArguments
 
-    from liaf_hf.training import configure_for_detection
+    from liaf_hf.trainer.integration import configure_for_detection
 
     cpu_args = configure_for_detection(TrainingArguments(output_dir=str(tmp_path), report_to=[]))
     assert not cpu_args.dataloader_pin_memory and not cpu_args.accelerator_config.non_blocking

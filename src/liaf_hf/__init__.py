@@ -36,17 +36,17 @@ GFLImageProcessor.register_for_auto_class("AutoImageProcessor")
 # loaders and metrics pull in datasets, pycocotools and accelerate).
 _LAZY = {
     # training and distillation
-    "DetectionTrainer": "liaf_hf.trainers",
-    "FaultArguments": "liaf_hf.trainers",
-    "LIAFDistillationTrainer": "liaf_hf.distillation",
-    "DistillationArguments": "liaf_hf.distillation.arguments",
+    "DetectionTrainer": "liaf_hf.trainer",
+    "FaultArguments": "liaf_hf.cli",
+    "LIAFDistillationTrainer": "liaf_hf.trainer",
+    "DistillationArguments": "liaf_hf.cli",
     "Distiller": "liaf_hf.distillation",
     "DistillationBatch": "liaf_hf.distillation",
     "DistillationResult": "liaf_hf.distillation",
     "available_methods": "liaf_hf.distillation",
     "build_distiller": "liaf_hf.distillation",
     "register_distiller": "liaf_hf.distillation",
-    "load_teacher": "liaf_hf.distillation",
+    "load_teacher": "liaf_hf.trainer",
     # data
     "DetectionCollator": "liaf_hf.data.collate",
     "DetectionTransform": "liaf_hf.data.collate",
@@ -65,7 +65,7 @@ _LAZY = {
     "detect": "liaf_hf.inference",
     "export_detector": "liaf_hf.export",
     "push_student": "liaf_hf.hub",
-    "write_model_card": "liaf_hf.model_card",
+    "write_model_card": "liaf_hf.hub",
 }
 
 __all__ = [

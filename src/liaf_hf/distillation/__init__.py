@@ -1,4 +1,6 @@
-"""Detector distillation: the method interface and registry, the methods, and the trainer."""
+"""Detector distillation methods: the interface every method implements, the registry, and the methods.
+
+The trainer that runs them is `liaf_hf.trainer.LIAFDistillationTrainer`; it knows none of them by name."""
 
 from .aid import AIDDistiller, InstanceImitation
 from .base import (
@@ -19,16 +21,12 @@ from .ld import LDDistiller
 from .liaf import InstanceSelector, LIAFDistiller
 from .mimic import MimicDistiller
 from .oracle import OracleDistiller
-from .pictures import SelectorWeightsCallback, add_selector_pictures
 from .pkd import PKDDistiller
-from .trainer import DistillationModel, DistillationOutput, LIAFDistillationTrainer, inherit_from_teacher, load_teacher
 
 __all__ = [
     "AIDDistiller",
     "CompositeDistiller",
     "DistillationBatch",
-    "DistillationModel",
-    "DistillationOutput",
     "DistillationResult",
     "Distiller",
     "FGDDistiller",
@@ -37,17 +35,12 @@ __all__ = [
     "InstanceSelector",
     "LDDistiller",
     "LIAFDistiller",
-    "LIAFDistillationTrainer",
     "MimicDistiller",
     "NoDistillation",
     "OracleDistiller",
     "PKDDistiller",
-    "SelectorWeightsCallback",
-    "add_selector_pictures",
     "available_methods",
     "build_distiller",
-    "inherit_from_teacher",
-    "load_teacher",
     "method_parts",
     "method_settings",
     "parse_method_spec",

@@ -25,9 +25,9 @@ import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ._features import FeatureAligner, check_feature_scale
+from ._instances import InstanceDiscrepancy, InstanceLayout, per_instance_output, take_part_in_level_scales
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale
-from .instances import InstanceDiscrepancy, InstanceLayout, per_instance_output, take_part_in_level_scales
 
 __all__ = ["AIDDistiller", "InstanceImitation", "normalise_over_batch"]
 

@@ -38,9 +38,9 @@ from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, group_of_each
+from ._features import FeatureAligner, check_feature_scale, teacher_mean_square
+from ._masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
-from .features import FeatureAligner, check_feature_scale, teacher_mean_square
-from .masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
 
 __all__ = [
     "FGDDistiller",

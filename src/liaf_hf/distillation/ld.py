@@ -27,8 +27,8 @@ import torch.nn.functional as F
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ._features import flat_class_logits
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
-from .features import flat_class_logits
 
 __all__ = ["LDDistiller", "localization_distillation_kl"]
 

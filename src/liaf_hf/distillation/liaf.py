@@ -32,9 +32,8 @@ from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar, host_tensor
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
-from .features import FeatureAligner, check_feature_scale, flat_class_logits
-from .instances import (
+from ._features import FeatureAligner, check_feature_scale, flat_class_logits
+from ._instances import (
     InstanceDiscrepancy,
     InstanceLayout,
     LevelGrid,
@@ -42,7 +41,8 @@ from .instances import (
     per_instance_output,
     take_part_in_level_scales,
 )
-from .masks import multi_level_background_masks
+from ._masks import multi_level_background_masks
+from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
 
 __all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
 

@@ -16,8 +16,8 @@ import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ._features import FeatureAligner, check_feature_scale, squared_error_per_cell
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
-from .features import FeatureAligner, check_feature_scale, squared_error_per_cell
 
 __all__ = ["MimicDistiller"]
 

@@ -25,9 +25,9 @@ import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_tensor
+from ._instances import InstanceLayout, per_instance_output
 from .aid import InstanceImitation, normalise_over_batch
 from .base import DistillationBatch, DistillationResult, register_distiller
-from .instances import InstanceLayout, per_instance_output
 
 __all__ = ["OracleDistiller"]
 

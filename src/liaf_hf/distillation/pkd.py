@@ -21,8 +21,8 @@ import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from ._features import FeatureAligner
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
-from .features import FeatureAligner
 
 __all__ = ["PKDDistiller", "standardise_channels"]
 

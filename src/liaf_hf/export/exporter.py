@@ -32,7 +32,8 @@ from PIL import Image
 from .. import __version__
 from ..data.images import read_image, undecoded_images
 from ..errors import DataError, LiafError
-from ..inference import PROCESSOR_CONFIG_NAME, load_detector
+from ..hub.saved_folder import PROCESSOR_CONFIG_NAME
+from ..inference import load_detector
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from ..models.gfl.modeling_gfl import GFLForObjectDetection
 from .formats import FORMATS, ONNX_OPSET, ExportError, save_onnx, save_program, trace

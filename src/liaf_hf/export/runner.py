@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import LiafError
-from ..inference import PROCESSOR_CONFIG_NAME
+from ..hub.saved_folder import PROCESSOR_CONFIG_NAME
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from .dependencies import require
 from .graph import DETECTION_OUTPUT_NAMES, INPUT_NAMES

@@ -22,9 +22,9 @@ from typing import Any
 from huggingface_hub import HfApi
 from transformers.utils import CONFIG_NAME
 
-from .errors import LiafError
-from .inference import PROCESSOR_CONFIG_NAME, check_saved_detector, code_files, weight_files
+from ..errors import LiafError
 from .model_card import CARD_NAME
+from .saved_folder import PROCESSOR_CONFIG_NAME, check_saved_detector, code_files, weight_files
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def upload_file_names(student_dir: str | os.PathLike) -> list[str]:
     if not (student_dir / CARD_NAME).is_file():
         raise LiafError(
             f"{student_dir} has no {CARD_NAME} model card; write it first with "
-            "liaf_hf.model_card.write_model_card (the example scripts do this after evaluation)."
+            "liaf_hf.hub.write_model_card (the example scripts do this after evaluation)."
         )
     code = code_files(student_dir)
     if not code:

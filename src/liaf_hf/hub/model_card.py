@@ -1,6 +1,6 @@
 """The model card a trained or distilled GFL detector is published with.
 
-`write_model_card` fills the packaged Jinja template `liaf_hf/model_cards/distilled_student.md` from the
+`write_model_card` fills the packaged Jinja template `liaf_hf/hub/templates/distilled_student.md` from the
 saved directory (architecture, classes, input size, parameter count) and from what the run knows (teacher,
 method and options, dataset, results), and writes it as the directory's `README.md` with Hub metadata: an
 object-detection `EvalResult` per metric, so the Hub shows the student's AP on its page.
@@ -12,7 +12,7 @@ import json
 import math
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -20,11 +20,11 @@ from typing import Any
 import torch
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
-from . import __version__
-from .errors import LiafError
-from .inference import PROCESSOR_CONFIG_NAME, check_saved_detector, code_files, read_json_object
-from .models.gfl.configuration_gfl import GFLConfig
-from .models.gfl.modeling_gfl import GFLForObjectDetection
+from .. import __version__
+from ..errors import LiafError
+from ..models.gfl.configuration_gfl import GFLConfig
+from ..models.gfl.modeling_gfl import GFLForObjectDetection
+from .saved_folder import PROCESSOR_CONFIG_NAME, check_saved_detector, code_files, read_json_object
 
 CARD_NAME = "README.md"
 
@@ -83,32 +83,9 @@ class ResultRow:
         return model, _percent(self.AP), _percent(self.AP50)
 
 
-@dataclass
-class ModelCardArguments:
-    """Command-line flags for the model card the example scripts write into the output directory."""
-
-    card_dataset_name: str | None = field(
-        default=None,
-        metadata={"help": "Dataset name shown in the card and its metadata (default: the data_dir name or Hub id)."},
-    )
-    dataset_id: str | None = field(
-        default=None, metadata={"help": "Hub id of the dataset (e.g. 'detection-datasets/coco'), for the metadata."}
-    )
-    baseline_metrics_file: str | None = field(
-        default=None,
-        metadata={
-            "help": "summary.json (or eval_results.json) of the same student trained without distillation, for the "
-            "card's results table."
-        },
-    )
-    license: str | None = field(
-        default=None, metadata={"help": "License id for the card's metadata (e.g. apache-2.0)."}
-    )
-
-
 def template_path() -> Path:
-    """The packaged card template (`liaf_hf/model_cards/distilled_student.md`)."""
-    return Path(str(resources.files("liaf_hf") / "model_cards" / "distilled_student.md"))
+    """The packaged card template (`liaf_hf/hub/templates/distilled_student.md`)."""
+    return Path(str(resources.files("liaf_hf.hub") / "templates" / "distilled_student.md"))
 
 
 def normalise_metrics(metrics: Mapping[str, Any] | None) -> dict[str, float]:
@@ -432,7 +409,6 @@ __all__ = [
     "EXPORTS_BEGIN",
     "EXPORTS_END",
     "METHOD_DESCRIPTIONS",
-    "ModelCardArguments",
     "ResultRow",
     "add_export_section",
     "backbone_name",

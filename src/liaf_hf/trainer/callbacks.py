@@ -1,4 +1,4 @@
-"""Progress reports for long training runs: what is trained, for how many steps, and how long it will take.
+"""Trainer callbacks of detection runs: progress reports, and the epoch each training augmentation draws from.
 
 `TrainingProgressCallback` announces a run when it starts and, once the first `probe_steps` steps are timed,
 logs the time per step and the estimated time left; it logs the same once more at each quarter of the run,
@@ -12,6 +12,8 @@ import logging
 import time
 
 from transformers import TrainerCallback
+
+from ..data.collate import DetectionTransform
 
 logger = logging.getLogger(__name__)
 
@@ -84,4 +86,17 @@ class TrainingProgressCallback(TrainerCallback):
         return control
 
 
-__all__ = ["TrainingProgressCallback", "format_duration"]
+class AugmentationEpochCallback(TrainerCallback):
+    """Tells the training transform which epoch starts, so its flips change from epoch to epoch and a
+    resumed run (whose state carries the epoch) draws the same ones."""
+
+    def __init__(self, transform: DetectionTransform) -> None:
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        # state.epoch holds the epochs completed so far (fractional when resuming mid-epoch).
+        self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+        return control
+
+
+__all__ = ["AugmentationEpochCallback", "TrainingProgressCallback", "format_duration"]

@@ -24,9 +24,10 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
+from ..distillation.base import DistillationBatch, Distiller, build_distiller, method_settings
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
-from ..trainers import DetectionTrainer, check_checkpoint, require_safetensors_checkpoint
-from .base import DistillationBatch, Distiller, build_distiller, method_settings
+from .checkpoints import check_checkpoint, require_safetensors_checkpoint
+from .detection import DetectionTrainer
 
 logger = logging.getLogger(__name__)
 

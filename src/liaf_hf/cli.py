@@ -1,28 +1,29 @@
-"""What the example scripts share: argument dataclasses for `HfArgumentParser`, building a detector,
-preparing the datasets, and the Trainer pieces for detection (collator, metrics, output reduction)."""
+"""What the command-line scripts share: every argument dataclass they give `HfArgumentParser` (the detector, the
+data, the output folder, faults, distillation, the model card), and the steps around the Trainer (building a
+detector, preparing the datasets, training and scoring, the run summary).
+
+The Trainer pieces themselves (collator, metrics, callbacks) are in `liaf_hf.trainer`; the scripts are in
+`examples/`."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import datasets
 import torch
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import CONFIG_NAME, SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME
 
 from .data import load_coco_detection
-from .data.collate import DetectionCollator, DetectionTransform
+from .distillation.base import check_method_options, method_parts
 from .errors import LiafError
 from .models.gfl.configuration_gfl import GFLConfig
-from .models.gfl.image_processing_gfl import GFLImageProcessor
 from .models.gfl.modeling_gfl import GFLForObjectDetection
-from .progress import TrainingProgressCallback
 
 #: What `DataArguments.dataset_format` takes: auto finds coco, kitti or hub from the layout.
 DATASET_FORMATS = ("auto", "coco", "kitti", "hub")
@@ -320,126 +321,6 @@ def prepare_datasets(
     return train_dataset, eval_dataset
 
 
-class AugmentationEpochCallback(TrainerCallback):
-    """Tells the training transform which epoch starts, so its flips change from epoch to epoch and a
-    resumed run (whose state carries the epoch) draws the same ones."""
-
-    def __init__(self, transform: DetectionTransform) -> None:
-        self.transform = transform
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        # state.epoch holds the epochs completed so far (fractional when resuming mid-epoch).
-        self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
-        return control
-
-
-def detection_trainer_kwargs(
-    *,
-    image_processor: GFLImageProcessor,
-    train_dataset: datasets.Dataset | None,
-    eval_dataset: datasets.Dataset | None,
-    seed: int = 0,
-    skip_bad_images: bool = False,
-    run_name: str | None = None,
-) -> dict[str, Any]:
-    """Keyword arguments that make `transformers.Trainer` (or a subclass) train and score a detector:
-    transformed datasets, the padding collator, COCO metrics (and VOC AP50 and KITTI AP40 for KITTI data, see
-    `liaf_hf.metrics.kitti`), the reduction of dense outputs, and the
-    callback that gives each epoch its own (reproducible) augmentation, seeded by `seed`. An unreadable
-    image raises `DataError` naming it, or is dropped and counted with `skip_bad_images`. With `run_name`,
-    the run's start, its time per step and its estimated time left are logged under that name
-    (`liaf_hf.progress.TrainingProgressCallback`)."""
-    from .metrics import (
-        coco_ground_truth_from_dataset,
-        is_kitti_dataset,
-        kitti_ground_truth_from_dataset,
-        make_coco_compute_metrics,
-        make_kitti_compute_metrics,
-    )
-
-    kwargs: dict[str, Any] = {
-        "data_collator": DetectionCollator(image_processor),
-        "processing_class": image_processor,
-        "preprocess_logits_for_metrics": DetectionsForMetrics(image_processor),
-    }
-    if train_dataset is not None:
-        transform = DetectionTransform(image_processor, train=True, seed=seed, skip_bad_images=skip_bad_images)
-        kwargs["train_dataset"] = transform.apply_to(train_dataset)
-        kwargs["callbacks"] = [AugmentationEpochCallback(transform)]
-        if run_name is not None:
-            kwargs["callbacks"].append(TrainingProgressCallback(run_name))
-    if eval_dataset is not None:
-        eval_transform = DetectionTransform(image_processor, train=False, skip_bad_images=skip_bad_images)
-        kwargs["eval_dataset"] = eval_transform.apply_to(eval_dataset)
-        # KITTI data is scored with VOC AP50 and KITTI AP40 besides COCO AP; any other set with COCO AP.
-        kwargs["compute_metrics"] = (
-            make_kitti_compute_metrics(kitti_ground_truth_from_dataset(eval_dataset))
-            if is_kitti_dataset(eval_dataset)
-            else make_coco_compute_metrics(coco_ground_truth_from_dataset(eval_dataset))
-        )
-    return kwargs
-
-
-def configure_for_detection(training_args: TrainingArguments) -> TrainingArguments:
-    """Detection batches are images plus a list of label dicts, which the Trainer must pass through
-    untouched and keep per batch, and copy to a GPU without waiting for it."""
-    training_args.remove_unused_columns = False
-    training_args.eval_do_concat_batches = False
-    # Labels hold a different number of boxes per image: several processes can only exchange them as objects
-    # (a tensor gather of unequal shapes aborts the gloo process group).
-    training_args.eval_use_gather_object = True
-    if not torch.cuda.is_available():
-        # Pinned memory only helps copies to an accelerator; on a CPU-only machine torch warns about it.
-        training_args.dataloader_pin_memory = False
-    elif training_args.dataloader_pin_memory:
-        # A batch carries six label tensors per image (classes, boxes, ignore regions, id, sizes), each copied
-        # to the GPU on its own. A blocking copy synchronises the stream (the host waits for every kernel
-        # queued before it): 194 waits for a batch of 32 images. From the loader's pinned memory the copies are
-        # queued without waiting.
-        training_args.accelerator_config.non_blocking = True
-    return training_args
-
-
-def _first_two_tensors(outputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """`logits` and `pred_boxes` from what Trainer passes as "logits": the model output as a tuple without
-    the loss. They are the output's first two tensor fields whether or not `loss_dict` (a dict) precedes
-    them, which depends on whether labels were given."""
-    if isinstance(outputs, dict):
-        return outputs["logits"], outputs["pred_boxes"]
-    tensors = [value for value in outputs if isinstance(value, torch.Tensor)]
-    if len(tensors) < 2:
-        raise ValueError("Expected GFL outputs with 'logits' and 'pred_boxes' tensors.")
-    return tensors[0], tensors[1]
-
-
-class DetectionsForMetrics:
-    """`preprocess_logits_for_metrics` for `transformers.Trainer`: reduces each batch's dense outputs
-    (B, A, C) to at most `max_detections` post-processed detections per image, so evaluation memory does
-    not grow with the number of anchors.
-
-    Returns per batch a float tensor (B, K, 6) of (x1, y1, x2, y2, score, label) in absolute pixels of each
-    original image; padding rows have score -1.
-    """
-
-    def __init__(self, image_processor: GFLImageProcessor) -> None:
-        self.image_processor = image_processor
-
-    def __call__(self, outputs, labels: Sequence[dict]) -> torch.Tensor:
-        logits, pred_boxes = _first_two_tensors(outputs)
-        target_sizes = [label["orig_size"].tolist() for label in labels]
-        detections = self.image_processor.post_process_object_detection(
-            {"logits": logits, "pred_boxes": pred_boxes}, target_sizes=target_sizes
-        )
-        max_detections = self.image_processor.max_detections
-        packed = logits.new_full((len(detections), max_detections, 6), -1.0, dtype=torch.float32)
-        for index, image in enumerate(detections):
-            count = image["scores"].numel()
-            packed[index, :count, :4] = image["boxes"]
-            packed[index, :count, 4] = image["scores"]
-            packed[index, :count, 5] = image["labels"].float()
-        return packed
-
-
 def train_and_evaluate(trainer, training_args: TrainingArguments) -> dict[str, float]:
     """What the example scripts do with a built Trainer: train (resuming when asked) and save the model,
     metrics and state with `--do_train`; score with `--do_eval`. Returns the eval metrics ({} without)."""
@@ -468,3 +349,118 @@ def write_run_summary(output_dir: str, *, model: torch.nn.Module, metrics: dict,
     Path(output_dir).mkdir(parents=True, exist_ok=True)
     (Path(output_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+@dataclass
+class FaultArguments:
+    """What a run does when it meets bad numbers or bad data (flags of the example scripts)."""
+
+    nonfinite_loss: Literal["error", "skip"] = field(
+        default="error",
+        metadata={
+            "help": "On a NaN or inf loss: 'error' stops naming the component and the step; 'skip' leaves the "
+            "weights, optimizer and buffers (BatchNorm statistics) untouched for that step and counts it "
+            "(nonfinite_steps_skipped)."
+        },
+    )
+    skip_bad_images: bool = field(
+        default=False,
+        metadata={
+            "help": "Drop an unreadable or truncated image from its batch, log and count it (bad_images_skipped) "
+            "instead of stopping with an error naming the file."
+        },
+    )
+
+
+@dataclass
+class DistillationArguments:
+    """What a distillation run distils from and how: the teacher, the method and its options, and what the run
+    reports about them."""
+
+    teacher_model_name_or_path: str = field(metadata={"help": "Saved GFL teacher directory (loaded strictly)."})
+    method: str = field(
+        default="liaf",
+        metadata={
+            "help": "Distillation method: 'none', 'liaf', 'mimic', 'fgd', 'pkd', 'ld', 'aid', or several joined by "
+            "'+' (e.g. 'liaf+ld')."
+        },
+    )
+    method_options: str = field(
+        default="{}",
+        metadata={
+            "help": 'JSON object of method options, e.g. \'{"alpha": 2.0, "objective": "robust"}\'; for a combined '
+            "method one object per part, keyed by the part's name: "
+            '\'{"liaf": {"alpha": 2.0}, "ld": {"weight": 0.5}}\'.'
+        },
+    )
+    inherit: bool = field(default=False, metadata={"help": "Start the student's neck and head from the teacher's."})
+    evaluate_teacher_at_start: bool = field(default=True, metadata={"help": "Score the teacher before training."})
+    compile_distiller: bool = field(
+        default=False,
+        metadata={
+            "help": "Compile the distillation loss with torch.compile: the same values, fewer kernel launches on a "
+            "GPU, a slower start while it compiles."
+        },
+    )
+    teacher_metrics_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "JSON of the teacher's metrics on the same eval set (its run's eval_results.json or "
+            "summary.json), for the model card when the teacher is not scored at start."
+        },
+    )
+    selector_pictures: bool = field(
+        default=True,
+        metadata={
+            "help": "When the method has instance selectors (liaf, liaf+...), draw their weights over fixed eval "
+            "images at the start and at every evaluation into <output_dir>/selector_weights/ (and TensorBoard)."
+        },
+    )
+    selector_picture_images: int = field(default=6, metadata={"help": "How many eval images the pictures show."})
+
+    def __post_init__(self) -> None:
+        try:
+            method_parts(self.method)
+        except ValueError as error:
+            raise ValueError(f"--method: {error}") from error
+        try:
+            options = json.loads(self.method_options)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"--method_options is not valid JSON: {error}") from error
+        if not isinstance(options, dict):
+            raise ValueError(f"--method_options must be a JSON object, got {self.method_options!r}.")
+        # Checked here, at parse time, so a misspelt or mistyped option stops the run before the data and the
+        # teacher load.
+        try:
+            check_method_options(self.method, options)
+        except ValueError as error:
+            raise ValueError(f"--method_options: {error}") from error
+        if self.selector_picture_images < 1:
+            raise ValueError(f"--selector_picture_images must be at least 1, got {self.selector_picture_images}.")
+
+    @property
+    def options(self) -> dict:
+        return json.loads(self.method_options)
+
+
+@dataclass
+class ModelCardArguments:
+    """Command-line flags for the model card the example scripts write into the output directory."""
+
+    card_dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Dataset name shown in the card and its metadata (default: the data_dir name or Hub id)."},
+    )
+    dataset_id: str | None = field(
+        default=None, metadata={"help": "Hub id of the dataset (e.g. 'detection-datasets/coco'), for the metadata."}
+    )
+    baseline_metrics_file: str | None = field(
+        default=None,
+        metadata={
+            "help": "summary.json (or eval_results.json) of the same student trained without distillation, for the "
+            "card's results table."
+        },
+    )
+    license: str | None = field(
+        default=None, metadata={"help": "License id for the card's metadata (e.g. apache-2.0)."}
+    )

@@ -2,7 +2,7 @@
 
 The levels' cells are laid side by side (P = sum_l H_l W_l, finest level first, each level's cells row by
 row), each instance j gets one Gaussian mask G_j over all of them (each level's block sums to 1, see
-`masks.multi_level_gaussian_masks`), and its discrepancy on every level l,
+`_masks.multi_level_gaussian_masks`), and its discrepancy on every level l,
 
     d_lj = sum_p G_lj(p) |T_l(:, p) - S_l(:, p)|^2 / (C E_l),
 
@@ -16,7 +16,7 @@ Example:
 
 ```python
 >>> import torch
->>> from liaf_hf.distillation.instances import InstanceDiscrepancy, InstanceLayout
+>>> from liaf_hf.distillation._instances import InstanceDiscrepancy, InstanceLayout
 >>> layout = InstanceLayout.from_boxes([torch.tensor([[4.0, 4.0, 30.0, 20.0]]), torch.zeros(0, 4)])
 >>> levels = [(torch.randn(2, 8, size, size), torch.randn(2, 8, size, size)) for size in (8, 4)]
 >>> InstanceDiscrepancy.of(levels, layout=layout, strides=[8, 16], feature_scale="teacher").discrepancy.shape
@@ -31,8 +31,8 @@ from dataclasses import dataclass
 import torch
 
 from ..models.gfl.modeling_gfl import host_tensor
-from .features import level_mean_squares
-from .masks import LevelGrid, multi_level_gaussian_masks
+from ._features import level_mean_squares
+from ._masks import LevelGrid, multi_level_gaussian_masks
 
 __all__ = ["InstanceDiscrepancy", "InstanceLayout", "LevelGrid", "cell_errors", "take_part_in_level_scales"]
 

@@ -5,7 +5,7 @@ Example:
 
 ```python
 >>> import torch
->>> from liaf_hf.distillation.features import FeatureAligner, squared_error_per_cell
+>>> from liaf_hf.distillation._features import FeatureAligner, squared_error_per_cell
 >>> aligner = FeatureAligner(student_channels=4, teacher_channels=8, num_levels=1)
 >>> teacher, student = torch.randn(2, 8, 6, 6), torch.randn(2, 4, 6, 6)
 >>> teacher_map, student_map = aligner.align(student_map=student, teacher_map=teacher, level=0)

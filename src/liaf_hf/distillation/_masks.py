@@ -12,7 +12,7 @@ Example:
 
 ```python
 >>> import torch
->>> from liaf_hf.distillation.masks import gaussian_instance_masks
+>>> from liaf_hf.distillation._masks import gaussian_instance_masks
 >>> masks = gaussian_instance_masks(torch.tensor([[8.0, 8.0, 40.0, 24.0]]), feature_size=(8, 8), stride=8)
 >>> masks.shape, round(float(masks.sum()), 4)
 (torch.Size([1, 8, 8]), 1.0)

@@ -43,10 +43,10 @@ from PIL import Image
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
+from ..distillation.base import CompositeDistiller, Distiller
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
-from ..visualize import draw_instance_weights, image_grid, weight_legend
-from .base import CompositeDistiller, Distiller
-from .trainer import DistillationModel
+from ..trainer.distillation import DistillationModel
+from .drawing import draw_instance_weights, image_grid, weight_legend
 
 logger = logging.getLogger(__name__)
 
