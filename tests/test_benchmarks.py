@@ -121,7 +121,7 @@ def test_gpu_cost_model_recovers_the_costs_it_was_built_from():
 
 
 def test_kernels_are_attributed_to_the_library_function_that_launched_them():
-    from liaf_hf.models.gfl.modeling_gfl import box_cxcywh_to_xyxy
+    from liaf_hf.models.gfl.loss_gfl import box_cxcywh_to_xyxy
 
     boxes = torch.rand(5, 4)
     script = step_cost()
@@ -129,7 +129,7 @@ def test_kernels_are_attributed_to_the_library_function_that_launched_them():
         box_cxcywh_to_xyxy(boxes)
         boxes.sum()  # launched from here, outside the library
     # half the sides, the two corners, their concatenation
-    assert counter.kernels_by_site["modeling_gfl.py:box_cxcywh_to_xyxy"] == 4
+    assert counter.kernels_by_site["loss_gfl.py:box_cxcywh_to_xyxy"] == 4
     assert counter.kernels_by_site[script.OUTSIDE_THE_LIBRARY] == 1
     assert counter.kernels == 5
 

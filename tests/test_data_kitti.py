@@ -268,7 +268,7 @@ def test_ignore_regions_reach_the_assigner_as_neither_positive_nor_negative(kitt
         centres = torch.stack(grid, -1).reshape(-1, 2)
         levels.append(torch.cat([centres - size / 2, centres + size / 2], dim=1))
     anchors = torch.cat(levels)
-    assignment = model.assigner.assign(
+    assignment = model.loss_function.assigner.assign(
         anchors=anchors,
         num_anchors_per_level=[len(level) for level in levels],
         gt_boxes=gt_boxes,

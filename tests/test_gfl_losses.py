@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from liaf_hf import GFLImageProcessor
-from liaf_hf.models.gfl.modeling_gfl import (
+from liaf_hf.models.gfl.loss_gfl import (
     ATSSAssigner,
     aligned_box_iou,
     distribution_focal_loss,
@@ -208,7 +208,7 @@ def _instance_terms_by_hand(model, pixel_values, labels):
     boxes = model._decode_boxes(flat_distributions, points, strides)
     valid_sizes = model.valid_sizes(pixel_values, None)
     targets = model.labels_in_pixels(labels, valid_sizes)
-    assignment = model._assign_anchors(
+    assignment = model.loss_function.assign_anchors(
         anchor_points=points,
         anchor_strides=strides,
         num_anchors_per_level=[f.shape[-2] * f.shape[-1] for f in features],

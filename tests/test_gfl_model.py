@@ -110,7 +110,7 @@ def test_unknown_class_label_is_refused_with_its_value():
 
 def test_assignment_in_chunks_of_images_matches_one_pass(monkeypatch):
     """Large batches are assigned a few images at a time to bound memory; that must not change the result."""
-    from liaf_hf.models.gfl import modeling_gfl
+    from liaf_hf.models.gfl import loss_gfl
 
     torch.manual_seed(0)
     model = GFLForObjectDetection(small_config()).train()
@@ -128,7 +128,7 @@ def test_assignment_in_chunks_of_images_matches_one_pass(monkeypatch):
         one_pass = model(pixel_values=pixels, pixel_mask=mask, labels=labels)
         sizes = model.valid_sizes(pixels, mask)
         positives = model.positive_anchor_mask(one_pass.fpn_features, sizes, labels)
-        monkeypatch.setattr(modeling_gfl, "ASSIGNMENT_CHUNK_ELEMENTS", 1)  # one image per pass
+        monkeypatch.setattr(loss_gfl, "ASSIGNMENT_CHUNK_ELEMENTS", 1)  # one image per pass
         chunked = model(pixel_values=pixels, pixel_mask=mask, labels=labels)
         chunked_positives = model.positive_anchor_mask(chunked.fpn_features, sizes, labels)
     assert positives[0].any() and positives[2].any() and not positives[1].any()
@@ -431,7 +431,7 @@ def test_auto_classes_load_the_same_model(saved_model_dir):
 def test_saved_directory_carries_code_and_auto_map(saved_model_dir):
     directory, _ = saved_model_dir
     names = set(os.listdir(directory))
-    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_gfl.py"} <= names
+    assert {"config.json", "model.safetensors", "preprocessor_config.json", "modeling_gfl.py", "loss_gfl.py"} <= names
     auto_map = json.loads((directory / "config.json").read_text())["auto_map"]
     assert auto_map["AutoModelForObjectDetection"] == "modeling_gfl.GFLForObjectDetection"
 

@@ -28,6 +28,7 @@ STUDENT_FILES = [
     "config.json",
     "configuration_gfl.py",
     "image_processing_gfl.py",
+    "loss_gfl.py",
     "model.safetensors",
     "modeling_gfl.py",
     "preprocessor_config.json",
@@ -152,7 +153,7 @@ def test_card_loading_snippets_name_the_repo(student_dir):
     text = str(distilled_card(student_dir))
     assert 'pipeline("object-detection", model="me/gfl-r18-liaf", trust_remote_code=True)' in text
     assert 'AutoModelForObjectDetection.from_pretrained("me/gfl-r18-liaf", trust_remote_code=True)' in text
-    assert "configuration_gfl.py, image_processing_gfl.py, modeling_gfl.py" in text
+    assert "configuration_gfl.py, image_processing_gfl.py, loss_gfl.py, modeling_gfl.py" in text
     assert "## Intended use and limitations" in text
 
 

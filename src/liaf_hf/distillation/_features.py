@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar
+from ..models.gfl.loss_gfl import host_scalar
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 __all__ = [
     "FEATURE_SCALES",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gfl.modeling_gfl import host_tensor
+from ..models.gfl.loss_gfl import host_tensor
 from ._features import level_mean_squares
 from ._masks import LevelGrid, multi_level_gaussian_masks
 

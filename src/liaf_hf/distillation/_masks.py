@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gfl.modeling_gfl import group_of_each
+from ..models.gfl.loss_gfl import group_of_each
 
 __all__ = [
     "LevelGrid",

@@ -37,7 +37,8 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, group_of_each
+from ..models.gfl.loss_gfl import group_of_each
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._features import FeatureAligner, check_feature_scale, teacher_mean_square
 from ._masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
 from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller

@@ -31,7 +31,8 @@ import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_scalar, host_tensor
+from ..models.gfl.loss_gfl import host_scalar, host_tensor
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._features import FeatureAligner, check_feature_scale, flat_class_logits
 from ._instances import (
     InstanceDiscrepancy,

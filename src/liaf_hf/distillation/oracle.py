@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
-from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput, host_tensor
+from ..models.gfl.loss_gfl import host_tensor
+from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._instances import InstanceLayout, per_instance_output
 from .aid import InstanceImitation, normalise_over_batch
 from .base import DistillationBatch, DistillationResult, register_distiller

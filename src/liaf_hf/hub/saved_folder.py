@@ -66,7 +66,7 @@ def code_files(directory: str | os.PathLike) -> list[str]:
 
     Example:
         >>> code_files("runs/r18")  # doctest: +SKIP
-        ['configuration_gfl.py', 'image_processing_gfl.py', 'modeling_gfl.py']
+        ['configuration_gfl.py', 'image_processing_gfl.py', 'loss_gfl.py', 'modeling_gfl.py']
 
     Raises:
         LiafError: a file the `auto_map` or an import names is not in `directory`.

@@ -47,12 +47,12 @@ def upload_file_names(student_dir: str | os.PathLike) -> list[str]:
     """The files of `student_dir` that are published, sorted: `README.md`, `config.json`,
     `preprocessor_config.json`, the weights (`model.safetensors`, or the shard index and its shards) and the
     model code `trust_remote_code=True` loads (`configuration_gfl.py`, `modeling_gfl.py`,
-    `image_processing_gfl.py`).
+    `loss_gfl.py`, `image_processing_gfl.py`).
 
     Example:
         >>> upload_file_names("runs/student-liaf")  # doctest: +SKIP
-        ['README.md', 'config.json', 'configuration_gfl.py', 'image_processing_gfl.py', 'model.safetensors',
-         'modeling_gfl.py', 'preprocessor_config.json']
+        ['README.md', 'config.json', 'configuration_gfl.py', 'image_processing_gfl.py', 'loss_gfl.py',
+         'model.safetensors', 'modeling_gfl.py', 'preprocessor_config.json']
 
     Raises:
         LiafError: `student_dir` is not a saved GFL detector, has no model card, or its configs name no model

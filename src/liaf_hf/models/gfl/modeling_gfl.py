@@ -1,11 +1,11 @@
-"""GFL detector: backbone (timm, or any transformers backbone), FPN, GFL head, ATSS assignment and the GFL losses.
+"""GFL detector: backbone (timm, or any transformers backbone), FPN and GFL head, as a transformers model.
 
-Everything the forward pass and the training loss need lives in this one file, as in transformers' own
-models, so a saved model can be loaded with `trust_remote_code=True` by someone without `liaf_hf`.
-It imports only torch, timm and transformers.
+The training loss (ATSS assignment, QFL, DFL, GIoU) is in `loss_gfl.py` beside this file, reached through the
+model's `loss_function`. The two files import only torch, timm and transformers, and saving a model copies both
+into its folder, so it loads with `trust_remote_code=True` for someone without `liaf_hf`.
 
-The backbone is `TimmFeatureBackbone` (a timm `features_only` model) by default, or
-`TransformersFeatureBackbone` (what transformers' `load_backbone` builds from `config.backbone_config`); both
+The backbone is `GFLTimmBackbone` (a timm `features_only` model) by default, or
+`GFLTransformersBackbone` (what transformers' `load_backbone` builds from `config.backbone_config`); both
 hold the network as `body` and give the FPN a list of maps, finest first, with their `channels` and `strides`.
 
 Box conventions at the boundaries:
@@ -31,69 +31,7 @@ from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
 from .configuration_gfl import DEFAULT_TIMM_OUT_INDICES, GFLConfig
-
-# --------------------------------------------------------------------------------------------------
-# Box helpers
-# --------------------------------------------------------------------------------------------------
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) centre-size boxes to (..., 4) corner boxes, same units (both corners at once: four kernels on
-    a GPU rather than one per coordinate)."""
-    centres, half_sizes = boxes[..., :2], 0.5 * boxes[..., 2:]
-    return torch.cat([centres - half_sizes, centres + half_sizes], dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: torch.Tensor) -> torch.Tensor:
-    """(..., 4) corner boxes to (..., 4) centre-size boxes, same units."""
-    top_left, bottom_right = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([(top_left + bottom_right) * 0.5, bottom_right - top_left], dim=-1)
-
-
-# Host data (Python numbers and lists) sent to the device without making the host wait for it.
-# `torch.tensor(data, device="cuda")`, or `torch.tensor(data).to("cuda")`, copies from pageable memory, and
-# PyTorch synchronises the stream after such a copy: the host waits until the GPU has run everything queued
-# before it. In a training step whose host is the bottleneck (the GPU idles between kernels it has not been
-# given yet) each such wait is time lost. (Here rather than in a module of their own: this file is the model
-# code that `trust_remote_code=True` loads, and it cannot import liaf_hf.)
-
-
-def host_tensor(data, *, dtype: torch.dtype, device: torch.device | str) -> torch.Tensor:
-    """`torch.tensor(data, dtype=dtype)` on `device`; on a CUDA device copied from pinned memory without
-    blocking the host (PyTorch's pinned-memory cache keeps the source until the copy has run)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return torch.tensor(data, dtype=dtype, device=device)
-    return torch.tensor(data, dtype=dtype, pin_memory=True).to(device, non_blocking=True)
-
-
-def host_scalar(value: float, *, device: torch.device | str, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """A () tensor holding `value` on `device`, filled there: no copy from the host at all."""
-    return torch.full((), value, dtype=dtype, device=device)
-
-
-def group_of_each(counts: list[int], *, device: torch.device | str) -> torch.Tensor:
-    """(sum(counts),) long: `i` repeated `counts[i]` times, e.g. the image of each box of a batch whose boxes
-    are listed one image after another (`repeat_interleave` on the host, sent with `host_tensor`)."""
-    return host_tensor(
-        [group for group, count in enumerate(counts) for _ in range(count)], dtype=torch.long, device=device
-    )
-
-
-def _padded(tensors: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image lists `(n_i, ...)` stacked as `(B, max n_i, ...)` with zeros after each list's end, and the
-    `(B, max n_i)` mask of real entries (a handful of kernel launches whatever B is)."""
-    counts = [len(tensor) for tensor in tensors]
-    width = max(counts, default=0)
-    flat = torch.cat(tensors)
-    stacked = flat.new_zeros((len(tensors), width, *flat.shape[1:]))
-    # Where each entry goes, worked out in Python and sent to the device in one copy.
-    places = [(row, column) for row, count in enumerate(counts) for column in range(count)]
-    rows, columns = host_tensor(places, dtype=torch.long, device=flat.device).reshape(-1, 2).unbind(1)
-    stacked[rows, columns] = flat
-    valid = torch.zeros(len(tensors), width, dtype=torch.bool, device=flat.device)
-    valid[rows, columns] = True
-    return stacked, valid
+from .loss_gfl import GFLLoss, box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, group_of_each, host_tensor
 
 
 def _to_pixels(boxes: torch.Tensor, counts: list[int], scales: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -101,299 +39,6 @@ def _to_pixels(boxes: torch.Tensor, counts: list[int], scales: torch.Tensor) -> 
     with image i's `scales[i]` (w, h, w, h); returned split per image."""
     image_of_box = group_of_each(counts, device=scales.device)
     return (box_cxcywh_to_xyxy(boxes) * scales[image_of_box]).split(counts)
-
-
-def aligned_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """IoU of each box in `boxes1` (N, 4) xyxy with the box at the same index in `boxes2` (N, 4): (N,)."""
-    top_left = torch.maximum(boxes1[:, :2], boxes2[:, :2])
-    bottom_right = torch.minimum(boxes1[:, 2:], boxes2[:, 2:])
-    overlap = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=0).prod(dim=1)
-    area2 = (boxes2[:, 2:] - boxes2[:, :2]).clamp(min=0).prod(dim=1)
-    return overlap / (area1 + area2 - overlap).clamp(min=eps)
-
-
-def box_intersection_over_first(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """Intersection of every pair divided by the area of the box from `boxes1`: (N, 4), (..., M, 4) ->
-    (..., N, M)."""
-    overlap = _pairwise_intersection(boxes1, boxes2)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).clamp(min=1e-6).prod(dim=1)
-    return overlap / area1[:, None]
-
-
-def pairwise_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of every pair of xyxy boxes: (N, 4), (..., M, 4) -> (..., N, M) (a batch of box lists against one
-    set of anchors in one call)."""
-    overlap = _pairwise_intersection(boxes1, boxes2)
-    area1 = (boxes1[:, 2:] - boxes1[:, :2]).prod(dim=1)
-    area2 = (boxes2[..., 2:] - boxes2[..., :2]).prod(dim=-1)
-    return overlap / (area1[:, None] + area2[..., None, :] - overlap)
-
-
-def _pairwise_intersection(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    top_left = torch.maximum(boxes1[:, None, :2], boxes2[..., None, :, :2])
-    bottom_right = torch.minimum(boxes1[:, None, 2:], boxes2[..., None, :, 2:])
-    return (bottom_right - top_left).clamp(min=0).prod(dim=-1)
-
-
-# --------------------------------------------------------------------------------------------------
-# Losses (plain functions, per-element results; the caller weights and normalises)
-# --------------------------------------------------------------------------------------------------
-
-
-def quality_focal_loss(
-    logits: torch.Tensor, target_labels: torch.Tensor, target_quality: torch.Tensor, beta: float = 2.0
-) -> torch.Tensor:
-    """Quality Focal Loss (Li et al. 2020, eq. 5), summed over classes.
-
-    Args:
-        logits: (N, C) classification logits.
-        target_labels: (N,) class index per sample; C (or any value outside 0..C-1) means background.
-        target_quality: (N,) IoU of the predicted box with its ground truth, the soft target of the
-            positive class; ignored for background samples.
-        beta: focusing exponent.
-
-    Returns:
-        (N,) loss per sample.
-    """
-    logits = logits.float()
-    probs = logits.sigmoid()
-    # Every class starts as a negative: target 0, modulated by the predicted probability.
-    loss = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none") * probs.pow(beta)
-    num_classes = logits.shape[1]
-    positive = (target_labels >= 0) & (target_labels < num_classes)
-    # The positive class's term of every sample, computed densely and kept where the sample is positive:
-    # selecting the positives first (`nonzero`) made the host wait for the device on every call.
-    columns = target_labels.clamp(0, num_classes - 1)[:, None]  # (N, 1)
-    quality = torch.where(positive, target_quality.float(), 0.0)  # finite where unused, so are the gradients
-    scale = (quality - probs.gather(1, columns).squeeze(1)).abs().pow(beta)
-    positive_loss = F.binary_cross_entropy_with_logits(logits.gather(1, columns).squeeze(1), quality, reduction="none")
-    kept = torch.where(positive, positive_loss * scale, loss.gather(1, columns).squeeze(1))
-    loss = loss.scatter(1, columns, kept[:, None])
-    return loss.sum(dim=1)
-
-
-def distribution_focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Distribution Focal Loss (Li et al. 2020, eq. 6).
-
-    Args:
-        logits: (M, R + 1) logits of the distribution over the integer distances 0..R.
-        target: (M,) real-valued target distance in [0, R).
-
-    Returns:
-        (M,) loss per sample: cross-entropy towards the two integers around the target, weighted by
-        closeness.
-    """
-    # One log-softmax for both neighbours (two cross-entropies would keep two for the backward pass: the GFL
-    # loss evaluates this at every anchor, so that is a (B * A * 4, R + 1) tensor).
-    log_probs = F.log_softmax(logits.float(), dim=1)
-    left = target.long()
-    right = left + 1
-    weight_left = right.float() - target
-    weight_right = target - left.float()
-    return -(
-        log_probs.gather(1, left[:, None]).squeeze(1) * weight_left
-        + log_probs.gather(1, right[:, None]).squeeze(1) * weight_right
-    )
-
-
-def giou_loss(pred_boxes: torch.Tensor, target_boxes: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """1 - GIoU for aligned pairs of (N, 4) xyxy boxes: (N,).
-
-    The values and gradients of `torchvision.ops.generalized_box_iou_loss`, with the intersection clamped at
-    zero instead of taken under a boolean mask: on a GPU each masked read waits for the device to count the
-    mask, five waits per training step.
-    """
-    pred_boxes, target_boxes = pred_boxes.float(), target_boxes.float()
-    top_left = torch.maximum(pred_boxes[:, :2], target_boxes[:, :2])
-    bottom_right = torch.minimum(pred_boxes[:, 2:], target_boxes[:, 2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=1)
-    pred_area = (pred_boxes[:, 2:] - pred_boxes[:, :2]).prod(dim=1)
-    target_area = (target_boxes[:, 2:] - target_boxes[:, :2]).prod(dim=1)
-    union = pred_area + target_area - intersection
-    enclosing = (
-        torch.maximum(pred_boxes[:, 2:], target_boxes[:, 2:]) - torch.minimum(pred_boxes[:, :2], target_boxes[:, :2])
-    ).prod(dim=1)
-    giou = intersection / (union + eps) - (enclosing - union) / (enclosing + eps)
-    return 1 - giou
-
-
-def _mean_over_processes(value: torch.Tensor, *, floor: float = 1.0) -> torch.Tensor:
-    """A loss normaliser: the scalar summed over training processes and floored at `floor`, then divided by
-    the number of processes, so every process divides by the same count and the gradients DDP averages equal
-    one process's on the whole batch. (mmdetection floors the per-process mean instead, which halves the
-    loss of two processes whenever the total is below 2, as early in training when few scores are high.)"""
-    world_size = 1
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        value = value.clone()
-        torch.distributed.all_reduce(value)
-        world_size = torch.distributed.get_world_size()
-    return value.clamp(min=floor) / world_size
-
-
-# --------------------------------------------------------------------------------------------------
-# Assignment
-# --------------------------------------------------------------------------------------------------
-
-
-#: Most (image, anchor, box) elements one assignment pass holds (2**24 float32: 64 MB per tensor).
-ASSIGNMENT_CHUNK_ELEMENTS = 1 << 24
-
-
-@dataclass
-class AnchorAssignment:
-    """Result of assigning anchors, for one image (A,) or a batch (B, A).
-
-    Attributes:
-        gt_index: (..., A) index of the ground-truth box each anchor is positive for, -1 for negatives.
-        ignored: (..., A) anchors that are neither positive nor negative (inside an ignore region or in the
-            padding), so the classification loss skips them.
-    """
-
-    gt_index: torch.Tensor
-    ignored: torch.Tensor
-
-
-class ATSSAssigner:
-    """Adaptive Training Sample Selection (Zhang et al., CVPR 2020).
-
-    For each ground-truth box, the `topk` anchors per level whose centres are closest to the box centre
-    are candidates; those whose IoU with the box reaches the candidates' mean + standard deviation and
-    whose centre lies inside the box become positives. An anchor claimed by several boxes goes to the one
-    it overlaps most.
-
-    When many candidates overlap the box equally (on a small image the finest anchors, eight strides wide,
-    each hold the whole picture), mean + standard deviation can exceed every IoU and leave the box without
-    a positive, as it does in mmdetection. The threshold is then lowered to the best IoU among the
-    candidates centred inside the box, so a box gets positives whenever a candidate is centred in it; the
-    assignment of a box that has a positive by the paper's rule is unchanged.
-
-    `assign_batch` assigns a batch of images in one pass over padded box lists: a pass per image would launch
-    its kernels once per image, and on a GPU launches, not arithmetic, set a step's time.
-    """
-
-    def __init__(self, *, topk: int = 9, ignore_iof_threshold: float = 0.5) -> None:
-        self.topk = topk
-        self.ignore_iof_threshold = ignore_iof_threshold
-
-    def assign(
-        self,
-        *,
-        anchors: torch.Tensor,
-        num_anchors_per_level: list[int],
-        gt_boxes: torch.Tensor,
-        ignore_boxes: torch.Tensor | None = None,
-        anchor_valid: torch.Tensor | None = None,
-    ) -> AnchorAssignment:
-        """Assign one image's anchors to its ground-truth boxes.
-
-        Args:
-            anchors: (A, 4) anchor boxes, xyxy in pixels, levels concatenated in order.
-            num_anchors_per_level: number of anchors of each level, summing to A.
-            gt_boxes: (G, 4) ground-truth boxes, xyxy in pixels.
-            ignore_boxes: (I, 4) regions to ignore, xyxy in pixels.
-            anchor_valid: (A,) False for anchors whose centre lies in the padding.
-
-        Returns:
-            `gt_index` and `ignored` of shape (A,).
-        """
-        batched = self.assign_batch(
-            anchors=anchors,
-            num_anchors_per_level=num_anchors_per_level,
-            gt_boxes=gt_boxes[None],
-            ignore_boxes=None if ignore_boxes is None else ignore_boxes[None],
-            anchor_valid=None if anchor_valid is None else anchor_valid[None],
-        )
-        return AnchorAssignment(gt_index=batched.gt_index[0], ignored=batched.ignored[0])
-
-    def assign_batch(
-        self,
-        *,
-        anchors: torch.Tensor,
-        num_anchors_per_level: list[int],
-        gt_boxes: torch.Tensor,
-        gt_valid: torch.Tensor | None = None,
-        ignore_boxes: torch.Tensor | None = None,
-        ignore_valid: torch.Tensor | None = None,
-        anchor_valid: torch.Tensor | None = None,
-    ) -> AnchorAssignment:
-        """Assign the anchors of B images (the same anchors for each) to each image's boxes.
-
-        Args:
-            anchors: (A, 4) anchor boxes, xyxy in pixels, levels concatenated in order.
-            num_anchors_per_level: number of anchors of each level, summing to A.
-            gt_boxes: (B, G, 4) each image's ground-truth boxes, xyxy in pixels, padded to the longest list.
-            gt_valid: (B, G) False at padding; None when no list is padded.
-            ignore_boxes: (B, I, 4) regions to ignore, xyxy in pixels, padded likewise.
-            ignore_valid: (B, I) False at padding; None when no list is padded.
-            anchor_valid: (B, A) False for anchors whose centre lies in the image's padding.
-
-        Returns:
-            `gt_index` and `ignored` of shape (B, A).
-        """
-        batch_size, num_gt = gt_boxes.shape[:2]
-        num_anchors = anchors.shape[0]
-        device = anchors.device
-        ignored = torch.zeros(batch_size, num_anchors, dtype=torch.bool, device=device)
-        if anchor_valid is not None:
-            ignored |= ~anchor_valid
-        if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
-            iof = box_intersection_over_first(anchors, ignore_boxes)  # (B, A, I)
-            if ignore_valid is not None:
-                iof = iof.masked_fill(~ignore_valid[:, None, :], 0.0)
-            ignored |= iof.max(dim=2).values > self.ignore_iof_threshold
-        if num_gt == 0:
-            gt_index = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=device)
-            return AnchorAssignment(gt_index=gt_index, ignored=ignored)
-
-        overlaps = pairwise_box_iou(anchors, gt_boxes)  # (B, A, G)
-        anchor_centres = (anchors[:, :2] + anchors[:, 2:]) * 0.5  # (A, 2)
-        gt_centres = (gt_boxes[..., :2] + gt_boxes[..., 2:]) * 0.5  # (B, G, 2)
-        distances = torch.hypot(
-            anchor_centres[None, :, None, 0] - gt_centres[:, None, :, 0],
-            anchor_centres[None, :, None, 1] - gt_centres[:, None, :, 1],
-        )  # (B, A, G)
-        if anchor_valid is not None:
-            distances = distances.masked_fill(~anchor_valid[:, :, None], float("inf"))
-
-        candidates = []
-        start = 0
-        for level_count in num_anchors_per_level:
-            k = min(self.topk, level_count)
-            _, level_candidates = distances[:, start : start + level_count].topk(k, dim=1, largest=False)
-            candidates.append(level_candidates + start)
-            start += level_count
-        candidates = torch.cat(candidates, dim=1)  # (B, K, G)
-        candidate_overlaps = overlaps.gather(1, candidates)
-        # A single candidate has no spread (its unbiased std would be NaN and reject everything).
-        spread = (
-            candidate_overlaps.std(dim=1) if candidates.shape[1] > 1 else torch.zeros_like(candidate_overlaps[:, 0])
-        )
-        threshold = candidate_overlaps.mean(dim=1) + spread  # (B, G)
-
-        candidate_centres = anchor_centres[candidates]  # (B, K, G, 2)
-        edge_distances = torch.cat(
-            [candidate_centres - gt_boxes[:, None, :, :2], gt_boxes[:, None, :, 2:] - candidate_centres], dim=3
-        )
-        centred_inside = edge_distances.min(dim=3).values > 0.01  # (B, K, G)
-        if gt_valid is not None:
-            centred_inside &= gt_valid[:, None, :]
-        # Tied IoUs (every candidate of a level holds the whole box) can put mean + std above every IoU; the
-        # best candidate centred in the box then still reaches the threshold. A box that has a positive by
-        # the paper's rule keeps exactly its assignment.
-        best_inside = candidate_overlaps.masked_fill(~centred_inside, -math.inf).amax(dim=1)  # (B, G)
-        threshold = torch.minimum(threshold, best_inside)
-        is_positive = centred_inside & (candidate_overlaps >= threshold[:, None, :])
-
-        # A box's candidates are distinct anchors (top-k within a level, levels disjoint), so the scatter
-        # writes each (image, anchor, box) at most once.
-        claimed = torch.full_like(overlaps, -math.inf).scatter_(
-            1, candidates, candidate_overlaps.masked_fill(~is_positive, -math.inf)
-        )
-        best_overlap, best_gt = claimed.max(dim=2)
-        positive = best_overlap > -math.inf
-        gt_index = torch.where(positive, best_gt, -1)
-        return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
 
 
 # Set on a pixel batch found finite, with the tensor's version counter then, so that the other forwards of a
@@ -433,7 +78,7 @@ def _raise_for_nonfinite_pixels(pixel_values: torch.Tensor) -> None:
 # --------------------------------------------------------------------------------------------------
 
 
-class TimmFeatureBackbone(nn.Module):
+class GFLTimmBackbone(nn.Module):
     """A timm model in `features_only` mode, returning the feature maps chosen by `out_indices`."""
 
     def __init__(
@@ -483,7 +128,7 @@ class TimmFeatureBackbone(nn.Module):
         return list(self.body(pixel_values))
 
 
-class TransformersFeatureBackbone(nn.Module):
+class GFLTransformersBackbone(nn.Module):
     """A transformers backbone (any model `AutoBackbone` builds from `config.backbone_config`, made by
     `load_backbone`), returning its `feature_maps`."""
 
@@ -515,7 +160,7 @@ class TransformersFeatureBackbone(nn.Module):
         return list(self.body(pixel_values, return_dict=True).feature_maps)
 
 
-class FeaturePyramidNetwork(nn.Module):
+class GFLFeaturePyramidNetwork(nn.Module):
     """FPN (Lin et al. 2017) with extra levels made by stride-2 convs on the last output."""
 
     def __init__(self, *, in_channels: list[int], out_channels: int, num_levels: int) -> None:
@@ -542,7 +187,7 @@ class FeaturePyramidNetwork(nn.Module):
         return outputs
 
 
-class LearnableScale(nn.Module):
+class GFLScale(nn.Module):
     """A learnable scalar per FPN level, so each level's box regression finds its own range."""
 
     def __init__(self, value: float = 1.0) -> None:
@@ -589,7 +234,7 @@ class GFLHead(nn.Module):
         last_channels = channels if stacked_convs > 0 else in_channels
         self.class_logits = nn.Conv2d(last_channels, num_classes, 3, padding=1)
         self.box_distribution = nn.Conv2d(last_channels, 4 * (reg_max + 1), 3, padding=1)
-        self.scales = nn.ModuleList(LearnableScale(1.0) for _ in range(num_levels))
+        self.scales = nn.ModuleList(GFLScale(1.0) for _ in range(num_levels))
         for conv in self.modules():
             if isinstance(conv, nn.Conv2d):
                 conv._init_scheme = "normal"
@@ -711,7 +356,7 @@ class GFLPreTrainedModel(PreTrainedModel):
         elif isinstance(module, nn.GroupNorm):
             init.ones_(module.weight)
             init.zeros_(module.bias)
-        elif isinstance(module, LearnableScale):
+        elif isinstance(module, GFLScale):
             init.ones_(module.scale)
 
 
@@ -734,7 +379,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
     def __init__(self, config: GFLConfig) -> None:
         super().__init__(config)
         if config.backbone_config is None:
-            self.backbone = TimmFeatureBackbone(
+            self.backbone = GFLTimmBackbone(
                 model_name=config.backbone,
                 out_indices=tuple(config.backbone_out_indices),
                 timm_kwargs=config.backbone_kwargs,
@@ -744,14 +389,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         else:
             # A PreTrainedModel: post_init (its own, and then ours, which hands its modules to its
             # `_init_weights`) initialises it the way transformers does, untouched by GFL's schemes.
-            self.backbone = TransformersFeatureBackbone(config)
+            self.backbone = GFLTransformersBackbone(config)
         # The config counts the levels where it can; a backbone config without out_indices is counted only here.
         if len(self.backbone.channels) > config.num_fpn_levels:
             raise ValueError(
                 f"GFLConfig.num_fpn_levels ({config.num_fpn_levels}) must be at least the number of backbone "
                 f"levels ({len(self.backbone.channels)})."
             )
-        self.neck = FeaturePyramidNetwork(
+        self.neck = GFLFeaturePyramidNetwork(
             in_channels=self.backbone.channels, out_channels=config.fpn_channels, num_levels=config.num_fpn_levels
         )
         self.head = GFLHead(
@@ -767,7 +412,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self.strides: list[int] = self.backbone.strides + [
             self.backbone.strides[-1] * 2 ** (i + 1) for i in range(extra_levels)
         ]
-        self.assigner = ATSSAssigner(topk=config.atss_topk, ignore_iof_threshold=config.ignore_iof_threshold)
+        self.loss_function = GFLLoss(config)
         self.post_init()
         # from_pretrained builds the model on the meta device and loads the checkpoint afterwards.
         if config.use_pretrained_backbone and self.head.class_logits.weight.device.type != "meta":
@@ -859,7 +504,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
 
         loss, loss_dict, positive_mask, instance_terms = None, None, None, (None, None)
         if labels is not None:
-            loss_dict, positive_mask, *instance_terms = self.loss(
+            computed = self.loss_function(
                 flat_logits=flat_logits,
                 flat_distributions=flat_distributions,
                 boxes_xyxy=boxes_xyxy,
@@ -867,13 +512,12 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 anchor_strides=anchor_strides,
                 num_anchors_per_level=[f.shape[-2] * f.shape[-1] for f in fpn_features],
                 valid_sizes=valid_sizes,
-                labels=labels,
-                return_positive_mask=True,
-                return_instance_terms=output_instance_losses,
+                targets=self._targets(labels, valid_sizes),
+                output_instance_terms=output_instance_losses,
             )
+            loss_dict, positive_mask = computed.losses, computed.positive_mask
             loss = sum(loss_dict.values())
-            if not output_instance_losses:
-                instance_terms = (None, None)
+            instance_terms = (computed.instance_losses, computed.instance_quality)
 
         output = GFLObjectDetectionOutput(
             loss=loss,
@@ -1071,64 +715,11 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             if not torch.isfinite(boxes).all():
                 raise ValueError(f"labels[{index}]['boxes'] contains NaN or infinite values.")
 
-    def _assign_anchors(
-        self,
-        *,
-        anchor_points: torch.Tensor,
-        anchor_strides: torch.Tensor,
-        num_anchors_per_level: list[int],
-        valid_sizes: torch.Tensor,
-        targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
-    ) -> AnchorAssignment:
-        """ATSS assignment of every image's anchors: squares `anchor_scale` strides wide centred on the
-        anchor points; anchors centred in an image's padding are never positive.
-
-        Args:
-            anchor_points: (A, 2) anchor centres (x, y) in input pixels.
-            anchor_strides: (A,) stride of each anchor's level.
-            num_anchors_per_level: anchors per level, summing to A.
-            valid_sizes: (B, 2) unpadded (height, width) per image.
-            targets: per image, what `labels_in_pixels` returns (boxes xyxy in input pixels).
-
-        Returns:
-            `gt_index` (B, A), indices into each image's own box list, and `ignored` (B, A).
-        """
-        half_size = anchor_strides[:, None] * self.config.anchor_scale / 2
-        anchors = torch.cat([anchor_points - half_size, anchor_points + half_size], dim=1)
-        anchor_valid = (anchor_points[None, :, 0] < valid_sizes[:, 1:2]) & (
-            anchor_points[None, :, 1] < valid_sizes[:, 0:1]
-        )  # (B, A)
-        gt_boxes, gt_valid = _padded([boxes for _, boxes, _ in targets])
-        ignore_boxes, ignore_valid = _padded(
-            [ignore if ignore is not None else anchors.new_zeros((0, 4)) for _, _, ignore in targets]
-        )
-        # The (image, anchor, box) tensors are built in chunks of images that keep each under ~64 MB, so a
-        # large batch of large images with many boxes cannot exhaust memory; a small batch is one chunk.
-        per_image = anchors.shape[0] * max(gt_boxes.shape[1], ignore_boxes.shape[1], 1)
-        chunk = max(1, ASSIGNMENT_CHUNK_ELEMENTS // per_image)
-        parts = [
-            self.assigner.assign_batch(
-                anchors=anchors,
-                num_anchors_per_level=num_anchors_per_level,
-                gt_boxes=gt_boxes[start : start + chunk],
-                gt_valid=gt_valid[start : start + chunk],
-                ignore_boxes=ignore_boxes[start : start + chunk],
-                ignore_valid=ignore_valid[start : start + chunk],
-                anchor_valid=anchor_valid[start : start + chunk],
-            )
-            for start in range(0, len(targets), chunk)
-        ]
-        if len(parts) == 1:
-            return parts[0]
-        return AnchorAssignment(
-            gt_index=torch.cat([part.gt_index for part in parts]), ignored=torch.cat([part.ignored for part in parts])
-        )
-
     def positive_anchor_mask(
         self, fpn_features: Sequence[torch.Tensor], valid_sizes: torch.Tensor, labels: list[dict] | GFLTargets
     ) -> torch.Tensor:
         """The anchors that ATSS makes positive for `labels`: the locations the training loss regresses
-        boxes from, assigned exactly as `loss` assigns them (e.g. for localization distillation).
+        boxes from, assigned exactly as the loss (`loss_function`) assigns them (e.g. for localization distillation).
 
         Args:
             fpn_features: the batch's FPN maps, finest first, `(B, F, H_l, W_l)` each; only their sizes and
@@ -1141,7 +732,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             (levels finest first, each level's cells row by row).
         """
         anchor_points, anchor_strides, shapes = self._anchor_points(list(fpn_features))
-        assignments = self._assign_anchors(
+        assignments = self.loss_function.assign_anchors(
             anchor_points=anchor_points,
             anchor_strides=anchor_strides,
             num_anchors_per_level=[height * width for height, width in shapes],
@@ -1150,162 +741,15 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         )
         return assignments.gt_index >= 0
 
-    def loss(
-        self,
-        *,
-        flat_logits: torch.Tensor,
-        flat_distributions: torch.Tensor,
-        boxes_xyxy: torch.Tensor,
-        anchor_points: torch.Tensor,
-        anchor_strides: torch.Tensor,
-        num_anchors_per_level: list[int],
-        valid_sizes: torch.Tensor,
-        labels: list[dict] | GFLTargets,
-        return_positive_mask: bool = False,
-        return_instance_terms: bool = False,
-    ) -> dict[str, torch.Tensor] | tuple[torch.Tensor | dict[str, torch.Tensor], ...]:
-        """The GFL losses, normalised as in the paper's code.
-
-        Args:
-            flat_logits: (B, A, C) classification logits.
-            flat_distributions: (B, A, 4 * (R + 1)) box-edge distribution logits.
-            boxes_xyxy: (B, A, 4) decoded boxes in input pixels.
-            anchor_points: (A, 2) anchor centres (x, y) in input pixels.
-            anchor_strides: (A,) stride of each anchor's level.
-            num_anchors_per_level: anchors per level, summing to A.
-            valid_sizes: (B, 2) unpadded (height, width) per image.
-            labels: the `labels` argument of `forward`.
-            return_positive_mask: also return the (B, A) bool mask of the anchors the assignment made
-                positive (`forward` reports it, so that nothing assigns the anchors a second time).
-            return_instance_terms: also return each instance's (N,) loss and quality, without gradient (see
-                `GFLObjectDetectionOutput.instance_losses` and `instance_quality`), after the mask when both are
-                asked.
-
-        Returns:
-            `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed
-            over positives weighted by the predicted quality / the sum of those weights), each times its
-            weight from the config. Both normalisers are averaged over processes. With
-            `return_positive_mask`, the losses and the mask.
-        """
-        reg_max = self.config.reg_max
-        num_classes = self.config.num_labels
-        targets = self._targets(labels, valid_sizes)
-        assignments = self._assign_anchors(
-            anchor_points=anchor_points,
-            anchor_strides=anchor_strides,
-            num_anchors_per_level=num_anchors_per_level,
-            valid_sizes=valid_sizes,
-            targets=targets,
-        )
-
-        gt_index = assignments.gt_index  # (B, A)
-        positive = gt_index >= 0
-        # Every anchor's target, computed densely and weighted by 0 off the positives: selecting the positives
-        # (`nonzero`) made the host wait for the device once a step. Each positive's box and class sit in the
-        # batch's concatenated lists at its image's offset plus its index; the negatives read a last, dummy row.
-        counts = [len(boxes) for _, boxes, _ in targets]
-        offsets = host_tensor(
-            [sum(counts[:image]) for image in range(len(counts))], dtype=torch.long, device=gt_index.device
-        )
-        flat_index = torch.where(positive, offsets[:, None] + gt_index, sum(counts))  # (B, A)
-        all_boxes = torch.cat([boxes for _, boxes, _ in targets] + [anchor_points.new_zeros((1, 4))])
-        all_classes = torch.cat([classes for classes, _, _ in targets] + [gt_index.new_full((1,), num_classes)])
-        cls_targets = all_classes[flat_index]  # (B, A), num_classes (background) off the positives
-        # Off the positives the box target is a 2-pixel square on the anchor point: never degenerate, so the
-        # GIoU and its gradient stay finite there before the zero weight removes them.
-        unit_boxes = torch.cat([anchor_points - 1.0, anchor_points + 1.0], dim=1)  # (A, 4)
-        target_boxes = torch.where(positive[..., None], all_boxes[flat_index], unit_boxes)  # (B, A, 4)
-        cls_weights = (~assignments.ignored).float()
-        overlaps = aligned_box_iou(boxes_xyxy.detach().float().reshape(-1, 4), target_boxes.reshape(-1, 4))
-        quality_targets = torch.where(positive, overlaps.reshape(positive.shape).clamp(min=0.0), 0.0)
-
-        qfl = quality_focal_loss(
-            flat_logits.reshape(-1, num_classes),
-            cls_targets.reshape(-1),
-            quality_targets.reshape(-1),
-            beta=self.config.qfl_beta,
-        )
-        qfl_normaliser = _mean_over_processes(positive.sum().float())
-        loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
-
-        # Box losses weigh each positive by the detached predicted quality, so confident locations count
-        # more (the paper's code does this; it keeps poorly classified positives from dominating). The zero
-        # weight of the negatives also keeps the box branch in the graph when a batch has no positives, so
-        # multi-process training sees a gradient for every parameter.
-        quality_weights = torch.where(positive, flat_logits.detach().float().sigmoid().max(dim=2).values, 0.0)
-        box_normaliser = _mean_over_processes(quality_weights.sum())
-        anchor_giou = giou_loss(boxes_xyxy.reshape(-1, 4), target_boxes.reshape(-1, 4))  # (B A,)
-        loss_giou = (anchor_giou * quality_weights.reshape(-1)).sum()
-        target_distances = (
-            torch.cat([anchor_points - target_boxes[..., :2], target_boxes[..., 2:] - anchor_points], dim=2)
-            / anchor_strides[:, None]
-        )
-        target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)  # (B, A, 4)
-        anchor_dfl = distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
-        loss_dfl = (anchor_dfl * quality_weights[..., None].expand(-1, -1, 4).reshape(-1)).sum() / 4.0
-        losses = {
-            "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
-            "loss_dfl": self.config.loss_dfl_weight * loss_dfl / box_normaliser,
-            "loss_giou": self.config.loss_giou_weight * loss_giou / box_normaliser,
-        }
-        returned: tuple = (losses,)
-        if return_positive_mask:
-            returned += (positive,)
-        if return_instance_terms:
-            returned += self._instance_terms(
-                anchor_loss=self.config.loss_qfl_weight * qfl
-                + self.config.loss_giou_weight * anchor_giou
-                + self.config.loss_dfl_weight * anchor_dfl.view(-1, 4).mean(dim=1),
-                flat_logits=flat_logits,
-                cls_targets=cls_targets,
-                quality_targets=quality_targets,
-                positive=positive,
-                flat_index=flat_index,
-                num_instances=sum(counts),
-            )
-        return returned if len(returned) > 1 else losses
-
-    @torch.no_grad()
-    def _instance_terms(
-        self,
-        *,
-        anchor_loss: torch.Tensor,
-        flat_logits: torch.Tensor,
-        cls_targets: torch.Tensor,
-        quality_targets: torch.Tensor,
-        positive: torch.Tensor,
-        flat_index: torch.Tensor,
-        num_instances: int,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each instance's (N,) loss and quality. `anchor_loss`: (B A,) every anchor's weighted QFL + GIoU +
-        DFL, unweighted by quality; the others as in `loss`, (B, A) each, `flat_index` holding the instance of
-        each positive anchor and N elsewhere."""
-        num_classes = self.config.num_labels
-        anchor_loss = anchor_loss.detach()
-        is_positive = positive.reshape(-1).float()
-        index = flat_index.reshape(-1)
-        # Slot N collects the negatives and is dropped.
-        sums = anchor_loss.new_zeros(num_instances + 1).index_add_(0, index, anchor_loss * is_positive)
-        anchors = anchor_loss.new_zeros(num_instances + 1).index_add_(0, index, is_positive)
-        losses = sums[:num_instances] / anchors[:num_instances].clamp(min=1)
-        assigned = anchors[:num_instances] > 0
-        highest = torch.where(assigned, losses, 0.0).amax() if num_instances else losses.new_zeros(())
-        losses = torch.where(assigned, losses, highest)
-        class_scores = flat_logits.detach().float().sigmoid().reshape(-1, num_classes)
-        columns = cls_targets.reshape(-1, 1).clamp(max=num_classes - 1)
-        anchor_quality = class_scores.gather(1, columns).squeeze(1) * quality_targets.reshape(-1) * is_positive
-        quality = anchor_loss.new_zeros(num_instances + 1).scatter_reduce_(
-            0, index, anchor_quality, reduce="amax", include_self=True
-        )
-        return losses, quality[:num_instances]
-
 
 __all__ = [
-    "ATSSAssigner",
+    "GFLFeaturePyramidNetwork",
     "GFLForObjectDetection",
+    "GFLHead",
     "GFLObjectDetectionOutput",
     "GFLPreTrainedModel",
+    "GFLScale",
     "GFLTargets",
-    "distribution_focal_loss",
-    "quality_focal_loss",
+    "GFLTimmBackbone",
+    "GFLTransformersBackbone",
 ]
