@@ -13,10 +13,12 @@ from liaf_hf.cli import DistillationArguments
 from liaf_hf.distillation import (
     AIDDistiller,
     CompositeDistiller,
+    Distiller,
     FGDDistiller,
     LDDistiller,
     MimicDistiller,
     PKDDistiller,
+    available_methods,
     build_distiller,
     method_parts,
     method_settings,
@@ -193,7 +195,7 @@ def test_mimic_is_the_mean_squared_error():
 
 def test_pkd_ignores_scale_and_shift_and_is_two_for_opposite_features():
     distiller = build_distiller("pkd", student_config=config(), teacher_config=config())
-    assert distiller.weight == 10.0
+    assert distiller.config.weight == 10.0
     teacher = random_maps(8, seed=7)
     batch = make_batch(TWO_IMAGES)
     affine = distiller(student=output([3 * t + 1 for t in teacher]), teacher=output(teacher), batch=batch)
@@ -550,7 +552,7 @@ def test_combined_method_is_parsed_and_gets_options_per_part():
     )
     assert isinstance(distiller, CompositeDistiller)
     assert list(distiller.parts) == ["liaf", "ld"]
-    assert distiller.parts["liaf"].alpha == 2.0 and distiller.parts["ld"].weight == 0.5
+    assert distiller.parts["liaf"].config.alpha == 2.0 and distiller.parts["ld"].config.weight == 0.5
     assert distiller.needs_teacher and distiller.needs_positive_mask and not distiller.needs_teacher_loss
     assert build_distiller("mimic+aid", student_config=config(), teacher_config=config()).needs_teacher_instance_losses
 
@@ -558,11 +560,11 @@ def test_combined_method_is_parsed_and_gets_options_per_part():
 def test_method_settings_are_what_the_built_distiller_uses():
     settings = method_settings("liaf+ld", {"ld": {"weight": 0.5}})
     built = build_distiller("liaf+ld", student_config=config(), teacher_config=config(), ld={"weight": 0.5})
-    assert settings["ld"]["weight"] == 0.5 == built.parts["ld"].weight
+    assert settings["ld"]["weight"] == 0.5 == built.parts["ld"].config.weight
     # The options left out appear with the values the distiller was built with.
-    assert settings["ld"]["temperature"] == built.parts["ld"].temperature
-    assert settings["liaf"]["alpha"] == built.parts["liaf"].alpha
-    assert settings["liaf"]["objective"] == built.parts["liaf"].objective
+    assert settings["ld"]["temperature"] == built.parts["ld"].config.temperature
+    assert settings["liaf"]["alpha"] == built.parts["liaf"].config.alpha
+    assert settings["liaf"]["objective"] == built.parts["liaf"].config.objective
     assert method_settings("none") == {}
 
 
@@ -571,7 +573,7 @@ def test_method_specs_of_the_benchmark_command_lines():
     assert parse_method_spec('bg=liaf:{"beta": 5.0}') == ("bg", "liaf", {"beta": 5.0})
     label, method, options = parse_method_spec('a1=liaf+ld:{"liaf": {"alpha": 1.0}}')
     built = build_distiller(method, student_config=config(), teacher_config=config(), **options)
-    assert (label, built.parts["liaf"].alpha) == ("a1", 1.0)
+    assert (label, built.parts["liaf"].config.alpha) == ("a1", 1.0)
     for spec, message in [
         ('x=liaf:{"bta": 1}', r"'liaf' has no options \['bta'\]"),
         ('x=liaf+ld:{"liaf": {"bta": 1}, "q": 2}', r"no options \['q', 'liaf.bta'\]"),
@@ -656,3 +658,37 @@ def test_two_training_steps(shapes, teacher_dir, tmp_path, method, logged):
     assert all(name in after for name in distiller_before)
     if distiller_before:
         assert any(not torch.equal(value, after[name]) for name, value in distiller_before.items())
+
+
+# ------------------------------------------------------------------------------------------ method configs
+
+
+def test_a_method_takes_its_typed_config_and_records_it():
+    from liaf_hf.distillation import AIDConfig, LDConfig, LIAFConfig
+
+    built = build_distiller("liaf", student_config=config(), teacher_config=config(), config=LIAFConfig(alpha=2.0))
+    assert built.config == LIAFConfig(alpha=2.0) and built.config.objective == "robust"
+    assert method_settings("liaf", LIAFConfig(alpha=2.0)) == method_settings("liaf", {"alpha": 2.0})
+    combined = build_distiller(
+        "liaf+ld", student_config=config(), teacher_config=config(), config={"ld": LDConfig(weight=0.5)}
+    )
+    assert combined.parts["ld"].config.weight == 0.5 and combined.parts["liaf"].config == LIAFConfig()
+    with pytest.raises(ValueError, match="'liaf' takes a LIAFConfig, got a AIDConfig"):
+        build_distiller("liaf", student_config=config(), teacher_config=config(), config=AIDConfig())
+    # The checks hold for a config built in Python too, not only for options parsed from the command line.
+    with pytest.raises(ValueError, match=r"objective must be one of \('joint', 'robust', 'task'\), got 'nope'"):
+        LIAFConfig(objective="nope")
+    with pytest.raises(ValueError, match="decay must be non-negative"):
+        AIDConfig(decay=-1.0)
+    with pytest.raises(AttributeError):
+        built.config.alpha = 3.0  # frozen: a built method's options cannot drift from its run's record
+
+
+def test_what_the_model_card_and_the_pictures_use_is_declared_on_the_method():
+    from liaf_hf.distillation import method_class
+
+    for name in available_methods():
+        method = method_class(name)
+        assert method.description and method.description != Distiller.description, name
+    assert method_class("liaf").selects_instances and not method_class("aid").selects_instances
+    assert method_class("ld").reference == "LD, Zheng et al., CVPR 2022"

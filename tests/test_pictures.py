@@ -21,7 +21,6 @@ from liaf_hf.visualization.selector_weights import (
     PICTURES_DIR,
     SelectorWeightsCallback,
     add_selector_pictures,
-    selecting_distiller,
 )
 from tiny import load_script
 from tiny import tiny_config as shared_tiny_config
@@ -157,8 +156,8 @@ def test_no_pictures_for_a_method_without_selectors(shapes, teacher_dir, tmp_pat
 def test_the_liaf_part_of_a_combined_method_is_found(shapes):
     config = tiny_config(shapes[2])
     combined = build_distiller("liaf+ld", student_config=config, teacher_config=config)
-    assert selecting_distiller(combined) is combined.parts["liaf"]
-    assert selecting_distiller(build_distiller("pkd", student_config=config, teacher_config=config)) is None
+    assert combined.selecting_part() is combined.parts["liaf"]
+    assert build_distiller("pkd", student_config=config, teacher_config=config).selecting_part() is None
 
 
 def test_boxes_take_the_colour_of_their_weight():

@@ -16,6 +16,9 @@ torch.Size([2, 6, 6])
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 import torch
 from torch import nn
 
@@ -25,6 +28,7 @@ from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 
 __all__ = [
     "FEATURE_SCALES",
+    "FeatureScale",
     "FeatureAligner",
     "check_feature_scale",
     "flat_class_logits",
@@ -34,7 +38,8 @@ __all__ = [
 ]
 
 #: "teacher": squared errors relative to the teacher's mean squared activation on the level; "none": plain.
-FEATURE_SCALES = ("teacher", "none")
+FeatureScale = Literal["teacher", "none"]
+FEATURE_SCALES = typing.get_args(FeatureScale)
 
 
 def check_feature_scale(feature_scale: str) -> None:

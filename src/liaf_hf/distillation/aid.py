@@ -21,17 +21,27 @@ of the batch one factor from the teacher's loss on the whole batch instead.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, check_feature_scale
+from ._features import FeatureAligner, FeatureScale
 from ._instances import InstanceDiscrepancy, InstanceLayout, per_instance_output, take_part_in_level_scales
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    register_distiller,
+    zero_with_graph,
+)
 
-__all__ = ["AIDDistiller", "InstanceImitation", "normalise_over_batch"]
-
-WEIGHTINGS = ("instance", "batch")
+__all__ = ["AIDConfig", "AIDDistiller", "InstanceImitation", "InstanceImitationConfig", "normalise_over_batch"]
 
 
 def normalise_over_batch(weights: torch.Tensor, layout: InstanceLayout) -> torch.Tensor:
@@ -44,6 +54,22 @@ def normalise_over_batch(weights: torch.Tensor, layout: InstanceLayout) -> torch
     return torch.where(scale > 0, weights / scale.clamp(min=1e-12), uniform)
 
 
+@dataclass(frozen=True)
+class InstanceImitationConfig(MethodConfig):
+    """The options every instance-imitation method has (`aid`, `oracle`)."""
+
+    weight: float = 10.0
+    """Weight of the loss. The default is LIAF's `alpha` for the same feature term, so the two compare at equal
+    strength."""
+    feature_scale: FeatureScale = "teacher"
+    """`"teacher"`: divide each level's squared errors by the teacher's mean squared activation on it; `"none"`:
+    plain squared error per channel."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "weight")
+
+
 class InstanceImitation(Distiller):
     """Masked instance feature MSE with fixed (not learned) instance weights: `loss_<name>` is
     weight * mean_l mean_images mean_j w_j d_lj, with w_j from `instance_weights` (uniform here).
@@ -53,33 +79,26 @@ class InstanceImitation(Distiller):
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
-        weight: weight of the loss. The default, 10.0, is LIAF's `alpha` for the same feature term, so the
-            two compare at equal strength.
-        feature_scale: `"teacher"`: divide each level's squared errors by the teacher's mean squared
-            activation on it; `"none"`: plain squared error per channel.
+        config: the options (`InstanceImitationConfig` or a subclass's); the defaults when None.
     """
 
+    config_class = InstanceImitationConfig
     needs_teacher_head = False
     compiled_part = "_level_errors"
     #: The loss's and the statistics' name: `loss_<name>`, `<name>/...`.
     loss_name = "imitation"
+    #: The method's name in the errors it raises.
+    method_name = "instance imitation"
 
     def __init__(
         self,
         *,
         student_config: GFLConfig,
         teacher_config: GFLConfig,
-        weight: float = 10.0,
-        feature_scale: str = "teacher",
-        method_name: str = "instance imitation",
+        config: InstanceImitationConfig | None = None,
     ) -> None:
-        super().__init__()
-        check_pair(method_name, student_config, teacher_config)
-        check_feature_scale(feature_scale)
-        if weight < 0:
-            raise ValueError(f"weight must be non-negative, got {weight}.")
-        self.weight = weight
-        self.feature_scale = feature_scale
+        super().__init__(config)
+        check_pair(self.method_name, student_config, teacher_config)
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
 
     def instance_weights(
@@ -113,7 +132,7 @@ class InstanceImitation(Distiller):
                 levels = self.aligner.levels(student, teacher)
                 # No instance to imitate; a zero that still reaches the align convs (DDP needs their gradients).
                 result.losses[loss_key] = zero_with_graph(*(student_map for _, student_map in levels))
-                take_part_in_level_scales(levels, feature_scale=self.feature_scale)
+                take_part_in_level_scales(levels, feature_scale=self.config.feature_scale)
                 return result
             flat_weights = self.instance_weights(
                 student=student, teacher=teacher, batch=batch, layout=layout, result=result
@@ -122,7 +141,7 @@ class InstanceImitation(Distiller):
             level_errors = self._level_errors(
                 student=student, teacher=teacher, strides=list(batch.strides), layout=layout, weights=weights
             )
-        result.losses[loss_key] = self.weight * level_errors.mean()
+        result.losses[loss_key] = self.config.weight * level_errors.mean()
         for level, error in enumerate(level_errors.detach().unbind()):
             result.stats[f"{self.loss_name}/discrepancy_l{level}"] = error
         return result
@@ -140,8 +159,29 @@ class InstanceImitation(Distiller):
         `weights` (None: 1 each): the step's tensor work after the host builds the layout, what
         `compile_losses` compiles."""
         levels = self.aligner.levels(student, teacher)
-        instances = InstanceDiscrepancy.of(levels, layout=layout, strides=strides, feature_scale=self.feature_scale)
+        instances = InstanceDiscrepancy.of(
+            levels, layout=layout, strides=strides, feature_scale=self.config.feature_scale
+        )
         return instances.image_means(layout, weights).mean(dim=1)
+
+
+@dataclass(frozen=True)
+class AIDConfig(InstanceImitationConfig):
+    """The options of `aid` (`AIDDistiller`), the keys of `--method_options` for `--method aid`."""
+
+    decay: float = 0.1
+    """The 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every instance 1: the same instance loss with uniform
+    weights at the full `weight`, the control that isolates what LIAF-KD's selectors add (the teacher's head is
+    then not run)."""
+    weighting: Literal["instance", "batch"] = "instance"
+    """`"instance"` (as AID is published): each instance's factor from the teacher's own loss on it
+    (`GFLObjectDetectionOutput.instance_losses`). `"batch"`: one factor for the whole batch from the teacher's
+    loss on it: a trained teacher's loss varies little from batch to batch, so this acts as a near-constant cut of
+    the weight (docs/benchmarks.md, "What the selectors add")."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "decay")
 
 
 @register_distiller("aid")
@@ -149,41 +189,21 @@ class AIDDistiller(InstanceImitation):
     """Masked instance feature MSE, each instance scaled by exp(-decay * the teacher's loss on it).
 
     Args:
-        student_config, teacher_config, weight, feature_scale: as for `InstanceImitation` (`loss_aid`).
-        decay: the 0.1 in exp(-0.1 L_T) (docs/method.md). 0 weighs every instance 1: the same instance loss
-            with uniform weights at the full `weight`, the control that isolates what LIAF-KD's selectors
-            add (the teacher's head is then not run).
-        weighting: `"instance"` (default, as AID is published): each instance's factor from the teacher's own
-            loss on it (`GFLObjectDetectionOutput.instance_losses`). `"batch"`: one factor for the whole batch
-            from the teacher's loss on it: a trained teacher's loss varies little from batch to batch, so
-            this acts as a near-constant cut of the weight (docs/benchmarks.md, "What the selectors add").
+        student_config, teacher_config: as for `InstanceImitation` (`loss_aid`).
+        config: the options (`AIDConfig`); the defaults when None.
     """
 
+    config_class = AIDConfig
+    description = "instance feature distillation, each instance weighted by exp(-decay x the teacher's loss on it)"
+    reference = "AID, Lan and Tian, arXiv 2201.11097, 2022"
     loss_name = "aid"
+    method_name = "AID"
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        weight: float = 10.0,
-        decay: float = 0.1,
-        weighting: str = "instance",
-        feature_scale: str = "teacher",
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: AIDConfig | None = None
     ) -> None:
-        super().__init__(
-            student_config=student_config,
-            teacher_config=teacher_config,
-            weight=weight,
-            feature_scale=feature_scale,
-            method_name="AID",
-        )
-        if decay < 0:
-            raise ValueError(f"decay must be non-negative, got {decay}.")
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
-        self.decay = decay
-        self.weighting = weighting
+        super().__init__(student_config=student_config, teacher_config=teacher_config, config=config)
+        decay, weighting = self.config.decay, self.config.weighting
         self.needs_teacher_loss = decay > 0 and weighting == "batch"
         self.needs_teacher_instance_losses = decay > 0 and weighting == "instance"
 
@@ -196,9 +216,9 @@ class AIDDistiller(InstanceImitation):
         layout: InstanceLayout,
         result: DistillationResult,
     ) -> torch.Tensor | None:
-        if self.decay == 0:
+        if self.config.decay == 0:
             return None
-        if self.weighting == "batch":
+        if self.config.weighting == "batch":
             if teacher.loss is None:
                 raise ValueError(
                     'AID with weighting="batch" needs the teacher\'s loss on the batch '
@@ -207,13 +227,13 @@ class AIDDistiller(InstanceImitation):
                 )
             teacher_loss = teacher.loss.detach().float()
             result.stats["aid/teacher_loss"] = teacher_loss
-            teaching_weight = torch.exp(-self.decay * teacher_loss)
+            teaching_weight = torch.exp(-self.config.decay * teacher_loss)
             result.stats["aid/teaching_weight"] = teaching_weight
             return teaching_weight.expand(layout.num_instances)
         instance_losses = per_instance_output(
             teacher, "instance_losses", model="teacher", needed_by="AID", layout=layout
         )
-        weights = torch.exp(-self.decay * instance_losses)
+        weights = torch.exp(-self.config.decay * instance_losses)
         result.stats["aid/teacher_loss"] = instance_losses.mean()
         result.stats["aid/teaching_weight"] = weights.mean()
         result.stats["aid/teaching_weight_min"] = weights.amin()

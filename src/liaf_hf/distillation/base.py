@@ -2,10 +2,13 @@
 
 A method is an `nn.Module` (it may own trainable parts: align convs, selectors) that takes the
 student's and the teacher's detector outputs and the batch's instances, and returns named losses (added
-to the student's loss) and named statistics (logged only). The trainer asks the registry for a method
-by name and knows none of them; a method says what else it needs through class flags (`needs_teacher`,
-`needs_teacher_head`, `needs_teacher_loss`, `needs_positive_mask`), so the trainer computes nothing a method
-does not use.
+to the student's loss) and named statistics (logged only). Its options are a frozen dataclass, its
+`config_class` (`MimicConfig`, `LIAFConfig`, ...): defaults, types and checks in one place; the command line's
+JSON (`--method_options`) becomes that config at the edge (`method_config`), and a run records it. The trainer
+asks the registry for a method by name and knows none of them; a method says what else it needs through class
+flags (`needs_teacher`, `needs_teacher_head`, `needs_teacher_loss`, `needs_positive_mask`), so the trainer
+computes nothing a method does not use, and what other parts of the library show of it through class
+attributes (`description` and `reference` for the model card, `selects_instances` for the selector pictures).
 
 Methods combine with "+": `build_distiller("liaf+ld", ...)` builds a `CompositeDistiller` whose losses are
 the union of its parts' losses. Its options are given per part, keyed by the part's name, e.g.
@@ -15,12 +18,13 @@ entry keeps its defaults.
 
 from __future__ import annotations
 
-import inspect
+import dataclasses
 import json
 import types
 import typing
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -70,8 +74,100 @@ class DistillationResult:
     stats: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class MethodConfig:
+    """Base of the methods' option dataclasses: each field is an option (`--method_options` key) with its type,
+    default and docstring; `__post_init__` checks values the type does not. Frozen, so a built method's options
+    cannot drift from what its run recorded."""
+
+    def __post_init__(self) -> None:
+        # The type of a field that names a choice (a Literal) is a check a dataclass does not make itself.
+        for option, expected in typing.get_type_hints(type(self)).items():
+            if typing.get_origin(expected) is typing.Literal and getattr(self, option) not in typing.get_args(expected):
+                raise ValueError(f"{option} must be one of {typing.get_args(expected)}, got {getattr(self, option)!r}.")
+
+    @classmethod
+    def from_options(cls, options: Mapping[str, Any] | None = None, *, method: str) -> MethodConfig:
+        """The config holding `options` (as JSON gives them: numbers, strings, lists), every other option at
+        its default.
+
+        Raises:
+            ValueError: naming `method`, the option and what it takes, for an unknown option, a value of the
+                wrong type, or a value the config's checks refuse.
+        """
+        options = dict(options or {})
+        fields = {option.name: option for option in dataclasses.fields(cls)}
+        unknown = sorted(set(options) - set(fields))
+        if unknown:
+            raise ValueError(
+                f"{method!r} has no options {unknown}; its options (with their defaults): {cls().to_dict()}."
+            )
+        types_of = typing.get_type_hints(cls)
+        for key, value in options.items():
+            expected = types_of[key]
+            if not _accepts(expected, value):
+                raise ValueError(
+                    f"Option {key!r} of method {method!r} must be {_describe(expected)} (default "
+                    f"{fields[key].default!r}), got {value!r} ({_describe(type(value))})."
+                )
+        try:
+            return cls(**options)
+        except ValueError as error:
+            raise ValueError(f"Method {method!r}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every option by name: what a run records and a model card shows."""
+        return dataclasses.asdict(self)
+
+
+def positive(config: MethodConfig, *names: str) -> None:
+    """Refuse a config whose options `names` are not above 0 (a `__post_init__` check)."""
+    for name in names:
+        if not getattr(config, name) > 0:
+            raise ValueError(f"{name} must be positive, got {getattr(config, name)}.")
+
+
+def non_negative(config: MethodConfig, *names: str) -> None:
+    """Refuse a config whose options `names` are below 0 (a `__post_init__` check)."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise ValueError(f"{name} must be non-negative, got {getattr(config, name)}.")
+
+
 class Distiller(nn.Module):
-    """Base class of distillation methods."""
+    """Base class of distillation methods.
+
+    Args:
+        config: the method's options, an instance of its `config_class`; its defaults when None.
+    """
+
+    #: The dataclass of the method's options.
+    config_class: ClassVar[type[MethodConfig]] = MethodConfig
+    #: What the method does, in a line of the model card.
+    description: ClassVar[str] = "a distillation method registered with liaf_hf.distillation.register_distiller"
+    #: Where the method was published (authors, venue, year); None for this library's own.
+    reference: ClassVar[str | None] = None
+    #: True for methods that weigh each ground-truth instance and report the weights through `select`, which
+    #: the selector pictures draw (`liaf_hf.visualization.selector_weights`).
+    selects_instances: ClassVar[bool] = False
+
+    def __init__(self, config: MethodConfig | None = None) -> None:
+        super().__init__()
+        if config is None:
+            config = self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}.")
+        self.config = config
+
+    def select(
+        self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> Any:
+        """The instance weights of the batch, per level, for methods with `selects_instances`."""
+        raise NotImplementedError(f"{type(self).__name__} does not weigh instances (selects_instances is False).")
+
+    def selecting_part(self) -> Distiller | None:
+        """The method (or, in a combined one, the part) whose `select` reports instance weights; None if none."""
+        return self if self.selects_instances else None
 
     #: False for methods that never look at the teacher, so the trainer can skip its forward pass.
     needs_teacher: bool = True
@@ -114,29 +210,38 @@ class Distiller(nn.Module):
             setattr(self, self.compiled_part, torch.compile(getattr(self, self.compiled_part), **compile_options))
 
 
-DistillerFactory = Callable[..., Distiller]
 #: Joins registered method names into a combined method: "liaf+ld".
 COMBINE_SEPARATOR = "+"
-_REGISTRY: dict[str, DistillerFactory] = {}
+_REGISTRY: dict[str, type[Distiller]] = {}
 
 
-def register_distiller(name: str) -> Callable[[DistillerFactory], DistillerFactory]:
-    """Class decorator: make a method available as `--method <name>`. The factory is called as
-    `factory(student_config=..., teacher_config=..., **options)`."""
+def register_distiller(name: str) -> Callable[[type[Distiller]], type[Distiller]]:
+    """Class decorator: make a `Distiller` subclass available as `--method <name>`. It is built as
+    `cls(student_config=..., teacher_config=..., config=cls.config_class(...))`."""
     if COMBINE_SEPARATOR in name:
         raise ValueError(f"A method name cannot contain {COMBINE_SEPARATOR!r}, which combines methods: {name!r}.")
 
-    def decorate(factory: DistillerFactory) -> DistillerFactory:
+    def decorate(cls: type[Distiller]) -> type[Distiller]:
+        if not (isinstance(cls, type) and issubclass(cls, Distiller)):
+            raise TypeError(f"register_distiller({name!r}) decorates a Distiller subclass, got {cls!r}.")
+        if not (dataclasses.is_dataclass(cls.config_class) and issubclass(cls.config_class, MethodConfig)):
+            raise TypeError(f"{cls.__name__}.config_class must be a MethodConfig dataclass, got {cls.config_class!r}.")
         if name in _REGISTRY:
             raise ValueError(f"A distillation method named {name!r} is already registered.")
-        _REGISTRY[name] = factory
-        return factory
+        _REGISTRY[name] = cls
+        return cls
 
     return decorate
 
 
 def available_methods() -> list[str]:
     return sorted(_REGISTRY)
+
+
+def method_class(name: str) -> type[Distiller]:
+    """The class registered under `name` (a single method, not a combined one)."""
+    (part,) = method_parts(name)
+    return _REGISTRY[part]
 
 
 def method_parts(name: str) -> list[str]:
@@ -156,106 +261,72 @@ def method_parts(name: str) -> list[str]:
     return parts
 
 
-#: What every factory receives besides the options.
-_PAIR_ARGUMENTS = ("student_config", "teacher_config")
+MethodOptions = MethodConfig | Mapping[str, Any]
 
 
-def method_settings(name: str, options: dict | None = None) -> dict:
-    """Every option of method `name` as `build_distiller(name, **options)` would use it: the constructor's
-    defaults updated with `options` (per part for a combined method: `{"liaf": {...}, "ld": {...}}`).
+def method_config(name: str, options: MethodOptions | Mapping[str, MethodOptions] | None = None):
+    """The options of method `name` as its config: `options` checked and completed with the defaults.
 
-    What a run records, so its settings stay known when a default changes later.
+    `options` is the method's config or a mapping of option names to values (JSON's); for a combined method
+    (`"liaf+ld"`), a mapping of part names to either, a part left out keeping its defaults. Returns the config,
+    or for a combined method a dict of configs keyed by part.
+
+    Raises:
+        ValueError: naming the method, the option and what it takes.
     """
-    options = dict(options or {})
     parts = method_parts(name)
-    if len(parts) > 1:
-        return {part: method_settings(part, options.get(part, {})) for part in parts}
-    defaults = {
-        option: parameter.default
-        for option, parameter in _option_parameters(parts[0]).items()
-        if parameter.default is not inspect.Parameter.empty
-    }
-    return {**defaults, **options}
+    if len(parts) == 1:
+        config_class = _REGISTRY[parts[0]].config_class
+        if isinstance(options, MethodConfig):
+            if not isinstance(options, config_class):
+                raise ValueError(f"Method {name!r} takes a {config_class.__name__}, got a {type(options).__name__}.")
+            return options
+        if options is not None and not isinstance(options, Mapping):
+            raise ValueError(f"The options of method {name!r} must be a JSON object (a dict), got {options!r}.")
+        return config_class.from_options(options, method=parts[0])
+    options = dict(options or {})
+    misplaced = sorted(set(options) - set(parts))
+    if misplaced:
+        unknown_in_parts = [
+            f"{part}.{key}"
+            for part in parts
+            if isinstance(options.get(part), Mapping)
+            for key in sorted(
+                set(options[part]) - {option.name for option in dataclasses.fields(_REGISTRY[part].config_class)}
+            )
+        ]
+        raise ValueError(
+            f"{name!r} has no options {misplaced + unknown_in_parts}: the options of a combined method are given per part, keyed by "
+            f"part name {parts}, e.g. {{{parts[0]!r}: {{...}}}}. Its options: {method_settings(name)}."
+        )
+    not_options = sorted(part for part, value in options.items() if not isinstance(value, (Mapping, MethodConfig)))
+    if not_options:
+        raise ValueError(
+            f"The options of parts {not_options} of {name!r} must be dicts of keyword options, keyed by option "
+            f"name, e.g. {{{not_options[0]!r}: {{...}}}}."
+        )
+    return {part: method_config(part, options.get(part)) for part in parts}
 
 
-def _option_parameters(name: str) -> dict[str, inspect.Parameter]:
-    """The options of the registered method `name` (not a combined one): its factory's keyword parameters
-    besides the student and teacher configs, with their defaults and (evaluated) annotations."""
-    factory = _REGISTRY[name]
-    try:
-        signature = inspect.signature(factory, eval_str=True)
-    except (NameError, TypeError, SyntaxError):  # an annotation that does not evaluate here: no types known
-        signature = inspect.signature(factory)
-    return {
-        parameter.name: parameter
-        for parameter in signature.parameters.values()
-        if parameter.name not in _PAIR_ARGUMENTS
-        and parameter.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    }
+def method_settings(name: str, options: MethodOptions | Mapping[str, MethodOptions] | None = None) -> dict:
+    """Every option of method `name` as it would run with `options` (per part for a combined method:
+    `{"liaf": {...}, "ld": {...}}`), as plain JSON values: what a run records, so its settings stay known when
+    a default changes later."""
+    config = method_config(name, options)
+    if isinstance(config, dict):
+        return {part: part_config.to_dict() for part, part_config in config.items()}
+    return config.to_dict()
 
 
-def check_method_options(name: str, options: dict) -> None:
-    """Refuse options that method `name` does not have or whose values are not of the type its constructor
-    declares, before anything is built or loaded (a run checks its `--method_options` at parse time).
-
-    A combined method's options are given per part, keyed by the part's name (`{"liaf": {...}, "ld": {...}}`).
+def check_method_options(name: str, options: MethodOptions | Mapping[str, MethodOptions] | None) -> None:
+    """Refuse options that method `name` does not have, or whose values it does not take, before anything is
+    built or loaded (a run checks its `--method_options` at parse time).
 
     Raises:
         ValueError: naming the method, the option, the method's options with their defaults, and the type
             expected.
     """
-    parts = method_parts(name)
-    if not isinstance(options, dict):
-        raise ValueError(f"The options of method {name!r} must be a JSON object (a dict), got {options!r}.")
-    if len(parts) == 1:
-        per_part = {parts[0]: options}
-    else:
-        misplaced = sorted(set(options) - set(parts))
-        unknown_in_parts = [
-            f"{part}.{key}"
-            for part in parts
-            if isinstance(options.get(part), dict)
-            for key in sorted(set(options[part]) - set(_option_parameters(part)))
-        ]
-        if misplaced:
-            raise ValueError(
-                f"{name!r} has no options {misplaced + unknown_in_parts}: the options of a combined method are "
-                f"given per part, keyed by part name {parts}, e.g. {{{parts[0]!r}: {{...}}}}. Its options: "
-                f"{method_settings(name)}."
-            )
-        not_dicts = sorted(part for part, part_options in options.items() if not isinstance(part_options, dict))
-        if not_dicts:
-            raise ValueError(
-                f"The options of parts {not_dicts} of {name!r} must be dicts of keyword options, keyed by option "
-                f"name, e.g. {{{not_dicts[0]!r}: {{...}}}}."
-            )
-        per_part = {part: options.get(part, {}) for part in parts}
-    for part, part_options in per_part.items():
-        known = _option_parameters(part)
-        takes_any = any(
-            parameter.kind is inspect.Parameter.VAR_KEYWORD
-            for parameter in inspect.signature(_REGISTRY[part]).parameters.values()
-        )
-        unknown = sorted(set(part_options) - set(known))
-        if unknown and not takes_any:
-            raise ValueError(
-                f"{part!r} has no options {unknown}; its options (with their defaults): {method_settings(part)}."
-            )
-        for key, value in part_options.items():
-            parameter = known.get(key)
-            if parameter is None:  # taken by a factory's **options, which says nothing of its type
-                continue
-            expected = parameter.annotation
-            if expected is inspect.Parameter.empty or isinstance(expected, str):
-                # No usable annotation: the default's type, when there is one.
-                default = parameter.default
-                expected = type(default) if default not in (None, inspect.Parameter.empty) else None
-            if expected is not None and not _accepts(expected, value):
-                default = "" if parameter.default is inspect.Parameter.empty else f" (default {parameter.default!r})"
-                raise ValueError(
-                    f"Option {key!r} of method {part!r} must be {_describe(expected)}{default}, got {value!r} "
-                    f"({_describe(type(value))})."
-                )
+    method_config(name, options)
 
 
 def _accepts(expected, value) -> bool:
@@ -329,20 +400,30 @@ def parse_method_spec(spec: str) -> tuple[str, str, dict]:
     return label, method, options
 
 
-def build_distiller(name: str, *, student_config: GFLConfig, teacher_config: GFLConfig, **options) -> Distiller:
+def build_distiller(
+    name: str,
+    *,
+    student_config: GFLConfig,
+    teacher_config: GFLConfig,
+    config: MethodOptions | Mapping[str, MethodOptions] | None = None,
+    **options: Any,
+) -> Distiller:
     """The distiller registered under `name`, built for this student/teacher pair.
 
-    A combined name (`"liaf+ld"`) builds a `CompositeDistiller`; its `options` then map each part's name to
-    that part's options (`liaf={"alpha": 2.0}, ld={"weight": 0.5}`), and a part left out keeps its defaults.
+    Its options are `config` (the method's config, or a mapping of options) or, for short, keyword `options`
+    (`build_distiller("liaf", ..., alpha=2.0)`). A combined name (`"liaf+ld"`) builds a `CompositeDistiller`;
+    its options then map each part's name to that part's config or options (`liaf={"alpha": 2.0},
+    ld=LDConfig(weight=0.5)`), and a part left out keeps its defaults.
     """
-    parts = method_parts(name)
-    check_method_options(name, options)
-    if len(parts) == 1:
-        return _REGISTRY[parts[0]](student_config=student_config, teacher_config=teacher_config, **options)
+    if config is not None and options:
+        raise ValueError(f"Give the options of {name!r} either as config= or as keywords, not both.")
+    configs = method_config(name, config if config is not None else options)
+    if not isinstance(configs, dict):
+        return _REGISTRY[name](student_config=student_config, teacher_config=teacher_config, config=configs)
     return CompositeDistiller(
         parts={
-            part: _REGISTRY[part](student_config=student_config, teacher_config=teacher_config, **options.get(part, {}))
-            for part in parts
+            part: _REGISTRY[part](student_config=student_config, teacher_config=teacher_config, config=part_config)
+            for part, part_config in configs.items()
         }
     )
 
@@ -362,6 +443,7 @@ class CompositeDistiller(Distiller):
 
     def __init__(self, *, parts: dict[str, Distiller]) -> None:
         super().__init__()
+        del self.config  # a combined method's options are its parts'
         if len(parts) < 2:
             raise ValueError(f"A combined method needs at least two parts, got {list(parts)}.")
         self.parts = nn.ModuleDict(parts)
@@ -376,6 +458,13 @@ class CompositeDistiller(Distiller):
     def compile_losses(self, **compile_options) -> None:
         for part in self.parts.values():
             part.compile_losses(**compile_options)
+
+    def selecting_part(self) -> Distiller | None:
+        for part in self.parts.values():
+            found = part.selecting_part()
+            if found is not None:
+                return found
+        return None
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -424,8 +513,12 @@ class NoDistillation(Distiller):
 
     needs_teacher = False
 
-    def __init__(self, *, student_config: GFLConfig, teacher_config: GFLConfig | None = None) -> None:
-        super().__init__()
+    description = "no distillation: the detector trains on the labels alone"
+
+    def __init__(
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig | None = None, config: MethodConfig | None = None
+    ) -> None:
+        super().__init__(config)
 
     def forward(self, *, student, teacher, batch) -> DistillationResult:
         return DistillationResult()

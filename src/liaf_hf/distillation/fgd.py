@@ -33,17 +33,29 @@ partly covered cells to each box.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import group_of_each
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, check_feature_scale, teacher_mean_square
+from ._features import FeatureAligner, FeatureScale, teacher_mean_square
 from ._masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    positive,
+    register_distiller,
+)
 
 __all__ = [
+    "FGDConfig",
     "FGDDistiller",
     "GlobalContextBlock",
     "fgd_attention",
@@ -182,6 +194,32 @@ class GlobalContextBlock(nn.Module):
         return features + self.transform(context)[:, :, None, None]
 
 
+@dataclass(frozen=True)
+class FGDConfig(MethodConfig):
+    """The options of `fgd` (`FGDDistiller`), the keys of `--method_options` for `--method fgd`. The default
+    weights are FGD's for GFL (yzd-v/FGD, `fgd_gfl_r101_distill_gfl_r50_fpn_1x_coco.py`), calibrated there for
+    256-channel FPNs."""
+
+    temperature: float = 0.5
+    """tau of the spatial and channel attention."""
+    foreground_weight: float = 1e-3
+    """alpha, weight of `loss_fgd_fg`."""
+    background_weight: float = 5e-4
+    """beta, weight of `loss_fgd_bg`."""
+    attention_weight: float = 5e-4
+    """gamma, weight of `loss_fgd_attention`."""
+    global_weight: float = 5e-6
+    """lambda, weight of `loss_fgd_global`."""
+    feature_scale: FeatureScale = "teacher"
+    """`"teacher"`: divide both maps of a level by the teacher's RMS activation on it before every term;
+    `"none"`: FGD's raw maps (set the weights from the teacher's activations then)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "temperature")
+        non_negative(self, "foreground_weight", "background_weight", "attention_weight", "global_weight")
+
+
 @register_distiller("fgd")
 class FGDDistiller(Distiller):
     """Focal (foreground/background, attention-weighted) and global (context relation) feature distillation.
@@ -194,49 +232,23 @@ class FGDDistiller(Distiller):
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
-        temperature: tau of the spatial and channel attention.
-        foreground_weight: alpha, weight of `loss_fgd_fg`.
-        background_weight: beta, weight of `loss_fgd_bg`.
-        attention_weight: gamma, weight of `loss_fgd_attention`.
-        global_weight: lambda, weight of `loss_fgd_global`.
-        feature_scale: `"teacher"`: divide both maps of a level by the teacher's RMS activation on it before
-            every term; `"none"`: FGD's raw maps (set the weights from the teacher's activations then).
+        config: the options (`FGDConfig`); the defaults when None.
     """
 
+    config_class = FGDConfig
+    description = (
+        "foreground/background feature distillation weighted by the teacher's attention, with a global context "
+        "relation term"
+    )
+    reference = "FGD, Yang et al., CVPR 2022"
     needs_teacher_head = False  # it compares FPN maps only
     compiled_part = "_masked_losses"
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        temperature: float = 0.5,
-        foreground_weight: float = 1e-3,
-        background_weight: float = 5e-4,
-        attention_weight: float = 5e-4,
-        global_weight: float = 5e-6,
-        feature_scale: str = "teacher",
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: FGDConfig | None = None
     ) -> None:
-        super().__init__()
+        super().__init__(config)
         check_pair("FGD", student_config, teacher_config)
-        check_feature_scale(feature_scale)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        for name, value in (
-            ("foreground_weight", foreground_weight),
-            ("background_weight", background_weight),
-            ("attention_weight", attention_weight),
-            ("global_weight", global_weight),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must be non-negative, got {value}.")
-        self.temperature = temperature
-        self.foreground_weight = foreground_weight
-        self.background_weight = background_weight
-        self.attention_weight = attention_weight
-        self.global_weight = global_weight
-        self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
         num_levels, channels = teacher_config.num_fpn_levels, teacher_config.fpn_channels
         self.student_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
@@ -285,13 +297,13 @@ class FGDDistiller(Distiller):
         levels = self.aligner.levels(student, teacher)
         for level, ((teacher_map, student_map), (start, end)) in enumerate(zip(levels, grid.spans)):
             batch_size, _, height, width = teacher_map.shape
-            if self.feature_scale == "teacher":
+            if self.config.feature_scale == "teacher":
                 teacher_rms = teacher_mean_square(teacher_map).clamp(min=1e-12).sqrt()
                 teacher_map, student_map = teacher_map / teacher_rms, student_map / teacher_rms
             foreground = foreground_masks[:, start:end].view(batch_size, height, width)
             background = background_masks[:, start:end].view(batch_size, height, width)
-            teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.temperature)
-            student_spatial, student_channel = fgd_attention(student_map, temperature=self.temperature)
+            teacher_spatial, teacher_channel = fgd_attention(teacher_map, temperature=self.config.temperature)
+            student_spatial, student_channel = fgd_attention(student_map, temperature=self.config.temperature)
             # The teacher's attention weighs the error: cells and channels the teacher finds salient count more.
             weighted_error = (
                 (student_map - teacher_map).square() * teacher_channel[:, :, None, None] * teacher_spatial[:, None]
@@ -306,9 +318,9 @@ class FGDDistiller(Distiller):
             global_loss = global_loss + (student_global - teacher_global).square().sum() / batch_size
         return DistillationResult(
             losses={
-                "loss_fgd_fg": self.foreground_weight * foreground_loss,
-                "loss_fgd_bg": self.background_weight * background_loss,
-                "loss_fgd_attention": self.attention_weight * attention_loss,
-                "loss_fgd_global": self.global_weight * global_loss,
+                "loss_fgd_fg": self.config.foreground_weight * foreground_loss,
+                "loss_fgd_bg": self.config.background_weight * background_loss,
+                "loss_fgd_attention": self.config.attention_weight * attention_loss,
+                "loss_fgd_global": self.config.global_weight * global_loss,
             }
         )

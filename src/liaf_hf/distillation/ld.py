@@ -22,15 +22,26 @@ mean the same box and distance.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._features import flat_class_logits
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    positive,
+    register_distiller,
+)
 
-__all__ = ["LDDistiller", "localization_distillation_kl"]
+__all__ = ["LDConfig", "LDDistiller", "localization_distillation_kl"]
 
 
 def localization_distillation_kl(
@@ -49,6 +60,25 @@ def _flatten_levels(maps: tuple[torch.Tensor, ...]) -> torch.Tensor:
     return torch.cat([level_map.flatten(2).transpose(1, 2) for level_map in maps], dim=1)
 
 
+@dataclass(frozen=True)
+class LDConfig(MethodConfig):
+    """The options of `ld` (`LDDistiller`), the keys of `--method_options` for `--method ld`."""
+
+    weight: float = 0.25
+    """Weight of `loss_ld`; 0.25 as in mmdetection's LD configs (`configs/ld`, with the KL averaged over the bins;
+    one revision of those configs divides the weight by reg_max + 1 once more)."""
+    temperature: float = 10.0
+    """tau; 10 as in mmdetection's LD configs."""
+    summed_images: float = 2.0
+    """m, the number of images whose positives the published loss sums over (2 per GPU in mmdetection's LD
+    configs); the per-image sums are averaged over the batch and multiplied by it."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "weight")
+        positive(self, "temperature", "summed_images")
+
+
 @register_distiller("ld")
 class LDDistiller(Distiller):
     """KL divergence between the teacher's and the student's box-edge distributions at the student's
@@ -58,41 +88,23 @@ class LDDistiller(Distiller):
         student_config, teacher_config: the two detectors' configs. They must have the same `reg_max`, the
             same number of FPN levels (and, checked on the first batch, the same strides) and the same label
             set.
-        weight: weight of `loss_ld`; 0.25 as in mmdetection's LD configs (`configs/ld`, with the KL averaged
-            over the bins; one revision of those configs divides the weight by reg_max + 1 once more).
-        temperature: tau; 10 as in mmdetection's LD configs.
-        summed_images: m, the number of images whose positives the published loss sums over (2 per GPU in
-            mmdetection's LD configs); the per-image sums are averaged over the batch and multiplied by it.
+        config: the options (`LDConfig`); the defaults when None.
     """
 
+    config_class = LDConfig
+    description = "KL divergence between the teacher's and the student's box-edge distributions at positive anchors"
+    reference = "LD, Zheng et al., CVPR 2022"
     needs_positive_mask = True
 
-    def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        weight: float = 0.25,
-        temperature: float = 10.0,
-        summed_images: float = 2.0,
-    ) -> None:
-        super().__init__()
+    def __init__(self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: LDConfig | None = None) -> None:
+        super().__init__(config)
         if student_config.reg_max != teacher_config.reg_max:
             raise ValueError(
                 f"LD needs the same box-edge distributions in the student and the teacher: student "
                 f"reg_max={student_config.reg_max}, teacher reg_max={teacher_config.reg_max}."
             )
         check_pair("LD", student_config, teacher_config)
-        if temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {temperature}.")
-        if weight < 0 or summed_images <= 0:
-            raise ValueError(
-                f"weight must be non-negative and summed_images positive, got {weight} and {summed_images}."
-            )
         self.reg_max = student_config.reg_max
-        self.weight = weight
-        self.temperature = temperature
-        self.summed_images = summed_images
 
     def _check_batch(
         self, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -141,13 +153,13 @@ class LDDistiller(Distiller):
             edge_kl = localization_distillation_kl(
                 student_distributions.reshape(-1, bins),
                 teacher_distributions.reshape(-1, bins),
-                temperature=self.temperature,
+                temperature=self.config.temperature,
             ).reshape(image_count, anchor_count, 4)
             quality = flat_class_logits(student).detach().float().sigmoid().amax(dim=2)  # (B, A)
             positive_weights = positive.to(quality.dtype)
             anchor_kl = edge_kl.mean(dim=2)  # (B, A)
             weighted_sum = (quality * positive_weights * anchor_kl).sum()
-            result.losses["loss_ld"] = self.weight * self.summed_images * weighted_sum / image_count
+            result.losses["loss_ld"] = self.config.weight * self.config.summed_images * weighted_sum / image_count
             num_positives = positive_weights.sum()
             result.stats["ld/num_positives"] = num_positives.detach()
             # Mean over the positives; 0 in a batch without any.

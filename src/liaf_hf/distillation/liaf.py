@@ -24,8 +24,10 @@ architecture of a student trained alone.
 from __future__ import annotations
 
 import math
+import typing
 from dataclasses import dataclass
 from functools import partial
+from typing import Literal
 
 import torch
 from torch import nn
@@ -33,7 +35,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import host_scalar, host_tensor
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, check_feature_scale, flat_class_logits
+from ._features import FeatureAligner, FeatureScale, flat_class_logits
 from ._instances import (
     InstanceDiscrepancy,
     InstanceLayout,
@@ -43,16 +45,28 @@ from ._instances import (
     take_part_in_level_scales,
 )
 from ._masks import multi_level_background_masks
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller, zero_with_graph
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    register_distiller,
+    zero_with_graph,
+)
 
-__all__ = ["InstanceSelector", "LIAFDistiller", "LevelSelection"]
+__all__ = ["InstanceSelector", "LIAFConfig", "LIAFDistiller", "LevelSelection"]
 
-OBJECTIVES = ("joint", "robust", "task")
+Objective = Literal["joint", "robust", "task"]
+OBJECTIVES = typing.get_args(Objective)
 # The objectives whose selectors are kept from piling every weight on one instance by an entropy term.
 _ENTROPY_OBJECTIVES = ("robust", "task")
-NORMALISATIONS = ("mean", "softmax")
+Normalisation = Literal["mean", "softmax"]
+NORMALISATIONS = typing.get_args(Normalisation)
 # Over what the weights average 1: each image's instances, or the batch (the images' mean weights average 1).
-NORMALISATION_GROUPS = ("image", "batch")
+NormalisationGroup = Literal["image", "batch"]
+NORMALISATION_GROUPS = typing.get_args(NormalisationGroup)
 
 
 class _ReverseGradient(torch.autograd.Function):
@@ -146,6 +160,87 @@ def _dice_overlap(scores: torch.Tensor) -> torch.Tensor:
     return dice.triu(diagonal=1).sum() * (4.0 / (num_selectors * (num_selectors - 1)))
 
 
+@dataclass(frozen=True)
+class LIAFConfig(MethodConfig):
+    """The options of `liaf` (`LIAFDistiller`), the keys of `--method_options` for `--method liaf`; docs/method.md
+    writes out what each changes in the formulation."""
+
+    alpha: float = 10.0
+    """Weight of the instance feature loss `loss_liaf` (averaged over levels). With `feature_scale="teacher"`,
+    d_lj is the squared error relative to the teacher's own energy on the level, about 1 while the student's
+    features are still unrelated to the teacher's, so the term starts near alpha whatever the FPN width. The
+    default, 10.0, makes it pull about as hard as the strongest baselines do at their published weights; at 1, a
+    term the size of the GFL loss, the student gains much less (docs/benchmarks.md, "Why the default weight is
+    10"). With `feature_scale="none"` set alpha from the teacher's activations (a trained teacher's plain d can
+    run into the thousands on its coarsest level)."""
+    beta: float = 0.0
+    """Weight of the background term `loss_liaf_bg` (the same relative squared error, uniform over the valid
+    cells outside every box and ignore region, averaged over images and levels); 0 turns it off."""
+    diversity_weight: float = 0.1
+    """Lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors' score vectors over all
+    (level, instance) pairs of the batch."""
+    entropy_weight: float = 1.0
+    """`robust` and `task`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)), the gap between
+    the weights' entropy and the uniform one per image and level (averaged over levels and images, like
+    `loss_liaf`). The selector's optimum is then w_j proportional to exp(d_j / entropy_weight): with the default
+    1.0, instances whose d differ by 1 (d is about 1 at the start) get weights in the ratio e. The term scales
+    with alpha so that alpha sets how strongly the student is pulled and entropy_weight how sharply the
+    selectors pick, apart. The default, 1.0, is gentle selection: sharper selection (0.1) fell behind uniform
+    instance weights at the same strength on the generated sets, and 1.0 did not (docs/benchmarks.md, "What the
+    selectors add"). Lower it on data whose instances differ more than those sets' do."""
+    num_selectors: int = 6
+    """K."""
+    embed_dim: int = 64
+    """D, width of the selectors' embedding."""
+    objective: Objective = "robust"
+    """`"robust"` (default): the selectors receive the reversed gradient of `loss_liaf`, so they seek the
+    instances the student has not learned, balanced by the entropy term. `"joint"`: the selectors minimise
+    `loss_liaf` with the student; they then collapse onto the easiest instance of each image (weight entropy
+    near 0). The student minimises the same weighted loss either way; `joint`'s collapse costs the student AP
+    against `robust` (docs/benchmarks.md). `"task"` (liaf-hf's own addition, docs/method.md): the selectors seek
+    the instances whose imitation also serves the student's own detection loss. For each instance, b_lj =
+    <dd_lj/dS_l, g_l>, with g_l the gradient of the student's GFL loss with respect to its map on level l, is
+    the first-order drop of that loss when the student's map takes a step down the instance's imitation
+    gradient; scaled to unit RMS per level, the selectors maximise mean_j w_lj b_lj (under the same entropy
+    term, so w_lj is proportional to exp(b_lj / entropy_weight) at their optimum) and the student minimises
+    `loss_liaf` with the weights as given. The student's learning state enters through g_l, which costs a second
+    backward pass through the head each step."""
+    use_progress: bool = True
+    """Give the selector the training progress t = step / total steps."""
+    use_student_quality: bool = True
+    """Give the selector the student's predicted quality for the instance's class, the mask-weighted mean of
+    sigmoid(class logit) on the level."""
+    normalise: Normalisation = "mean"
+    """`"mean"`: w_j = m_j / mean_i m_i with m_j the mean score over selectors; `"softmax"`: w_j = n
+    softmax_j(mean_k logit_kj) over the image's instances."""
+    normalise_over: NormalisationGroup = "image"
+    """`"image"` (default): the weights of each image's instances average 1, so an image's lone instance always
+    weighs 1 and the selectors choose only within images; `"batch"`: the images' mean weights average 1 over the
+    batch, so the selectors may also favour one image's instances over another's (the entropy term then measures
+    the weights' spread over the whole batch)."""
+    use_teacher_quality: bool = False
+    """Give the selectors what the teacher's own detection says of the instance: its correctness there (best
+    class score x IoU, `GFLObjectDetectionOutput.instance_quality`) and log(1 + its loss on the instance)
+    (`instance_losses`). The teacher then runs its head and loss."""
+    use_student_loss: bool = False
+    """Give the selectors log(1 + the student's own detection loss on the instance)."""
+    use_scale: bool = False
+    """Give the selectors the instance's scale on each level, log2(sqrt(box area) / stride) / 4."""
+    use_class: bool = False
+    """Give the selectors the instance's class, one-hot."""
+    feature_scale: FeatureScale = "teacher"
+    """`"teacher"`: divide the squared errors of a level by the teacher's mean squared activation on it (over
+    the batch, all cells and channels, no gradient); `"none"`: plain squared error per channel."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "alpha", "beta", "diversity_weight", "entropy_weight")
+        if self.num_selectors < 1 or self.embed_dim < 1:
+            raise ValueError(
+                f"num_selectors ({self.num_selectors}) and embed_dim ({self.embed_dim}) must be at least 1."
+            )
+
+
 @register_distiller("liaf")
 class LIAFDistiller(Distiller):
     """Instance-level feature distillation weighted by learnable instance selectors (LIAF-KD).
@@ -154,61 +249,7 @@ class LIAFDistiller(Distiller):
         student_config, teacher_config: the two detectors' configs. They must have the same number of FPN
             levels and the same label set; when their FPN widths differ, a 1x1 conv per level maps the
             student's maps to the teacher's width.
-        alpha: weight of the instance feature loss `loss_liaf` (averaged over levels). With
-            `feature_scale="teacher"`, d_lj is the squared error relative to the teacher's own energy on the
-            level, about 1 while the student's features are still unrelated to the teacher's, so the term
-            starts near alpha whatever the FPN width. The default, 10.0, makes it pull about as hard as the
-            strongest baselines do at their published weights; at 1, a term the size of the GFL loss, the
-            student gains much less (docs/benchmarks.md, "Why the default weight is 10"). With
-            `feature_scale="none"` set alpha from the teacher's activations (a trained teacher's plain d can
-            run into the thousands on its coarsest level).
-        beta: weight of the background term `loss_liaf_bg` (the same relative squared error, uniform over
-            the valid cells outside every box and ignore region, averaged over images and levels); 0 turns
-            it off.
-        diversity_weight: lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors'
-            score vectors over all (level, instance) pairs of the batch.
-        entropy_weight: `robust` and `task`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)),
-            the gap between the weights' entropy and the uniform one per image and level (averaged over
-            levels and images, like `loss_liaf`). The selector's optimum is then w_j proportional to
-            exp(d_j / entropy_weight): with the default 1.0, instances whose d differ by 1 (d is about 1
-            at the start) get weights in the ratio e. The term scales with alpha so that alpha sets how
-            strongly the student is pulled and entropy_weight how sharply the selectors pick, apart. The
-            default, 1.0, is gentle selection: sharper selection (0.1) fell behind uniform instance weights at
-            the same strength on the generated sets, and 1.0 did not (docs/benchmarks.md, "What the selectors
-            add"). Lower it on data whose instances differ more than those sets' do.
-        num_selectors: K.
-        embed_dim: D, width of the selectors' embedding.
-        objective: `"robust"` (default): the selectors receive the reversed gradient of `loss_liaf`, so
-            they seek the instances the student has not learned, balanced by the entropy term. `"joint"`:
-            the selectors minimise `loss_liaf` with the student; they then collapse onto the easiest
-            instance of each image (weight entropy near 0). The student minimises the same weighted loss
-            either way; `joint`'s collapse costs the student AP against `robust` (docs/benchmarks.md).
-            `"task"` (liaf-hf's own addition, docs/method.md): the selectors seek the instances whose
-            imitation also serves the student's own detection loss. For each instance, b_lj = <dd_lj/dS_l,
-            g_l>, with g_l the gradient of the student's GFL loss with respect to its map on level l, is
-            the first-order drop of that loss when the student's map takes a step down the instance's
-            imitation gradient; scaled to unit RMS per level, the selectors maximise mean_j w_lj b_lj (under
-            the same entropy term, so w_lj is proportional to exp(b_lj / entropy_weight) at their optimum)
-            and the student minimises `loss_liaf` with the weights as given. The student's learning state
-            enters through g_l, which costs a second backward pass through the head each step.
-        use_progress: give the selector the training progress t = step / total steps.
-        use_student_quality: give the selector the student's predicted quality for the instance's class,
-            the mask-weighted mean of sigmoid(class logit) on the level.
-        normalise: `"mean"`: w_j = m_j / mean_i m_i with m_j the mean score over selectors; `"softmax"`:
-            w_j = n softmax_j(mean_k logit_kj) over the image's instances.
-        normalise_over: `"image"` (default): the weights of each image's instances average 1, so an image's
-            lone instance always weighs 1 and the selectors choose only within images; `"batch"`: the images'
-            mean weights average 1 over the batch, so the selectors may also favour one image's instances over
-            another's (the entropy term then measures the weights' spread over the whole batch).
-        use_teacher_quality: give the selectors what the teacher's own detection says of the instance: its
-            correctness there (best class score x IoU, `GFLObjectDetectionOutput.instance_quality`) and
-            log(1 + its loss on the instance) (`instance_losses`). The teacher then runs its head and loss.
-        use_student_loss: give the selectors log(1 + the student's own detection loss on the instance).
-        use_scale: give the selectors the instance's scale on each level, log2(sqrt(box area) / stride) / 4.
-        use_class: give the selectors the instance's class, one-hot.
-        feature_scale: `"teacher"`: divide the squared errors of a level by the teacher's mean squared
-            activation on it (over the batch, all cells and channels, no gradient); `"none"`: plain squared
-            error per channel.
+        config: the options (`LIAFConfig`); the defaults when None.
 
     Example:
 
@@ -232,79 +273,37 @@ class LIAFDistiller(Distiller):
     ```
     """
 
+    config_class = LIAFConfig
+    description = (
+        "instance-level feature distillation with Gaussian instance masks, each instance's share of the loss set by "
+        "learnable instance selectors that train with the student and are dropped afterwards"
+    )
+    reference = "LIAF-KD, arXiv 2603.26088, as reconstructed in liaf-hf"
+    selects_instances = True
     needs_teacher_head = False  # it compares FPN maps only
     compiled_part = "_instance_terms"
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        alpha: float = 10.0,
-        beta: float = 0.0,
-        diversity_weight: float = 0.1,
-        entropy_weight: float = 1.0,
-        num_selectors: int = 6,
-        embed_dim: int = 64,
-        objective: str = "robust",
-        use_progress: bool = True,
-        use_student_quality: bool = True,
-        normalise: str = "mean",
-        normalise_over: str = "image",
-        use_teacher_quality: bool = False,
-        use_student_loss: bool = False,
-        use_scale: bool = False,
-        use_class: bool = False,
-        feature_scale: str = "teacher",
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: LIAFConfig | None = None
     ) -> None:
-        super().__init__()
+        super().__init__(config)
         check_pair("LIAF", student_config, teacher_config)
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}.")
-        if normalise not in NORMALISATIONS:
-            raise ValueError(f"normalise must be one of {NORMALISATIONS}, got {normalise!r}.")
-        if normalise_over not in NORMALISATION_GROUPS:
-            raise ValueError(f"normalise_over must be one of {NORMALISATION_GROUPS}, got {normalise_over!r}.")
-        check_feature_scale(feature_scale)
-        if num_selectors < 1 or embed_dim < 1:
-            raise ValueError(f"num_selectors ({num_selectors}) and embed_dim ({embed_dim}) must be at least 1.")
-        for name, value in (
-            ("alpha", alpha),
-            ("beta", beta),
-            ("diversity_weight", diversity_weight),
-            ("entropy_weight", entropy_weight),
-        ):
-            if value < 0:
-                raise ValueError(f"{name} must be non-negative, got {value}.")
-        self.alpha = alpha
-        self.beta = beta
-        self.diversity_weight = diversity_weight
-        self.entropy_weight = entropy_weight
-        self.objective = objective
-        self.use_progress = use_progress
-        self.use_student_quality = use_student_quality
-        self.normalise = normalise
-        self.normalise_over = normalise_over
-        self.use_teacher_quality = use_teacher_quality
-        self.use_student_loss = use_student_loss
-        self.use_scale = use_scale
-        self.use_class = use_class
-        self.needs_teacher_instance_losses = use_teacher_quality
-        self.needs_student_instance_losses = use_student_loss
-        self.feature_scale = feature_scale
+        config = self.config
+        self.needs_teacher_instance_losses = config.use_teacher_quality
+        self.needs_student_instance_losses = config.use_student_loss
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
         self.num_classes = teacher_config.num_labels
         self.selector = InstanceSelector(
             descriptor_channels=teacher_config.fpn_channels,
             num_scalars=1
-            + int(use_progress)
-            + int(use_student_quality)
-            + 2 * int(use_teacher_quality)
-            + int(use_student_loss)
-            + int(use_scale)
-            + self.num_classes * int(use_class),
-            embed_dim=embed_dim,
-            num_selectors=num_selectors,
+            + int(config.use_progress)
+            + int(config.use_student_quality)
+            + 2 * int(config.use_teacher_quality)
+            + int(config.use_student_loss)
+            + int(config.use_scale)
+            + self.num_classes * int(config.use_class),
+            embed_dim=config.embed_dim,
+            num_selectors=config.num_selectors,
         )
 
     # ----------------------------------------------------------------------------------------- selection
@@ -321,13 +320,13 @@ class LIAFDistiller(Distiller):
         trained with `objective="joint"` push every score towards 0, and the ratio of underflowed sigmoids is
         0 / 0.
         """
-        if self.normalise == "mean":
+        if self.config.normalise == "mean":
             instance_scores = torch.logsumexp(nn.functional.logsigmoid(logits), dim=2) - math.log(logits.shape[2])
         else:
             instance_scores = logits.mean(dim=2)
         padded = layout.pad(instance_scores.t(), fill=-1e9).permute(2, 0, 1)  # (L, B, n_max)
         scale = layout.instance_mask * layout.counts[:, None]  # (B, n_max): n_i on real slots
-        if self.normalise_over == "image":
+        if self.config.normalise_over == "image":
             log_shares = padded.log_softmax(dim=2)
             return log_shares.exp() * scale, log_shares
         log_counts = layout.counts.clamp(min=1).log()[:, None]  # (B, 1)
@@ -338,7 +337,7 @@ class LIAFDistiller(Distiller):
         """(L,) each level's KL divergence of the weights' distribution from the one uniform weights give, and
         (L,) its entropy: per image and averaged over the images with instances (`"image"`), or over the
         batch's instances at once (`"batch"`)."""
-        if self.normalise_over == "image":
+        if self.config.normalise_over == "image":
             entropy = _image_entropy(log_shares)[:, layout.images_with_instances]  # (L, B')
             image_counts = layout.counts[layout.images_with_instances]
             return (image_counts.log() - entropy).mean(dim=1), entropy.mean(dim=1)
@@ -402,7 +401,7 @@ class LIAFDistiller(Distiller):
             levels,
             layout=layout,
             strides=strides,
-            feature_scale=self.feature_scale,
+            feature_scale=self.config.feature_scale,
             feature_means=True,
             directions=directions,
         )
@@ -411,33 +410,33 @@ class LIAFDistiller(Distiller):
         teacher_descriptors, student_descriptors = layout.real(instances.feature_means).flatten(0, 1).chunk(2, dim=1)
         real_discrepancy = layout.real(discrepancy.detach())  # (L, N)
         scalars = [real_discrepancy.log1p()]
-        if self.use_progress:
+        if self.config.use_progress:
             scalars.append(progress.to(scalars[0].dtype).expand_as(scalars[0]))
-        if self.use_student_quality:
+        if self.config.use_student_quality:
             if student.logits is None and student.class_logits is None:
                 raise ValueError("use_student_quality needs the student's logits or class_logits in its output.")
             class_probabilities = flat_class_logits(student).detach().float().sigmoid()  # (B, P, C)
             class_scores = class_probabilities[layout.image_index, :, layout.class_labels]  # (N, P)
             scalars.append(((class_scores * instances.masks) @ grid.indicator).t())
         per_instance = []  # (N,) each, the same on every level
-        if self.use_teacher_quality:
+        if self.config.use_teacher_quality:
             teacher_field = partial(
                 per_instance_output, teacher, model="teacher", needed_by="LIAF-KD's use_teacher_quality", layout=layout
             )
             per_instance += [teacher_field("instance_quality"), teacher_field("instance_losses").log1p()]
-        if self.use_student_loss:
+        if self.config.use_student_loss:
             per_instance.append(
                 per_instance_output(
                     student, "instance_losses", model="student", needed_by="LIAF-KD's use_student_loss", layout=layout
                 ).log1p()
             )
         scalars.extend(values.expand(num_levels, -1) for values in per_instance)
-        if self.use_scale:
+        if self.config.use_scale:
             sizes = (layout.boxes[:, 2:] - layout.boxes[:, :2]).clamp(min=1.0).prod(dim=1).sqrt()  # (N,)
             level_strides = host_tensor(list(strides), dtype=sizes.dtype, device=sizes.device)
             scalars.append((sizes[None, :] / level_strides[:, None]).log2() / 4.0)
         columns = torch.stack(scalars, dim=2)  # (L, N, m)
-        if self.use_class:
+        if self.config.use_class:
             # A comparison, not `one_hot`, which checks the labels' range and so waits for the device.
             classes = torch.arange(self.num_classes, device=columns.device)
             one_hot = (layout.class_labels[:, None] == classes).to(columns.dtype)  # (N, C)
@@ -490,15 +489,15 @@ class LIAFDistiller(Distiller):
         with torch.autocast(device_type=device.type, enabled=False):
             if layout.max_count == 0:
                 levels = self.aligner.levels(student, teacher)
-                if self.beta > 0:
-                    errors = cell_errors(levels, feature_scale=self.feature_scale)
+                if self.config.beta > 0:
+                    errors = cell_errors(levels, feature_scale=self.config.feature_scale)
                 else:
-                    take_part_in_level_scales(levels, feature_scale=self.feature_scale)
+                    take_part_in_level_scales(levels, feature_scale=self.config.feature_scale)
                 # Nothing to weigh; zero losses that still touch every parameter (DDP needs their gradients).
                 zero = zero_with_graph(*self.parameters())
                 result.losses["loss_liaf"] = zero
                 result.losses["loss_liaf_div"] = zero.clone()
-                if self.objective in _ENTROPY_OBJECTIVES:
+                if self.config.objective in _ENTROPY_OBJECTIVES:
                     result.losses["loss_liaf_entropy"] = zero.clone()
             else:
                 levels, errors = self._instance_terms(
@@ -507,12 +506,12 @@ class LIAFDistiller(Distiller):
                     strides=list(batch.strides),
                     layout=layout,
                     progress=host_scalar(float(batch.progress), device=device),
-                    task_gradients=self._task_gradients(student) if self.objective == "task" else None,
+                    task_gradients=self._task_gradients(student) if self.config.objective == "task" else None,
                     result=result,
                 )
-            if self.beta > 0:
+            if self.config.beta > 0:
                 background_loss = self._background_loss(cell_errors=errors, levels=levels, batch=batch)
-                result.losses["loss_liaf_bg"] = self.beta * background_loss
+                result.losses["loss_liaf_bg"] = self.config.beta * background_loss
         return result
 
     @staticmethod
@@ -572,9 +571,9 @@ class LIAFDistiller(Distiller):
         """Fill `result` with the weighted feature loss, the diversity (and entropy) terms and the stats."""
         num_levels = selection.weights.shape[0]
         weights = selection.weights
-        if self.objective == "robust":
+        if self.config.objective == "robust":
             weights = _ReverseGradient.apply(weights)
-        elif self.objective == "task":
+        elif self.config.objective == "task":
             weights = weights.detach()
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
         alignment = selection.instances.alignment
@@ -591,14 +590,16 @@ class LIAFDistiller(Distiller):
             feature_loss = feature_loss - per_image[:, layout.images_with_instances].mean(dim=1).sum()
         uniformity_gap, entropy = self._uniformity_gap(selection.log_shares, layout)  # (L,) each
         # Constants folded into one factor per term: each operation is a kernel launch on a GPU.
-        result.losses["loss_liaf"] = feature_loss * (self.alpha / num_levels)
+        result.losses["loss_liaf"] = feature_loss * (self.config.alpha / num_levels)
         all_scores = selection.scores.flatten(0, 1)  # (L * N, K), level by level
         if all_scores.shape[1] > 1:
-            result.losses["loss_liaf_div"] = self.diversity_weight * _dice_overlap(all_scores)
+            result.losses["loss_liaf_div"] = self.config.diversity_weight * _dice_overlap(all_scores)
         else:
             result.losses["loss_liaf_div"] = zero_with_graph(all_scores)
-        if self.objective in _ENTROPY_OBJECTIVES:
-            result.losses["loss_liaf_entropy"] = uniformity_gap.sum() * (self.alpha * self.entropy_weight / num_levels)
+        if self.config.objective in _ENTROPY_OBJECTIVES:
+            result.losses["loss_liaf_entropy"] = uniformity_gap.sum() * (
+                self.config.alpha * self.config.entropy_weight / num_levels
+            )
 
         real_weights = layout.real(selection.weights).detach()  # (L, N)
         per_level = {

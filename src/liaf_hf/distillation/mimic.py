@@ -12,14 +12,43 @@ the plain FitNet mean squared error). Every cell counts, object or background.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, check_feature_scale, squared_error_per_cell
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from ._features import FeatureAligner, FeatureScale, squared_error_per_cell
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    register_distiller,
+)
 
-__all__ = ["MimicDistiller"]
+__all__ = ["MimicConfig", "MimicDistiller"]
+
+
+@dataclass(frozen=True)
+class MimicConfig(MethodConfig):
+    """The options of `mimic` (`MimicDistiller`), the keys of `--method_options` for `--method mimic`."""
+
+    weight: float = 10.0
+    """Weight of `loss_mimic`. No published value exists for GFL. With `feature_scale="teacher"` the relative
+    squared error of an unrelated student is about 1, so the term starts near `weight`. The default is LIAF-KD's
+    `alpha` and AID's weight, so the three compare at equal strength (docs/benchmarks.md, "Why the default weight
+    is 10")."""
+    feature_scale: FeatureScale = "teacher"
+    """`"teacher"`: divide each level's error by the teacher's mean squared activation on it, so coarse levels
+    with large activations do not dominate; `"none"`: the plain FitNet error (set `weight` from the teacher's
+    activations then)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "weight")
 
 
 @register_distiller("mimic")
@@ -29,13 +58,7 @@ class MimicDistiller(Distiller):
     Args:
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ.
-        weight: weight of `loss_mimic`. No published value exists for GFL. With `feature_scale="teacher"` the
-            relative squared error of an unrelated student is about 1, so the term starts near `weight`. The
-            default, 10.0, is LIAF-KD's `alpha` and AID's weight, so the three compare at equal strength (at
-            1 whole-map imitation is too weak to help: docs/benchmarks.md, "Why the default weight is 10").
-        feature_scale: `"teacher"`: divide each level's error by the teacher's mean squared activation on it,
-            so coarse levels with large activations do not dominate; `"none"`: the plain FitNet error (set
-            `weight` from the teacher's activations then).
+        config: the options (`MimicConfig`); the defaults when None.
 
     Example:
 
@@ -57,23 +80,16 @@ class MimicDistiller(Distiller):
     ```
     """
 
+    config_class = MimicConfig
+    description = "mean squared error between the aligned student's and the teacher's FPN features"
+    reference = "FitNets, Romero et al., ICLR 2015"
     needs_teacher_head = False  # it compares FPN maps only
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        weight: float = 10.0,
-        feature_scale: str = "teacher",
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: MimicConfig | None = None
     ) -> None:
-        super().__init__()
+        super().__init__(config)
         check_pair("Mimic", student_config, teacher_config)
-        check_feature_scale(feature_scale)
-        if weight < 0:
-            raise ValueError(f"weight must be non-negative, got {weight}.")
-        self.weight = weight
-        self.feature_scale = feature_scale
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
 
     def forward(
@@ -82,10 +98,10 @@ class MimicDistiller(Distiller):
         result = DistillationResult()
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):
             level_errors = [
-                squared_error_per_cell(teacher_map, student_map, feature_scale=self.feature_scale).mean()
+                squared_error_per_cell(teacher_map, student_map, feature_scale=self.config.feature_scale).mean()
                 for teacher_map, student_map in self.aligner.levels(student, teacher)
             ]
-        result.losses["loss_mimic"] = self.weight * torch.stack(level_errors).mean()
+        result.losses["loss_mimic"] = self.config.weight * torch.stack(level_errors).mean()
         for level, error in enumerate(level_errors):
             result.stats[f"mimic/error_l{level}"] = error.detach()
         return result

@@ -19,7 +19,10 @@ of each instance, including what no method can know, at the strength of uniform 
 from __future__ import annotations
 
 import json
+import typing
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -27,12 +30,13 @@ from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import host_tensor
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._instances import InstanceLayout, per_instance_output
-from .aid import InstanceImitation, normalise_over_batch
-from .base import DistillationBatch, DistillationResult, register_distiller
+from .aid import InstanceImitation, InstanceImitationConfig, normalise_over_batch
+from .base import DistillationBatch, DistillationResult, positive, register_distiller
 
-__all__ = ["OracleDistiller"]
+__all__ = ["OracleConfig", "OracleDistiller"]
 
-SOURCES = ("noise", "teacher_quality", "student_loss", "teacher_right_student_wrong")
+Source = Literal["noise", "teacher_quality", "student_loss", "teacher_right_student_wrong"]
+SOURCES = typing.get_args(Source)
 
 
 def _clean_flags(facts_file: str) -> dict[int, list[bool]]:
@@ -49,47 +53,44 @@ def _clean_flags(facts_file: str) -> dict[int, list[bool]]:
     return flags
 
 
+@dataclass(frozen=True)
+class OracleConfig(InstanceImitationConfig):
+    """The options of `oracle` (`OracleDistiller`), the keys of `--method_options` for `--method oracle`."""
+
+    source: Source = "teacher_quality"
+    """Where each instance's weight comes from: `"noise"`, `"teacher_quality"`, `"student_loss"` or
+    `"teacher_right_student_wrong"` (module docstring)."""
+    facts_file: str | None = None
+    """For `"noise"`: the generated training split's `instance_facts_train.json`."""
+    power: float = 1.0
+    """Each weight is the source's value to this power before the normalisation."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        positive(self, "power")
+        if self.source == "noise" and self.facts_file is None:
+            raise ValueError("oracle source 'noise' needs facts_file: the generated set's instance_facts_train.json.")
+
+
 @register_distiller("oracle")
 class OracleDistiller(InstanceImitation):
     """The instance feature loss weighted by an oracle's instance weights, normalised to uniform strength.
 
     Args:
-        student_config, teacher_config, weight, feature_scale: as for `InstanceImitation` (`loss_oracle`).
-        source: one of `"noise"`, `"teacher_quality"`, `"student_loss"`, `"teacher_right_student_wrong"`
-            (module docstring).
-        facts_file: for `"noise"`: the generated training split's `instance_facts_train.json`.
-        power: each weight is the source's value to this power before the normalisation.
+        student_config, teacher_config: as for `InstanceImitation` (`loss_oracle`).
+        config: the options (`OracleConfig`); the defaults when None.
     """
 
+    config_class = OracleConfig
+    description = "the instance feature loss weighted by what is known of each instance, including what no method knows"
     loss_name = "oracle"
+    method_name = "The oracle weighting"
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        weight: float = 10.0,
-        source: str = "teacher_quality",
-        facts_file: str | None = None,
-        power: float = 1.0,
-        feature_scale: str = "teacher",
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: OracleConfig | None = None
     ) -> None:
-        super().__init__(
-            student_config=student_config,
-            teacher_config=teacher_config,
-            weight=weight,
-            feature_scale=feature_scale,
-            method_name="The oracle weighting",
-        )
-        if source not in SOURCES:
-            raise ValueError(f"source must be one of {SOURCES}, got {source!r}.")
-        if power <= 0:
-            raise ValueError(f"power must be positive, got {power}.")
-        if source == "noise" and facts_file is None:
-            raise ValueError("oracle source 'noise' needs facts_file: the generated set's instance_facts_train.json.")
-        self.source = source
-        self.facts_file = facts_file
-        self.power = power
+        super().__init__(student_config=student_config, teacher_config=teacher_config, config=config)
+        source, facts_file = self.config.source, self.config.facts_file
         self._clean = _clean_flags(facts_file) if source == "noise" else None
         self.needs_image_ids = source == "noise"
         self.needs_teacher_instance_losses = source in ("teacher_quality", "teacher_right_student_wrong")
@@ -104,7 +105,7 @@ class OracleDistiller(InstanceImitation):
         layout: InstanceLayout,
         result: DistillationResult,
     ) -> torch.Tensor:
-        if self.source == "noise":
+        if self.config.source == "noise":
             raw = self._noise_weights(batch, layout)
         else:
             raw = torch.ones(layout.num_instances, device=layout.counts.device)
@@ -116,7 +117,7 @@ class OracleDistiller(InstanceImitation):
                 raw = raw * per_instance_output(
                     student, "instance_losses", model="student", needed_by="The oracle weighting", layout=layout
                 )
-            raw = raw.clamp(min=0).pow(self.power)
+            raw = raw.clamp(min=0).pow(self.config.power)
         weights = layout.real(normalise_over_batch(layout.pad(raw), layout)[None])[0]
         result.stats["oracle/weight_min"] = weights.amin()
         result.stats["oracle/weight_max"] = weights.amax()
@@ -133,7 +134,8 @@ class OracleDistiller(InstanceImitation):
             if known is None or len(known) != boxes.shape[0]:
                 raise ValueError(
                     f"oracle source 'noise': image {image_id} has {boxes.shape[0]} instances in the batch but "
-                    f"{'none' if known is None else len(known)} in {self.facts_file}: the facts belong to another set."
+                    f"{'none' if known is None else len(known)} in {self.config.facts_file}: the facts belong to "
+                    "another set."
                 )
             flags.extend(known)
         return host_tensor([float(flag) for flag in flags], dtype=torch.float32, device=layout.counts.device)

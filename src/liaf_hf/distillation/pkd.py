@@ -17,14 +17,24 @@ of 1 / (n - 1), negligible at FPN sizes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
 from ._features import FeatureAligner
-from .base import DistillationBatch, DistillationResult, Distiller, check_pair, register_distiller
+from .base import (
+    DistillationBatch,
+    DistillationResult,
+    Distiller,
+    MethodConfig,
+    check_pair,
+    non_negative,
+    register_distiller,
+)
 
-__all__ = ["PKDDistiller", "standardise_channels"]
+__all__ = ["PKDConfig", "PKDDistiller", "standardise_channels"]
 
 #: Added to the std before dividing, as in mmrazor's PKDLoss; a constant channel then standardises to 0.
 STD_EPSILON = 1e-6
@@ -38,6 +48,21 @@ def standardise_channels(features: torch.Tensor) -> torch.Tensor:
     return (features - mean) / (std + STD_EPSILON)
 
 
+@dataclass(frozen=True)
+class PKDConfig(MethodConfig):
+    """The options of `pkd` (`PKDDistiller`), the keys of `--method_options` for `--method pkd`."""
+
+    weight: float = 10.0
+    """Weight of `loss_pkd`, per level. The default is mmrazor's for one-stage dense detectors (its PKD configs for
+    RetinaNet, FCOS -> RetinaNet and RepPoints students: `pkd_fpn_retina_x101_retina_r50_2x_coco.py` and the
+    configs built on it); its Faster R-CNN config uses 6. mmrazor distils FPN levels 0-3 there; this distils every
+    level, like the other methods."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        non_negative(self, "weight")
+
+
 @register_distiller("pkd")
 class PKDDistiller(Distiller):
     """Mean squared error between per-channel standardised student and teacher FPN maps, summed over levels.
@@ -46,26 +71,19 @@ class PKDDistiller(Distiller):
         student_config, teacher_config: the two detectors' configs; same number of FPN levels and same label
             set. A 1x1 align conv per level maps the student's FPN width to the teacher's when they differ
             (PKD itself distils equal widths).
-        weight: weight of `loss_pkd`, per level. The default, 10, is mmrazor's for one-stage dense detectors
-            (its PKD configs for RetinaNet, FCOS -> RetinaNet and RepPoints students:
-            `pkd_fpn_retina_x101_retina_r50_2x_coco.py` and the configs built on it); its Faster R-CNN config
-            uses 6. mmrazor distils FPN levels 0-3 there; this distils every level, like the other methods.
+        config: the options (`PKDConfig`); the defaults when None.
     """
 
+    config_class = PKDConfig
+    description = "mean squared error between per-channel standardised FPN features"
+    reference = "PKD, Cao et al., NeurIPS 2022"
     needs_teacher_head = False  # it compares FPN maps only
 
     def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        weight: float = 10.0,
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: PKDConfig | None = None
     ) -> None:
-        super().__init__()
+        super().__init__(config)
         check_pair("PKD", student_config, teacher_config)
-        if weight < 0:
-            raise ValueError(f"weight must be non-negative, got {weight}.")
-        self.weight = weight
         self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
 
     def forward(
@@ -77,7 +95,7 @@ class PKDDistiller(Distiller):
                 (standardise_channels(student_map) - standardise_channels(teacher_map)).square().mean() / 2
                 for teacher_map, student_map in self.aligner.levels(student, teacher)
             ]
-        result.losses["loss_pkd"] = self.weight * torch.stack(level_losses).sum()
+        result.losses["loss_pkd"] = self.config.weight * torch.stack(level_losses).sum()
         for level, loss in enumerate(level_losses):
             # 1 - loss is the mean Pearson correlation of the level's channels.
             result.stats[f"pkd/correlation_l{level}"] = 1 - loss.detach()

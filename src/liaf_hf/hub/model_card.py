@@ -42,30 +42,6 @@ _EXPORT_KINDS = {
 #: Prefixes the Trainer and the example scripts put before metric names (`eval_AP`, `teacher_AP`).
 _METRIC_PREFIXES = ("eval_", "teacher_", "test_")
 
-_UNKNOWN_METHOD = "a distillation method registered with liaf_hf.distillation.register_distiller"
-
-#: What the card says about each method: a one-line description and the work it follows.
-METHOD_DESCRIPTIONS: dict[str, tuple[str, str | None]] = {
-    "none": ("no distillation: the detector trains on the labels alone", None),
-    "liaf": (
-        "instance-level feature distillation with Gaussian instance masks, each instance's share of the loss "
-        "set by learnable instance selectors that train with the student and are dropped afterwards",
-        "LIAF-KD, arXiv 2603.26088, as reconstructed in liaf-hf",
-    ),
-    "mimic": ("mean squared error between the aligned student's and the teacher's FPN features", "FitNets, ICLR 2015"),
-    "fgd": (
-        "foreground/background feature distillation weighted by the teacher's attention, with a global context "
-        "relation term",
-        "FGD, Yang et al., CVPR 2022",
-    ),
-    "pkd": ("mean squared error between per-channel standardised FPN features", "PKD, Cao et al., NeurIPS 2022"),
-    "ld": (
-        "KL divergence between the teacher's and the student's box-edge distributions at positive anchors",
-        "LD, Zheng et al., CVPR 2022",
-    ),
-    "aid": ("instance feature distillation scaled by the teacher's own loss on the batch", None),
-}
-
 
 @dataclass(frozen=True)
 class ResultRow:
@@ -273,7 +249,7 @@ def write_model_card(
         else None,
         "method": {
             "name": method,
-            "parts": [(part, *METHOD_DESCRIPTIONS.get(part, (_UNKNOWN_METHOD, None))) for part in parts],
+            "parts": [(part, *_method_description(part)) for part in parts],
             "options": json.dumps(dict(method_options or {}), indent=2, sort_keys=True),
             "inherit": inherit,
         },
@@ -400,6 +376,19 @@ def _describe_detector(config: GFLConfig, processor_config: Mapping[str, Any]) -
     }
 
 
+def _method_description(name: str) -> tuple[str, str | None]:
+    """What the card says of method `name`: its one-line description and the work it follows, as the method
+    declares them (`Distiller.description`, `Distiller.reference`); a generic line for a method this process
+    has not registered."""
+    from ..distillation import Distiller, method_class
+
+    try:
+        method = method_class(name)
+    except ValueError:
+        return Distiller.description, None
+    return method.description, method.reference
+
+
 def _percent(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
@@ -408,7 +397,6 @@ __all__ = [
     "CARD_NAME",
     "EXPORTS_BEGIN",
     "EXPORTS_END",
-    "METHOD_DESCRIPTIONS",
     "ResultRow",
     "add_export_section",
     "backbone_name",

@@ -24,7 +24,7 @@ from transformers import Trainer
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
-from ..distillation.base import DistillationBatch, Distiller, build_distiller, method_settings
+from ..distillation.base import DistillationBatch, Distiller, MethodConfig, build_distiller, method_settings
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
 from .checkpoints import check_checkpoint, require_safetensors_checkpoint
 from .detection import DetectionTrainer
@@ -293,8 +293,9 @@ class LIAFDistillationTrainer(DetectionTrainer):
             mode with gradients off, moved to the training device, and never saved.
         method: a registered method name (`"none"`, `"liaf"`, `"mimic"`, `"fgd"`, `"pkd"`, `"ld"`, `"aid"`),
             registered names joined by "+" to combine methods (`"liaf+ld"`), or a built `Distiller`.
-        method_options: keyword options for the method's constructor; for a combined method, a dict per part
-            keyed by the part's name (`{"liaf": {"alpha": 2.0}, "ld": {"weight": 0.5}}`).
+        method_options: the method's config (`LIAFConfig`, ...) or its options as a dict (what `--method_options`
+            gives); for a combined method, one per part keyed by part name (`{"liaf": {...}, "ld": LDConfig()}`);
+            the defaults when None.
         inherit: start the student's neck and head from the teacher's where shapes match.
         evaluate_teacher_at_start: score the teacher on the eval set when training starts and log it as
             `teacher_*` beside the student's `eval_*` metrics.
@@ -312,7 +313,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
         model: GFLForObjectDetection,
         teacher: GFLForObjectDetection | str | os.PathLike,
         method: str | Distiller = "liaf",
-        method_options: dict | None = None,
+        method_options: MethodConfig | dict | None = None,
         inherit: bool = False,
         evaluate_teacher_at_start: bool = True,
         compile_distiller: bool = False,
@@ -328,7 +329,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
             method
             if isinstance(method, Distiller)
             else build_distiller(
-                method, student_config=model.config, teacher_config=teacher.config, **(method_options or {})
+                method, student_config=model.config, teacher_config=teacher.config, config=method_options
             )
         )
         # Recorded in every checkpoint and compared on resume, so that a run is not continued under other

@@ -12,9 +12,9 @@ and writes, under `<output_dir>/selector_weights/`:
 - `weights.json`: the numbers drawn (per step, image and instance: box, class, weight, per-level weights).
 
 With `report_to` including "tensorboard", the `step-<N>` grid also goes to TensorBoard as the image
-`selector_weights` at that global step. A distiller without a `select` method (alone or as a part of a
-combined method) has nothing to draw: `add_selector_pictures` then adds no callback, and the callback itself
-draws nothing.
+`selector_weights` at that global step. A distiller that does not weigh instances (`Distiller.selects_instances`
+is False for it and, in a combined method, for every part) has nothing to draw: `add_selector_pictures` then adds
+no callback, and the callback itself draws nothing.
 
 Usage:
 
@@ -43,7 +43,6 @@ from PIL import Image
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
-from ..distillation.base import CompositeDistiller, Distiller
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from ..trainer.distillation import DistillationModel
 from .drawing import draw_instance_weights, image_grid, weight_legend
@@ -61,22 +60,8 @@ __all__ = [
     "SelectorWeightsCallback",
     "add_selector_pictures",
     "input_images",
-    "selecting_distiller",
     "selector_weights",
 ]
-
-
-def selecting_distiller(distiller: Distiller) -> Distiller | None:
-    """The distiller, or the part of a combined one (`liaf+ld`), that can report instance weights through a
-    `select(student=, teacher=, batch=)` method; None when there is none."""
-    if callable(getattr(distiller, "select", None)):
-        return distiller
-    if isinstance(distiller, CompositeDistiller):
-        for part in distiller.parts.values():
-            found = selecting_distiller(part)
-            if found is not None:
-                return found
-    return None
 
 
 @dataclass
@@ -133,7 +118,7 @@ def selector_weights(
     Returns:
         One `InstanceWeights` per image, or None when the distiller cannot select.
     """
-    distiller = selecting_distiller(model.distiller)
+    distiller = model.distiller.selecting_part()
     if distiller is None:
         return None
     device = next(model.student.parameters()).device
@@ -371,7 +356,7 @@ def add_selector_pictures(trainer: Any, *, num_images: int = 6) -> SelectorWeigh
     the trainer has no eval dataset, image processor or eval image with an instance (with a warning)."""
     if num_images < 1:
         raise ValueError(f"num_images must be at least 1, got {num_images}.")
-    if selecting_distiller(trainer.distillation_model.distiller) is None:
+    if trainer.distillation_model.distiller.selecting_part() is None:
         return None
     dataset = trainer.eval_dataset
     if isinstance(dataset, Mapping):
