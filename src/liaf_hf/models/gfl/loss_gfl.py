@@ -310,18 +310,9 @@ class ATSSAssigner:
             `gt_index` and `ignored` of shape (B, A).
         """
         batch_size, num_gt = gt_boxes.shape[:2]
-        num_anchors = anchors.shape[0]
-        device = anchors.device
-        ignored = torch.zeros(batch_size, num_anchors, dtype=torch.bool, device=device)
-        if anchor_valid is not None:
-            ignored |= ~anchor_valid
-        if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
-            iof = box_intersection_over_first(anchors, ignore_boxes)  # (B, A, I)
-            if ignore_valid is not None:
-                iof = iof.masked_fill(~ignore_valid[:, None, :], 0.0)
-            ignored |= iof.max(dim=2).values > self.ignore_iof_threshold
+        ignored = self._ignored(anchors, batch_size, ignore_boxes, ignore_valid, anchor_valid)
         if num_gt == 0:
-            gt_index = torch.full((batch_size, num_anchors), -1, dtype=torch.long, device=device)
+            gt_index = torch.full((batch_size, anchors.shape[0]), -1, dtype=torch.long, device=anchors.device)
             return AnchorAssignment(gt_index=gt_index, ignored=ignored)
 
         overlaps = pairwise_box_iou(anchors, gt_boxes)  # (B, A, G)
@@ -334,14 +325,7 @@ class ATSSAssigner:
         if anchor_valid is not None:
             distances = distances.masked_fill(~anchor_valid[:, :, None], float("inf"))
 
-        candidates = []
-        start = 0
-        for level_count in num_anchors_per_level:
-            k = min(self.topk, level_count)
-            _, level_candidates = distances[:, start : start + level_count].topk(k, dim=1, largest=False)
-            candidates.append(level_candidates + start)
-            start += level_count
-        candidates = torch.cat(candidates, dim=1)  # (B, K, G)
+        candidates = self._closest_per_level(distances, num_anchors_per_level)  # (B, K, G)
         candidate_overlaps = overlaps.gather(1, candidates)
         # A single candidate has no spread (its unbiased std would be NaN and reject everything).
         spread = (
@@ -372,6 +356,38 @@ class ATSSAssigner:
         positive = best_overlap > -math.inf
         gt_index = torch.where(positive, best_gt, -1)
         return AnchorAssignment(gt_index=gt_index, ignored=ignored & ~positive)
+
+    def _ignored(
+        self,
+        anchors: torch.Tensor,
+        batch_size: int,
+        ignore_boxes: torch.Tensor | None,
+        ignore_valid: torch.Tensor | None,
+        anchor_valid: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """(B, A) anchors in the padding or covered, over `ignore_iof_threshold` of their area, by an ignore
+        region (shapes as in `assign_batch`)."""
+        ignored = torch.zeros(batch_size, anchors.shape[0], dtype=torch.bool, device=anchors.device)
+        if anchor_valid is not None:
+            ignored |= ~anchor_valid
+        if ignore_boxes is not None and ignore_boxes.shape[1] > 0:
+            iof = box_intersection_over_first(anchors, ignore_boxes)  # (B, A, I)
+            if ignore_valid is not None:
+                iof = iof.masked_fill(~ignore_valid[:, None, :], 0.0)
+            ignored |= iof.max(dim=2).values > self.ignore_iof_threshold
+        return ignored
+
+    def _closest_per_level(self, distances: torch.Tensor, num_anchors_per_level: list[int]) -> torch.Tensor:
+        """(B, K, G) indices of each box's `topk` closest anchors on every level (fewer on a level with fewer
+        anchors), from the (B, A, G) centre distances."""
+        candidates = []
+        start = 0
+        for level_count in num_anchors_per_level:
+            k = min(self.topk, level_count)
+            _, level_candidates = distances[:, start : start + level_count].topk(k, dim=1, largest=False)
+            candidates.append(level_candidates + start)
+            start += level_count
+        return torch.cat(candidates, dim=1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -485,19 +501,15 @@ class GFLLoss:
             anchor_strides: (A,) stride of each anchor's level.
             num_anchors_per_level: anchors per level, summing to A.
             valid_sizes: (B, 2) unpadded (height, width) per image.
-            targets: per image `(class_labels (n,), boxes (n, 4) xyxy input pixels, ignore_boxes (m, 4) or
-                None)`, as `GFLForObjectDetection.labels_in_pixels` returns them.
-            output_instance_terms: also compute each instance's (N,) loss and quality, without gradient (see
-                `GFLObjectDetectionOutput.instance_losses` and `instance_quality`).
+            targets: per image `(class_labels (n,), boxes (n, 4) xyxy pixels, ignore_boxes (m, 4) or None)`.
+            output_instance_terms: also compute each instance's (N,) loss and quality, without gradient
+                (`GFLObjectDetectionOutput.instance_losses`, `instance_quality`).
 
         Returns:
-            The losses: `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou`
-            (summed over positives weighted by the predicted quality / the sum of those weights), each times its
-            weight from the config; both normalisers are averaged over processes. With them the positive mask,
-            and the instance terms when asked.
+            `loss_qfl` (QFL summed over anchors / number of positives), `loss_dfl` and `loss_giou` (summed over
+            positives weighted by the predicted quality / the sum of those weights), each times its config weight,
+            both normalisers averaged over processes; the positive mask; the instance terms when asked.
         """
-        reg_max = self.config.reg_max
-        num_classes = self.config.num_labels
         assignments = self.assign_anchors(
             anchor_points=anchor_points,
             anchor_strides=anchor_strides,
@@ -505,51 +517,29 @@ class GFLLoss:
             valid_sizes=valid_sizes,
             targets=targets,
         )
-
-        gt_index = assignments.gt_index  # (B, A)
-        positive = gt_index >= 0
-        # Every anchor's target, computed densely and weighted by 0 off the positives: selecting the positives
-        # (`nonzero`) made the host wait for the device once a step. Each positive's box and class sit in the
-        # batch's concatenated lists at its image's offset plus its index; the negatives read a last, dummy row.
-        counts = [len(boxes) for _, boxes, _ in targets]
-        offsets = host_tensor(
-            [sum(counts[:image]) for image in range(len(counts))], dtype=torch.long, device=gt_index.device
-        )
-        flat_index = torch.where(positive, offsets[:, None] + gt_index, sum(counts))  # (B, A)
-        all_boxes = torch.cat([boxes for _, boxes, _ in targets] + [anchor_points.new_zeros((1, 4))])
-        all_classes = torch.cat([classes for classes, _, _ in targets] + [gt_index.new_full((1,), num_classes)])
-        cls_targets = all_classes[flat_index]  # (B, A), num_classes (background) off the positives
-        # Off the positives the box target is a 2-pixel square on the anchor point: never degenerate, so the
-        # GIoU and its gradient stay finite there before the zero weight removes them.
-        unit_boxes = torch.cat([anchor_points - 1.0, anchor_points + 1.0], dim=1)  # (A, 4)
-        target_boxes = torch.where(positive[..., None], all_boxes[flat_index], unit_boxes)  # (B, A, 4)
-        cls_weights = (~assignments.ignored).float()
+        positive = assignments.gt_index >= 0  # (B, A)
+        flat_index, cls_targets, target_boxes = self._anchor_targets(assignments, targets, anchor_points)
         overlaps = aligned_box_iou(boxes_xyxy.detach().float().reshape(-1, 4), target_boxes.reshape(-1, 4))
         quality_targets = torch.where(positive, overlaps.reshape(positive.shape).clamp(min=0.0), 0.0)
-
         qfl = quality_focal_loss(
-            flat_logits.reshape(-1, num_classes),
+            flat_logits.reshape(-1, self.config.num_labels),
             cls_targets.reshape(-1),
             quality_targets.reshape(-1),
             beta=self.config.qfl_beta,
         )
-        qfl_normaliser = _mean_over_processes(positive.sum().float())
-        loss_qfl = (qfl * cls_weights.reshape(-1)).sum() / qfl_normaliser
+        # Ignored anchors are neither positive nor negative: they weigh 0.
+        loss_qfl = (qfl * (~assignments.ignored).float().reshape(-1)).sum() / _mean_over_processes(
+            positive.sum().float()
+        )
 
-        # Box losses weigh each positive by the detached predicted quality, so confident locations count
-        # more (the paper's code does this; it keeps poorly classified positives from dominating). The zero
-        # weight of the negatives also keeps the box branch in the graph when a batch has no positives, so
-        # multi-process training sees a gradient for every parameter.
+        # Box losses weigh each positive by the detached predicted quality (as the paper's code does, so poorly
+        # classified positives do not dominate). The zero weight of the negatives keeps the box branch in the
+        # graph when a batch has no positives: multi-process training sees a gradient for every parameter.
         quality_weights = torch.where(positive, flat_logits.detach().float().sigmoid().max(dim=2).values, 0.0)
         box_normaliser = _mean_over_processes(quality_weights.sum())
         anchor_giou = giou_loss(boxes_xyxy.reshape(-1, 4), target_boxes.reshape(-1, 4))  # (B A,)
         loss_giou = (anchor_giou * quality_weights.reshape(-1)).sum()
-        target_distances = (
-            torch.cat([anchor_points - target_boxes[..., :2], target_boxes[..., 2:] - anchor_points], dim=2)
-            / anchor_strides[:, None]
-        )
-        target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)  # (B, A, 4)
-        anchor_dfl = distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
+        anchor_dfl = self._anchor_dfl(flat_distributions, target_boxes, anchor_points, anchor_strides)
         loss_dfl = (anchor_dfl * quality_weights[..., None].expand(-1, -1, 4).reshape(-1)).sum() / 4.0
         losses = {
             "loss_qfl": self.config.loss_qfl_weight * loss_qfl,
@@ -559,23 +549,71 @@ class GFLLoss:
         output = GFLLossOutput(losses=losses, positive_mask=positive)
         if output_instance_terms:
             output.instance_losses, output.instance_quality = self._instance_terms(
-                anchor_loss=self.config.loss_qfl_weight * qfl
-                + self.config.loss_giou_weight * anchor_giou
-                + self.config.loss_dfl_weight * anchor_dfl.view(-1, 4).mean(dim=1),
+                anchor_losses=(qfl, anchor_giou, anchor_dfl),
                 flat_logits=flat_logits,
                 cls_targets=cls_targets,
                 quality_targets=quality_targets,
                 positive=positive,
                 flat_index=flat_index,
-                num_instances=sum(counts),
+                num_instances=sum(len(boxes) for _, boxes, _ in targets),
             )
         return output
+
+    def _anchor_dfl(
+        self,
+        flat_distributions: torch.Tensor,
+        target_boxes: torch.Tensor,
+        anchor_points: torch.Tensor,
+        anchor_strides: torch.Tensor,
+    ) -> torch.Tensor:
+        """(B A 4,) the DFL of every anchor's four box edges against its target box's (in stride units, clamped
+        to the distributions' range)."""
+        reg_max = self.config.reg_max
+        target_distances = (
+            torch.cat([anchor_points - target_boxes[..., :2], target_boxes[..., 2:] - anchor_points], dim=2)
+            / anchor_strides[:, None]
+        )
+        target_distances = target_distances.clamp(min=0.0, max=reg_max - 0.01)  # (B, A, 4)
+        return distribution_focal_loss(flat_distributions.reshape(-1, reg_max + 1), target_distances.reshape(-1))
+
+    def _anchor_targets(
+        self,
+        assignments: AnchorAssignment,
+        targets: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+        anchor_points: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Every anchor's target, computed densely and weighted by 0 off the positives: selecting the positives
+        (`nonzero`) made the host wait for the device once a step.
+
+        Returns:
+            `flat_index` (B, A): each positive's instance in the batch's concatenated instance list (its image's
+            offset plus its index), N (the number of instances) elsewhere; `cls_targets` (B, A): its class,
+            `num_classes` (background) off the positives; `target_boxes` (B, A, 4) xyxy input pixels: its box,
+            and off the positives a 2-pixel square on the anchor point, never degenerate, so the GIoU and its
+            gradient stay finite there before the zero weight removes them.
+        """
+        gt_index = assignments.gt_index
+        positive = gt_index >= 0
+        counts = [len(boxes) for _, boxes, _ in targets]
+        offsets = host_tensor(
+            [sum(counts[:image]) for image in range(len(counts))], dtype=torch.long, device=gt_index.device
+        )
+        flat_index = torch.where(positive, offsets[:, None] + gt_index, sum(counts))  # (B, A)
+        # The negatives read a last, dummy row.
+        all_boxes = torch.cat([boxes for _, boxes, _ in targets] + [anchor_points.new_zeros((1, 4))])
+        all_classes = torch.cat(
+            [classes for classes, _, _ in targets] + [gt_index.new_full((1,), self.config.num_labels)]
+        )
+        cls_targets = all_classes[flat_index]
+        unit_boxes = torch.cat([anchor_points - 1.0, anchor_points + 1.0], dim=1)  # (A, 4)
+        target_boxes = torch.where(positive[..., None], all_boxes[flat_index], unit_boxes)
+        return flat_index, cls_targets, target_boxes
 
     @torch.no_grad()
     def _instance_terms(
         self,
         *,
-        anchor_loss: torch.Tensor,
+        anchor_losses: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         flat_logits: torch.Tensor,
         cls_targets: torch.Tensor,
         quality_targets: torch.Tensor,
@@ -583,9 +621,15 @@ class GFLLoss:
         flat_index: torch.Tensor,
         num_instances: int,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each instance's (N,) loss and quality. `anchor_loss`: (B A,) every anchor's weighted QFL + GIoU +
-        DFL, unweighted by quality; the others as in `__call__`, (B, A) each, `flat_index` holding the instance of
-        each positive anchor and N elsewhere."""
+        """Each instance's (N,) loss and quality. `anchor_losses`: every anchor's QFL summed over classes (B A,),
+        GIoU (B A,) and DFL per edge (B A 4,), unweighted by quality; the others as in `__call__`, (B, A) each,
+        `flat_index` holding the instance of each positive anchor and N elsewhere."""
+        qfl, anchor_giou, anchor_dfl = anchor_losses
+        anchor_loss = (
+            self.config.loss_qfl_weight * qfl
+            + self.config.loss_giou_weight * anchor_giou
+            + self.config.loss_dfl_weight * anchor_dfl.view(-1, 4).mean(dim=1)
+        )
         num_classes = self.config.num_labels
         anchor_loss = anchor_loss.detach()
         is_positive = positive.reshape(-1).float()

@@ -471,23 +471,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
-        if isinstance(labels, GFLTargets):
-            if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
-                raise ValueError(
-                    f"The prepared targets describe {labels.valid_sizes.shape[0]} images but pixel_values holds "
-                    f"{pixel_values.shape[0]}."
-                )
-            valid_sizes = labels.valid_sizes
-        else:
-            valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)  # (B, 2) as (height, width)
-            if labels is not None:
-                # Checked (with the pixels, in one wait for the device) before any compute.
-                labels = self.prepare_targets(labels, pixel_values, pixel_mask, valid_sizes=valid_sizes)
-        # NaN or inf pixels would give NaN logits and no detection (or a NaN loss) without a word.
-        if _pixels_need_check(pixel_values):
-            if not bool(torch.isfinite(pixel_values).all()):
-                _raise_for_nonfinite_pixels(pixel_values)
-            _mark_pixels_finite(pixel_values)
+        valid_sizes, labels = self._checked_inputs(pixel_values, pixel_mask, labels)
         backbone_features = self.backbone(pixel_values)
         fpn_features = self.neck(backbone_features)
         class_logits, box_distributions = self.head(fpn_features)
@@ -535,6 +519,29 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         if not return_dict:
             return output.to_tuple()
         return output
+
+    def _checked_inputs(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, labels: list[dict] | GFLTargets | None
+    ) -> tuple[torch.Tensor, GFLTargets | None]:
+        """The (B, 2) valid sizes and the prepared targets of `forward`'s arguments, after checking the labels
+        and the pixels (NaN or inf pixels would give NaN logits and no detection, or a NaN loss, without a word)
+        before any compute, in one wait for the device."""
+        if isinstance(labels, GFLTargets):
+            if labels.valid_sizes.shape[0] != pixel_values.shape[0]:
+                raise ValueError(
+                    f"The prepared targets describe {labels.valid_sizes.shape[0]} images but pixel_values holds "
+                    f"{pixel_values.shape[0]}."
+                )
+            valid_sizes = labels.valid_sizes
+        else:
+            valid_sizes = self.valid_sizes(pixel_values, pixel_mask, labels)  # (B, 2) as (height, width)
+            if labels is not None:
+                labels = self.prepare_targets(labels, pixel_values, pixel_mask, valid_sizes=valid_sizes)
+        if _pixels_need_check(pixel_values):
+            if not bool(torch.isfinite(pixel_values).all()):
+                _raise_for_nonfinite_pixels(pixel_values)
+            _mark_pixels_finite(pixel_values)
+        return valid_sizes, labels
 
     def forward_features(self, pixel_values: torch.FloatTensor) -> list[torch.Tensor]:
         """The backbone and the FPN alone (no head, no decoding): one `(B, F, H_l, W_l)` map per level,
