@@ -37,6 +37,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Any
 
@@ -126,29 +128,53 @@ def normalise_detection_dataset(
     """
     if bbox_format not in BBOX_FORMATS:
         raise ValueError(f"bbox_format must be one of {BBOX_FORMATS}, got {bbox_format!r}")
-    for column in ("image", "objects"):
-        if column not in dataset.column_names:
-            raise DataError(f"{source}: no '{column}' column (columns: {dataset.column_names})")
-    object_fields = _object_fields(dataset.features["objects"], source)
-    for field in ("bbox", "category"):
-        if field not in object_fields:
-            raise DataError(f"{source}: 'objects' has no '{field}' field (fields: {sorted(object_fields)})")
-    names = list(class_names) if class_names is not None else _class_label_names(object_fields["category"])
-    if names is None:
-        raise DataError(f"{source}: 'objects.category' is not a ClassLabel; pass class_names")
-    if not names:
-        raise DataError(f"{source}: no categories (no object names one, and no class_names were given)")
-    if len(dataset) == 0:
-        raise DataError(f"{source}: no rows; a detection set needs at least one image")
+    object_fields, names = _checked_schema(dataset, source=source, class_names=class_names)
     keep_kitti = all(field in object_fields for field in _KITTI_FIELDS)
     features = kitti_detection_features(names) if keep_kitti else coco_detection_features(names)
     # Images pass through undecoded; only their headers are read, and only where width or height is missing.
     dataset = dataset.cast_column("image", datasets.Image(decode=False))
-    label_of = {name: label for label, name in enumerate(names)}
-    counter = {"next_object_id": 1}
-    fitter = BoxFitter()
+    normalise = _RowNormaliser(
+        source=source,
+        bbox_format=bbox_format,
+        label_of={name: label for label, name in enumerate(names)},
+        num_classes=len(names),
+        keep_kitti=keep_kitti,
+        check_image_sizes=check_image_sizes,
+    )
+    normalised = dataset.map(
+        normalise,
+        with_indices=True,
+        batched=True,
+        features=features,
+        remove_columns=dataset.column_names,
+        # One process, in order: missing object ids are numbered on across batches.
+        load_from_cache_file=False,
+        desc="normalising detection rows",
+    )
+    duplicated = len(normalised) - len(set(normalised["image_id"]))
+    if duplicated:
+        raise DataError(f"{source}: {duplicated} image_id values appear in more than one row")
+    normalise.fitter.warn(source)
+    return normalised
 
-    def normalise(batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+
+@dataclass
+class _RowNormaliser:
+    """The `datasets.map` function of `normalise_detection_dataset`: a batch of rows in the library's schema.
+    Objects without an id are numbered on from batch to batch, so the rows must be mapped in order, in one
+    process."""
+
+    source: str
+    bbox_format: str
+    label_of: dict[str, int]
+    num_classes: int
+    keep_kitti: bool
+    check_image_sizes: bool
+    counter: dict[str, int] = dataclass_field(default_factory=lambda: {"next_object_id": 1})
+    fitter: BoxFitter = dataclass_field(default_factory=BoxFitter)
+
+    def __call__(self, batch: dict[str, list[Any]], indices: list[int]) -> dict[str, list[Any]]:
+        source = self.source
         columns: dict[str, list[Any]] = {
             "image": batch["image"],
             "image_id": [],
@@ -166,7 +192,7 @@ def normalise_detection_dataset(
                 batch["width"][position] if "width" in batch else None,
                 batch["height"][position] if "height" in batch else None,
                 where=where,
-                check=check_image_sizes,
+                check=self.check_image_sizes,
             )
             columns["image_id"].append(image_id)
             columns["width"].append(width)
@@ -175,33 +201,43 @@ def normalise_detection_dataset(
                 _normalise_objects(
                     batch["objects"][position],
                     where=where,
-                    bbox_format=bbox_format,
-                    label_of=label_of,
-                    num_classes=len(names),
-                    keep_kitti=keep_kitti,
-                    counter=counter,
-                    fitter=fitter,
+                    bbox_format=self.bbox_format,
+                    label_of=self.label_of,
+                    num_classes=self.num_classes,
+                    keep_kitti=self.keep_kitti,
+                    counter=self.counter,
+                    fitter=self.fitter,
                     width=width,
                     height=height,
                 )
             )
         return columns
 
-    normalised = dataset.map(
-        normalise,
-        with_indices=True,
-        batched=True,
-        features=features,
-        remove_columns=dataset.column_names,
-        # One process, in order: missing object ids are numbered on across batches.
-        load_from_cache_file=False,
-        desc="normalising detection rows",
-    )
-    duplicated = len(normalised) - len(set(normalised["image_id"]))
-    if duplicated:
-        raise DataError(f"{source}: {duplicated} image_id values appear in more than one row")
-    fitter.warn(source)
-    return normalised
+
+def _checked_schema(
+    dataset: datasets.Dataset, *, source: str, class_names: Sequence[str] | None
+) -> tuple[dict[str, Any], list[str]]:
+    """The `objects` fields of `dataset` and its class names, after checking that it has rows, the `image` and
+    `objects` columns, `bbox` and `category` fields, and categories.
+
+    Raises:
+        DataError: naming `source` and what is missing.
+    """
+    for column in ("image", "objects"):
+        if column not in dataset.column_names:
+            raise DataError(f"{source}: no '{column}' column (columns: {dataset.column_names})")
+    object_fields = _object_fields(dataset.features["objects"], source)
+    for field in ("bbox", "category"):
+        if field not in object_fields:
+            raise DataError(f"{source}: 'objects' has no '{field}' field (fields: {sorted(object_fields)})")
+    names = list(class_names) if class_names is not None else _class_label_names(object_fields["category"])
+    if names is None:
+        raise DataError(f"{source}: 'objects.category' is not a ClassLabel; pass class_names")
+    if not names:
+        raise DataError(f"{source}: no categories (no object names one, and no class_names were given)")
+    if len(dataset) == 0:
+        raise DataError(f"{source}: no rows; a detection set needs at least one image")
+    return object_fields, names
 
 
 def _load_splits(name_or_path: str | Path) -> dict[str, datasets.Dataset]:

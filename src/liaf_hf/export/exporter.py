@@ -204,49 +204,21 @@ def _write_export(
     parity_images: list[Image.Image],
     evaluation_set: datasets.Dataset | None,
 ) -> dict[str, Any]:
-    from .runner import OnnxDetector, ProgramDetector
-
     graph = DetectionGraph.for_processor(model, processor)
-    program = trace(graph, model_name=model_name, format_name=formats[0])
-    runners: dict[str, Any] = {}
-    files: dict[str, str] = {}
-    if "torch_export" in formats:
-        save_program(program, folder / PROGRAM_FILE)
-        files[PROGRAM_FILE] = "torch_export"
-    if "onnx" in formats:
-        save_onnx(program, folder / ONNX_FILE, output_names=DETECTION_OUTPUT_NAMES, model_name=model_name)
-        raw_graph = DetectionGraph.for_processor(model, processor, post_process=False)
-        raw_program = trace(raw_graph, model_name=model_name, format_name="onnx")
-        save_onnx(raw_program, folder / RAW_ONNX_FILE, output_names=RAW_OUTPUT_NAMES, model_name=model_name)
-        files[ONNX_FILE] = "onnx"
-        files[RAW_ONNX_FILE] = "onnx_raw"
-    if int8:
-        from .quantize import quantize_int8
-
-        quantize_int8(
-            folder / ONNX_FILE, folder / INT8_ONNX_FILE, calibration_images=calibration_images, processor=processor
-        )
-        files[INT8_ONNX_FILE] = "onnx_int8"
+    files = _write_files(
+        graph,
+        model,
+        processor,
+        folder,
+        model_name=model_name,
+        formats=formats,
+        int8=int8,
+        calibration=calibration_images,
+    )
     processor.save_pretrained(str(folder))
-
     reference = pytorch_detector(model, processor, threshold=processor.score_threshold)
-    if "onnx" in formats:
-        runners["onnx"] = OnnxDetector(folder / ONNX_FILE, processor)
-    if "torch_export" in formats:
-        runners["torch_export"] = ProgramDetector(folder / PROGRAM_FILE, processor)
-    if int8:
-        runners["onnx_int8"] = OnnxDetector(folder / INT8_ONNX_FILE, processor)
-
-    parity: dict[str, dict] = {}
-    for name, runner in runners.items():
-        report = check_parity(reference, runner, parity_images)
-        parity[name] = report.as_dict()
-        logger.info("Parity of %s on %d images: %s", name, report.images, _describe(report))
-        if name != "onnx_int8" and not report.passed:
-            raise ExportError(
-                f"The {name} export of {model_name} does not reproduce the PyTorch model's detections on "
-                f"{report.images} images: " + "; ".join(report.mismatches[:5])
-            )
+    runners = _runners(folder, processor, formats=formats, int8=int8)
+    parity = _checked_parity(reference, runners, parity_images, model_name=model_name)
     if "onnx" in formats:
         parity["onnx_raw"] = _raw_parity(graph.model, processor, folder / RAW_ONNX_FILE, parity_images)
 
@@ -279,6 +251,68 @@ def _write_export(
     (folder / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     (folder / README_NAME).write_text(export_readme(summary, processor))
     return summary
+
+
+def _write_files(
+    graph: DetectionGraph,
+    model: GFLForObjectDetection,
+    processor: GFLImageProcessor,
+    folder: Path,
+    *,
+    model_name: str,
+    formats: list[str],
+    int8: bool,
+    calibration: list[Image.Image],
+) -> dict[str, str]:
+    """Trace `graph` and write each asked format's file into `folder`; returns each file's kind by name."""
+    program = trace(graph, model_name=model_name, format_name=formats[0])
+    files: dict[str, str] = {}
+    if "torch_export" in formats:
+        save_program(program, folder / PROGRAM_FILE)
+        files[PROGRAM_FILE] = "torch_export"
+    if "onnx" in formats:
+        save_onnx(program, folder / ONNX_FILE, output_names=DETECTION_OUTPUT_NAMES, model_name=model_name)
+        raw_graph = DetectionGraph.for_processor(model, processor, post_process=False)
+        raw_program = trace(raw_graph, model_name=model_name, format_name="onnx")
+        save_onnx(raw_program, folder / RAW_ONNX_FILE, output_names=RAW_OUTPUT_NAMES, model_name=model_name)
+        files[ONNX_FILE] = "onnx"
+        files[RAW_ONNX_FILE] = "onnx_raw"
+    if int8:
+        from .quantize import quantize_int8
+
+        quantize_int8(folder / ONNX_FILE, folder / INT8_ONNX_FILE, calibration_images=calibration, processor=processor)
+        files[INT8_ONNX_FILE] = "onnx_int8"
+    return files
+
+
+def _runners(folder: Path, processor: GFLImageProcessor, *, formats: list[str], int8: bool) -> dict[str, Any]:
+    """A detector running each written file, by format name."""
+    from .runner import OnnxDetector, ProgramDetector
+
+    runners: dict[str, Any] = {}
+    if "onnx" in formats:
+        runners["onnx"] = OnnxDetector(folder / ONNX_FILE, processor)
+    if "torch_export" in formats:
+        runners["torch_export"] = ProgramDetector(folder / PROGRAM_FILE, processor)
+    if int8:
+        runners["onnx_int8"] = OnnxDetector(folder / INT8_ONNX_FILE, processor)
+    return runners
+
+
+def _checked_parity(reference, runners: dict[str, Any], images: list[Image.Image], *, model_name: str) -> dict:
+    """Each runner's parity report against the PyTorch `reference` on `images`; an `ExportError` when a float32
+    export does not reproduce its detections (INT8 is reported, not required to match)."""
+    parity: dict[str, dict] = {}
+    for name, runner in runners.items():
+        report = check_parity(reference, runner, images)
+        parity[name] = report.as_dict()
+        logger.info("Parity of %s on %d images: %s", name, report.images, _describe(report))
+        if name != "onnx_int8" and not report.passed:
+            raise ExportError(
+                f"The {name} export of {model_name} does not reproduce the PyTorch model's detections on "
+                f"{report.images} images: " + "; ".join(report.mismatches[:5])
+            )
+    return parity
 
 
 @torch.no_grad()
@@ -372,7 +406,14 @@ def export_readme(summary: dict[str, Any], processor: GFLImageProcessor) -> str:
         "",
         "## Checks",
         "",
+        *_checks(summary),
     ]
+    return "\n".join(lines) + "\n"
+
+
+def _checks(summary: dict[str, Any]) -> list[str]:
+    """The README's lines on the parity of each file with PyTorch and, when evaluated, the AP of each."""
+    lines = []
     for name, report in summary["parity"].items():
         if name == "onnx_raw":
             lines.append(
@@ -393,7 +434,7 @@ def export_readme(summary: dict[str, Any], processor: GFLImageProcessor) -> str:
         for name, metrics in summary["evaluation"].items():
             change = "" if name == "pytorch" else f"{metrics['AP'] - base:+.4f}"
             lines.append(f"| {name} | {metrics['AP']:.4f} | {metrics['AP50']:.4f} | {change} |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def _resize_description(processor) -> str:

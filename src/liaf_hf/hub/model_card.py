@@ -209,15 +209,9 @@ def write_model_card(
     metrics, teacher_metrics = normalise_metrics(metrics), normalise_metrics(teacher_metrics)
     baseline_metrics = normalise_metrics(baseline_metrics)
 
-    rows = []
-    if teacher_name:
-        label = f"teacher `{teacher_name}`" + ("" if distilled else " (for reference; not distilled from)")
-        rows.append(ResultRow(label, teacher_metrics.get("AP"), teacher_metrics.get("AP50")))
-    if distilled and baseline_metrics:
-        rows.append(ResultRow("student without distillation", baseline_metrics.get("AP"), baseline_metrics.get("AP50")))
-    this_model = f"this model ({'distilled, ' + method if distilled else 'no distillation'})"
-    rows.append(ResultRow(this_model, metrics.get("AP"), metrics.get("AP50"), this_model=True))
-
+    rows = _result_rows(
+        method, metrics=metrics, teacher_name=teacher_name, teacher_metrics=teacher_metrics, baseline=baseline_metrics
+    )
     parts = method.split("+")
     card_data = ModelCardData(
         model_name=model_name,
@@ -239,14 +233,7 @@ def write_model_card(
         "model_name": model_name,
         "distilled": distilled,
         "student": _describe_detector(config, processor_config),
-        "teacher": {
-            "name": teacher_name,
-            "backbone": backbone_name(teacher_config) if teacher_config is not None else None,
-            "fpn_channels": teacher_config.fpn_channels if teacher_config is not None else None,
-            "AP": _percent(teacher_metrics["AP"]) if "AP" in teacher_metrics else None,
-        }
-        if teacher_name
-        else None,
+        "teacher": _describe_teacher(teacher_name, teacher_config, teacher_metrics) if teacher_name else None,
         "method": {
             "name": method,
             "parts": [(part, *_method_description(part)) for part in parts],
@@ -265,6 +252,38 @@ def write_model_card(
     card = ModelCard.from_template(card_data, template_path=str(template or template_path()), **variables)
     card.save(output_dir / CARD_NAME)
     return card
+
+
+def _result_rows(
+    method: str,
+    *,
+    metrics: dict[str, float],
+    teacher_name: str | None,
+    teacher_metrics: dict[str, float],
+    baseline: dict[str, float],
+) -> list[ResultRow]:
+    """The card's results table: the teacher (when named), the student without distillation (when its metrics
+    are given for a distilled model) and this model."""
+    distilled = method != "none"
+    rows = []
+    if teacher_name:
+        label = f"teacher `{teacher_name}`" + ("" if distilled else " (for reference; not distilled from)")
+        rows.append(ResultRow(label, teacher_metrics.get("AP"), teacher_metrics.get("AP50")))
+    if distilled and baseline:
+        rows.append(ResultRow("student without distillation", baseline.get("AP"), baseline.get("AP50")))
+    this_model = f"this model ({'distilled, ' + method if distilled else 'no distillation'})"
+    rows.append(ResultRow(this_model, metrics.get("AP"), metrics.get("AP50"), this_model=True))
+    return rows
+
+
+def _describe_teacher(name: str, config: GFLConfig | None, metrics: dict[str, float]) -> dict[str, Any]:
+    """What the card says of the teacher: its name, backbone and FPN width (when its config is known), its AP."""
+    return {
+        "name": name,
+        "backbone": backbone_name(config) if config is not None else None,
+        "fpn_channels": config.fpn_channels if config is not None else None,
+        "AP": _percent(metrics["AP"]) if "AP" in metrics else None,
+    }
 
 
 def export_section(summary: Mapping[str, Any]) -> str:
