@@ -10,9 +10,11 @@ from types import ModuleType
 
 import torch
 
-from liaf_hf import GFLConfig, GFLForObjectDetection
+from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
 
 ROOT = Path(__file__).resolve().parents[1]
+#: Saved folders the tests load (written by earlier versions of the library, see each folder's README).
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 def tiny_config(
@@ -67,3 +69,41 @@ def load_script(path: Path, name: str) -> ModuleType:
     sys.modules[spec.name] = module  # dataclasses resolve the script's annotations through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def make_distillation_trainer(shapes, teacher, output_dir, *, method="none", max_steps=2, seed=0, **extra):
+    """A `LIAFDistillationTrainer` of a `tiny_detector` student on `shapes` (the conftest fixture), checkpointing
+    every 2 steps, fully deterministic; `extra` goes to the trainer."""
+    from liaf_hf.trainer import LIAFDistillationTrainer
+    from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
+
+    train, val, id2label = shapes
+    student = tiny_detector(id2label, seed=seed)
+    processor = GFLImageProcessor.for_model_config(student.config, size={"shortest_edge": 64, "longest_edge": 64})
+    from transformers import TrainingArguments
+
+    args = configure_for_detection(
+        TrainingArguments(
+            output_dir=str(output_dir),
+            max_steps=max_steps,
+            per_device_train_batch_size=4,
+            per_device_eval_batch_size=4,
+            learning_rate=1e-3,
+            report_to="none",
+            save_strategy="steps",
+            save_steps=2,
+            logging_steps=1,
+            seed=seed,
+            data_seed=seed,
+            full_determinism=True,
+            disable_tqdm=True,
+        )
+    )
+    return LIAFDistillationTrainer(
+        model=student,
+        teacher=teacher,
+        method=method,
+        args=args,
+        **detection_trainer_kwargs(image_processor=processor, train_dataset=train, eval_dataset=val, seed=seed),
+        **extra,
+    )

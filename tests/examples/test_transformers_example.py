@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
-from tests.tiny import tiny_detector
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
@@ -29,6 +28,7 @@ from transformers import (
 
 from liaf_hf import GFLImageProcessor
 from liaf_hf.metrics.coco import CocoDetectionEvaluator, coco_ground_truth_from_dataset
+from tiny import tiny_detector
 
 torchmetrics_detection = pytest.importorskip("torchmetrics.detection")
 

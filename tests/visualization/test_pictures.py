@@ -3,7 +3,6 @@ the teacher's metrics on the distilled student's card."""
 
 import json
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,12 +21,10 @@ from liaf_hf.visualization.selector_weights import (
     SelectorWeightsCallback,
     add_selector_pictures,
 )
-from tiny import load_script
+from tiny import ROOT, load_script
 from tiny import tiny_config as shared_tiny_config
 
 tiny_config = partial(shared_tiny_config, num_fpn_levels=3)
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")

@@ -305,9 +305,6 @@ def test_box_past_the_image_border_is_clipped_and_empty_boxes_counted(tmp_path, 
     assert np.isclose(train[0]["objects"]["area"][0], 28 * 25)
 
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
 KITTI_SIZES = {"backbone": "resnet18", "num_fpn_levels": 3}
 
 

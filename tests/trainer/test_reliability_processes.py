@@ -18,9 +18,8 @@ import torch
 from safetensors.torch import load_file
 
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
-from tiny import tiny_detector
+from tiny import ROOT, tiny_detector
 
-ROOT = Path(__file__).resolve().parents[1]
 TINY_SPEC = SyntheticSpec(image_width=64, image_height=64, min_size=10, max_size=24, max_objects=3)
 CLASS_NAMES = dict(enumerate(TINY_SPEC.class_names))
 

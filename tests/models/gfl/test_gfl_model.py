@@ -6,14 +6,12 @@ import os
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import timm
 import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
-from tests.tiny import tiny_detector
 from transformers import (
     AutoImageProcessor,
     AutoModelForObjectDetection,
@@ -26,9 +24,9 @@ from transformers import (
 from transformers.backbone_utils import load_backbone
 
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from tiny import FIXTURES, tiny_detector
 
 ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
-FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def small_config(**overrides) -> GFLConfig:

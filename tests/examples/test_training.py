@@ -2,7 +2,6 @@
 
 import json
 import logging
-from pathlib import Path
 
 import pytest
 import torch
@@ -15,8 +14,6 @@ from liaf_hf.data.collate import DetectionCollator, DetectionTransform
 from liaf_hf.data.synthetic import SyntheticSpec, generate_coco_dataset
 from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_dataset
 from tiny import load_example, tiny_detector_flags
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_train_detector_example_trains_scores_and_saves(tmp_path, caplog):

@@ -7,7 +7,6 @@ import math
 import pytest
 import torch
 
-import test_distillation_trainer as trainer_tests
 from liaf_hf import GFLConfig, GFLForObjectDetection
 from liaf_hf.cli import DistillationArguments
 from liaf_hf.distillation import (
@@ -28,10 +27,7 @@ from liaf_hf.distillation._masks import box_cell_masks, foreground_background_ma
 from liaf_hf.distillation.base import DistillationBatch
 from liaf_hf.distillation.fgd import fgd_batch_masks, fgd_masks, fgd_multi_level_masks
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
-
-# The generated shapes set and the saved teacher of the trainer tests, built once for this module too.
-shapes = trainer_tests.shapes
-teacher_dir = trainer_tests.teacher_dir
+from tiny import make_distillation_trainer
 
 SIZES = (8, 4, 2)
 STRIDES = [8, 16, 32]
@@ -640,7 +636,7 @@ def test_command_line_accepts_combined_methods():
     ],
 )
 def test_two_training_steps(shapes, teacher_dir, tmp_path, method, logged):
-    trainer = trainer_tests.make_trainer(
+    trainer = make_distillation_trainer(
         shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False
     )
     distiller_before = {k: v.clone() for k, v in trainer.distillation_model.distiller.state_dict().items()}

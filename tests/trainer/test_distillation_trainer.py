@@ -11,15 +11,12 @@ import torch._dynamo
 from safetensors.torch import load_file, save_file
 from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import TrainerCallback, TrainingArguments
+from transformers import TrainerCallback
 
-from liaf_hf import GFLForObjectDetection, GFLImageProcessor
-from liaf_hf.data import label_maps, load_coco_detection
-from liaf_hf.data.synthetic import generate_coco_dataset
+from liaf_hf import GFLForObjectDetection
 from liaf_hf.distillation import DistillationResult, Distiller
-from liaf_hf.trainer import DistillationModel, DistillationOutput, LIAFDistillationTrainer, inherit_from_teacher
-from liaf_hf.trainer.integration import configure_for_detection, detection_trainer_kwargs
-from tiny import load_example, tiny_detector
+from liaf_hf.trainer import DistillationModel, DistillationOutput, inherit_from_teacher
+from tiny import load_example, make_distillation_trainer, tiny_detector
 
 
 class StopAfter(TrainerCallback):
@@ -35,54 +32,8 @@ class StopAfter(TrainerCallback):
         return control
 
 
-@pytest.fixture(scope="module")
-def shapes(tmp_path_factory):
-    root = generate_coco_dataset(tmp_path_factory.mktemp("shapes"), num_train=16, num_val=4, seed=5)
-    train, val = load_coco_detection(root, "train"), load_coco_detection(root, "val")
-    return train, val, label_maps(train)[0]
-
-
-@pytest.fixture(scope="module")
-def teacher_dir(shapes, tmp_path_factory):
-    _, _, id2label = shapes
-    directory = tmp_path_factory.mktemp("teacher")
-    tiny_detector(id2label, backbone="resnet34", channels=48, seed=1).save_pretrained(directory)
-    return directory
-
-
-def make_trainer(shapes, teacher, output_dir, *, method="none", max_steps=2, seed=0, **extra):
-    train, val, id2label = shapes
-    student = tiny_detector(id2label, seed=seed)
-    processor = GFLImageProcessor.for_model_config(student.config, size={"shortest_edge": 64, "longest_edge": 64})
-    args = configure_for_detection(
-        TrainingArguments(
-            output_dir=str(output_dir),
-            max_steps=max_steps,
-            per_device_train_batch_size=4,
-            per_device_eval_batch_size=4,
-            learning_rate=1e-3,
-            report_to="none",
-            save_strategy="steps",
-            save_steps=2,
-            logging_steps=1,
-            seed=seed,
-            data_seed=seed,
-            full_determinism=True,
-            disable_tqdm=True,
-        )
-    )
-    return LIAFDistillationTrainer(
-        model=student,
-        teacher=teacher,
-        method=method,
-        args=args,
-        **detection_trainer_kwargs(image_processor=processor, train_dataset=train, eval_dataset=val, seed=seed),
-        **extra,
-    )
-
-
 def test_teacher_is_frozen_and_the_saved_student_is_plain(shapes, teacher_dir, tmp_path):
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=True)
+    trainer = make_distillation_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=True)
     teacher_before = {k: v.clone() for k, v in trainer.teacher.state_dict().items()}
     student_before = {k: v.clone() for k, v in trainer.student.state_dict().items()}
     trainer.train()
@@ -104,13 +55,13 @@ def test_teacher_is_frozen_and_the_saved_student_is_plain(shapes, teacher_dir, t
 
 
 def test_evaluation_scores_the_student_only(shapes, teacher_dir, tmp_path):
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
+    trainer = make_distillation_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
     metrics = trainer.evaluate()
     assert "eval_AP" in metrics and not any("liaf" in key for key in metrics)
 
 
 def test_loss_components_are_logged(shapes, teacher_dir, tmp_path):
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
+    trainer = make_distillation_trainer(shapes, teacher_dir, tmp_path / "run", evaluate_teacher_at_start=False)
     trainer.train()
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert logged and {"loss_qfl", "loss_dfl", "loss_giou"} <= set(logged[0])
@@ -119,7 +70,7 @@ def test_loss_components_are_logged(shapes, teacher_dir, tmp_path):
 def test_logged_components_are_each_averaged_over_the_steps_that_had_them(shapes, teacher_dir, tmp_path):
     """LIAF-KD reports no statistics on a step without instances: such a step must not pull their averages
     toward 0."""
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf")
+    trainer = make_distillation_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf")
 
     def step(loss_liaf, stats):
         loss = torch.tensor(loss_liaf)
@@ -166,7 +117,7 @@ def test_a_training_step_reads_back_only_the_finiteness_of_its_loss(shapes, teac
     """Between logging steps the host waits for the device twice a step in liaf_hf's code: the non-finite
     guard and the check of the batch's labels (each names what is wrong), nothing else: the GFL loss and LD
     use the positive anchors as a mask, without counting or picking them."""
-    trainer = make_trainer(
+    trainer = make_distillation_trainer(
         shapes, teacher_dir, tmp_path / "run", method=method, max_steps=3, evaluate_teacher_at_start=False
     )
     trainer.args.logging_steps, trainer.args.save_strategy = 100, "no"
@@ -179,7 +130,7 @@ def test_teacher_with_other_classes_is_refused(shapes, tmp_path):
     other = tmp_path / "other"
     tiny_detector({0: "cat", 1: "dog"}).save_pretrained(other)
     with pytest.raises(ValueError, match="same classes"):
-        make_trainer(shapes, other, tmp_path / "run")
+        make_distillation_trainer(shapes, other, tmp_path / "run")
     # Built directly too: a step converts the labels once, with the student's classes, for both detectors.
     with pytest.raises(ValueError, match="same classes"):
         DistillationModel(
@@ -195,7 +146,7 @@ def test_teacher_checkpoint_with_missing_weights_is_refused(shapes, teacher_dir,
     weights.pop(next(k for k in weights if k.startswith("head.")))
     save_file(weights, str(broken / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(ValueError, match="missing_keys"):
-        make_trainer(shapes, broken, tmp_path / "run")
+        make_distillation_trainer(shapes, broken, tmp_path / "run")
 
 
 def test_inheriting_copies_matching_neck_and_head(shapes):
@@ -212,7 +163,7 @@ def test_inheriting_copies_matching_neck_and_head(shapes):
 @pytest.mark.parametrize("method", ["none", "liaf"])
 def test_resumed_run_matches_uninterrupted_run(shapes, teacher_dir, tmp_path, method):
     def trainer(directory):
-        return make_trainer(
+        return make_distillation_trainer(
             shapes, teacher_dir, tmp_path / directory, method=method, max_steps=4, evaluate_teacher_at_start=False
         )
 
@@ -235,7 +186,7 @@ def test_resumed_run_matches_uninterrupted_run(shapes, teacher_dir, tmp_path, me
 
 def test_resuming_under_another_method_or_other_settings_is_refused_naming_them(shapes, teacher_dir, tmp_path):
     def trainer(**method):
-        return make_trainer(
+        return make_distillation_trainer(
             shapes, teacher_dir, tmp_path / "run", max_steps=4, evaluate_teacher_at_start=False, **method
         )
 
@@ -263,7 +214,7 @@ def test_a_checkpoint_that_does_not_record_its_method_still_resumes_with_a_warni
     shapes, teacher_dir, tmp_path, caplog
 ):
     def trainer():
-        return make_trainer(
+        return make_distillation_trainer(
             shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=4, evaluate_teacher_at_start=False
         )
 
@@ -293,7 +244,7 @@ def test_distillation_model_hides_the_teacher(shapes):
 @pytest.mark.parametrize("objective", ["robust", "task"])
 def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes, teacher_dir, tmp_path, objective):
     # "task" reads the gradient of the student's own GFL loss on its FPN maps, through the real detector.
-    trainer = make_trainer(
+    trainer = make_distillation_trainer(
         shapes,
         teacher_dir,
         tmp_path / "run",
@@ -322,7 +273,9 @@ def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes
 def test_selector_gradient_comes_from_the_student_features(shapes, teacher_dir, tmp_path):
     """One forward/backward of the trained module: the selectors and the student's FPN receive gradient
     from the LIAF loss; the frozen teacher receives none."""
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False)
+    trainer = make_distillation_trainer(
+        shapes, teacher_dir, tmp_path / "run", method="liaf", evaluate_teacher_at_start=False
+    )
     model = trainer.distillation_model.train()
     inputs = next(iter(trainer.get_train_dataloader()))
     outputs = model(**inputs)
@@ -337,7 +290,9 @@ def test_selector_gradient_comes_from_the_student_features(shapes, teacher_dir, 
 def test_feature_methods_run_the_teacher_without_its_head(shapes, teacher_dir, tmp_path, method, runs_head):
     """A method that compares FPN maps only gets the teacher's backbone and FPN (its head's launches and
     outputs saved), and its losses are those it computes from the teacher's full output."""
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False)
+    trainer = make_distillation_trainer(
+        shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False
+    )
     model = trainer.distillation_model.train()
     inputs = next(iter(trainer.get_train_dataloader()))
     head_calls = []
@@ -370,7 +325,9 @@ def test_feature_methods_run_the_teacher_without_its_head(shapes, teacher_dir, t
 def test_a_distillation_step_converts_the_labels_once(shapes, teacher_dir, tmp_path, method):
     """The student's loss, the distiller's batch, LD's positive anchors and AID's teacher loss share one
     conversion of the labels to pixels (each costs a few dozen kernel launches and a wait on a GPU)."""
-    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False)
+    trainer = make_distillation_trainer(
+        shapes, teacher_dir, tmp_path / "run", method=method, evaluate_teacher_at_start=False
+    )
     model = trainer.distillation_model.train()
     inputs = next(iter(trainer.get_train_dataloader()))
     conversions = []
@@ -420,7 +377,7 @@ class BrokenDistiller(Distiller):
 
 
 def test_non_finite_loss_stops_training_naming_component_and_step(shapes, teacher_dir, tmp_path):
-    trainer = make_trainer(
+    trainer = make_distillation_trainer(
         shapes, teacher_dir, tmp_path / "run", method=BrokenDistiller(), max_steps=3, evaluate_teacher_at_start=False
     )
     with pytest.raises(FloatingPointError, match=r"step 2: loss_broken is not finite"):
@@ -432,7 +389,7 @@ def test_a_compiled_distiller_trains_as_the_eager_one(shapes, teacher_dir, tmp_p
     and a checkpoint with the same tensors."""
 
     def trainer(name, compile_distiller):
-        run = make_trainer(
+        run = make_distillation_trainer(
             shapes,
             teacher_dir,
             tmp_path / name,
@@ -488,4 +445,4 @@ def test_method_options_are_checked_before_the_data_and_the_teacher_load(tmp_pat
 
 def test_the_trainer_checks_method_options_as_the_command_line_does(shapes, teacher_dir, tmp_path):
     with pytest.raises(ValueError, match=r"Option 'alpha' of method 'liaf' must be a number \(default 10\.0\)"):
-        make_trainer(shapes, teacher_dir, tmp_path, method="liaf", method_options={"alpha": [1]})
+        make_distillation_trainer(shapes, teacher_dir, tmp_path, method="liaf", method_options={"alpha": [1]})

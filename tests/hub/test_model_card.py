@@ -19,9 +19,8 @@ from liaf_hf.distillation import method_settings
 from liaf_hf.hub import push_student, take_over_push_to_hub
 from liaf_hf.hub.model_card import backbone_name, count_parameters, read_metrics_file, template_path, write_model_card
 from liaf_hf.hub.upload import prepare_upload_folder, upload_file_names
-from tiny import load_example, tiny_detector_flags
+from tiny import ROOT, load_example, tiny_detector_flags
 
-ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "circle", 1: "square"}
 STUDENT_FILES = [
     "README.md",

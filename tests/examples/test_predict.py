@@ -4,7 +4,6 @@ directories that are not GFL detectors and for inputs that are not images."""
 import importlib.util
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,8 +13,8 @@ from PIL import Image
 from liaf_hf import DataError, GFLConfig, GFLForObjectDetection, GFLImageProcessor, LiafError
 from liaf_hf.inference import detect, find_images, load_detector, open_image
 from liaf_hf.visualization.drawing import class_colour, draw_detections
+from tiny import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 ID2LABEL = {0: "circle", 1: "square"}
 BACKGROUND = (128, 128, 128)
 

@@ -1,7 +1,6 @@
 """GFLImageProcessor: resizing, padding, label conversion and post-processing."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,6 +9,7 @@ from PIL import Image
 
 from liaf_hf import GFLConfig, GFLImageProcessor
 from liaf_hf.models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from tiny import FIXTURES
 
 
 def test_resize_keeps_aspect_ratio_and_pads_to_multiple_of_32():
@@ -194,7 +194,7 @@ def test_a_processor_saved_by_version_0_1_loads_and_gives_the_same_tensors():
     from safetensors.torch import load_file
     from transformers import AutoImageProcessor
 
-    folder = Path(__file__).parent / "fixtures" / "gfl_processor_v0_1"
+    folder = FIXTURES / "gfl_processor_v0_1"
     processor = AutoImageProcessor.from_pretrained(folder)
     assert isinstance(processor, GFLImageProcessor) and processor.score_threshold == 0.1
     rng = np.random.default_rng(0)
