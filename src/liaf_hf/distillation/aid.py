@@ -35,6 +35,7 @@ from .base import (
     DistillationResult,
     Distiller,
     MethodConfig,
+    check_batch,
     check_pair,
     non_negative,
     register_distiller,
@@ -117,13 +118,7 @@ class InstanceImitation(Distiller):
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
     ) -> DistillationResult:
-        if len(batch.strides) != self.aligner.num_levels:
-            raise ValueError(f"Expected {self.aligner.num_levels} FPN levels; got {len(batch.strides)} strides.")
-        if len(batch.boxes) != student.fpn_features[0].shape[0]:
-            raise ValueError(
-                f"The batch describes {len(batch.boxes)} images but the features hold "
-                f"{student.fpn_features[0].shape[0]}."
-            )
+        check_batch(student, batch, num_levels=self.aligner.num_levels)
         result = DistillationResult()
         loss_key = f"loss_{self.loss_name}"
         with torch.autocast(device_type=student.fpn_features[0].device.type, enabled=False):

@@ -296,8 +296,9 @@ def method_config(name: str, options: MethodOptions | Mapping[str, MethodOptions
             )
         ]
         raise ValueError(
-            f"{name!r} has no options {misplaced + unknown_in_parts}: the options of a combined method are given per part, keyed by "
-            f"part name {parts}, e.g. {{{parts[0]!r}: {{...}}}}. Its options: {method_settings(name)}."
+            f"{name!r} has no options {misplaced + unknown_in_parts}: the options of a combined method are given "
+            f"per part, keyed by part name {parts}, e.g. {{{parts[0]!r}: {{...}}}}. Its options: "
+            f"{method_settings(name)}."
         )
     not_options = sorted(part for part, value in options.items() if not isinstance(value, (Mapping, MethodConfig)))
     if not_options:
@@ -483,6 +484,20 @@ class CompositeDistiller(Distiller):
                     merged[key] = value
                     source[key] = name
         return combined
+
+
+def check_batch(student: GFLObjectDetectionOutput, batch: DistillationBatch, *, num_levels: int) -> None:
+    """Refuse a batch that does not describe `student`'s features: `num_levels` FPN maps and strides, and as
+    many images (box lists) as the maps hold. What every feature method checks before it compares maps."""
+    if len(batch.strides) != num_levels or len(student.fpn_features) != num_levels:
+        raise ValueError(
+            f"Expected {num_levels} FPN levels; got {len(student.fpn_features)} student maps and "
+            f"{len(batch.strides)} strides."
+        )
+    if len(batch.boxes) != student.fpn_features[0].shape[0]:
+        raise ValueError(
+            f"The batch describes {len(batch.boxes)} images but the features hold {student.fpn_features[0].shape[0]}."
+        )
 
 
 def zero_with_graph(*tensors: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ from .base import (
     DistillationResult,
     Distiller,
     MethodConfig,
+    check_batch,
     check_pair,
     non_negative,
     register_distiller,
@@ -473,16 +474,7 @@ class LIAFDistiller(Distiller):
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
     ) -> DistillationResult:
-        if len(batch.strides) != self.aligner.num_levels or len(student.fpn_features) != self.aligner.num_levels:
-            raise ValueError(
-                f"Expected {self.aligner.num_levels} FPN levels; got {len(student.fpn_features)} student maps and "
-                f"{len(batch.strides)} strides."
-            )
-        if len(batch.boxes) != student.fpn_features[0].shape[0]:
-            raise ValueError(
-                f"The batch describes {len(batch.boxes)} images but the features hold "
-                f"{student.fpn_features[0].shape[0]}."
-            )
+        check_batch(student, batch, num_levels=self.aligner.num_levels)
         device = teacher.fpn_features[0].device
         layout = InstanceLayout.from_boxes(batch.boxes, batch.class_labels, device=device)
         result = DistillationResult()
