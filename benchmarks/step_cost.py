@@ -57,6 +57,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
 from _provenance import provenance  # noqa: E402
+from _step_cost_report import FLOOR, Measurements, report_table, result_rows  # noqa: E402
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
 from liaf_hf.distillation import available_methods, build_distiller, parse_method_spec  # noqa: E402
@@ -70,7 +71,7 @@ PRESETS = {
 }
 TIMING = {"cpu": {"steps": 5, "rounds": 3}, "gpu": {"steps": 10, "rounds": 9}}
 DEFAULT_METHODS = ["none", "mimic", "fgd", "pkd", "ld", "aid", "liaf", "liaf+ld"]
-STUDENT_STEP, TEACHER_FORWARD, FLOOR = "student step", "teacher forward", "student step + teacher forward"
+STUDENT_STEP, TEACHER_FORWARD = "student step", "teacher forward"
 # The part of the teacher's forward that methods comparing FPN maps only run (`needs_teacher_head = False`).
 TEACHER_FEATURES = "teacher backbone + FPN"
 COMPILED = "compiled"  # suffix of the configurations with a compiled loss (--compile)
@@ -543,138 +544,50 @@ def saved_student_comparison(context: dict, args: argparse.Namespace) -> dict:
 # -------------------------------------------------------------------------------------------------- main
 
 
-def main(argv: list[str] | None = None) -> None:
+def measure(args: argparse.Namespace, argv: list[str]) -> tuple[list[str], Measurements]:
+    """Every configuration's step measured as `args` asks: the configurations' names and their measurements."""
+    configurations, context = build_configurations(args)
+    measured = Measurements(timings=None, operations={})
+    if args.operations_only:
+        for step in configurations.values():  # caches (anchor points) filled as in a timed step
+            step.forward_backward()
+    else:
+        timings = time_configurations(configurations, args)
+        measured.timings = timings
+        measured.floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
+        measured.feature_floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FEATURES]["median_s"]
+    measured.operations = count_operations(configurations)
+    if args.kernels_by_site:
+        distilling = [name for name in configurations if name.startswith("distill: ") and name in measured.operations]
+        measured.sites = kernels_by_site(configurations, distilling)
+    if args.profile and not args.operations_only:
+        measured.profiles = profile_configurations(configurations, args)
+    if not args.no_memory and not args.operations_only:
+        for name in configurations:
+            measured.memory[name] = measure_memory(name, argv)
+            print(f"memory of {name}: {measured.memory[name]['peak_extra_bytes'] / 2**20:.0f} MiB", flush=True)
+    measured.inference = None if args.operations_only else saved_student_comparison(context, args)
+    measured.features_only = {
+        name
+        for label, model in context["models"].items()
+        if model.distiller.needs_teacher and not model.distiller.needs_teacher_head
+        for name in (f"distill: {label}", f"distill: {label} {COMPILED}")
+    }
+    return list(configurations), measured
+
+
+def main(argv: list[str] | None = None) -> dict:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.device == "cpu":
         torch.set_num_threads(os.cpu_count() or 1)
     if args.measure_memory_of:
         Path(args.output).write_text(json.dumps(measure_memory_here(args)))
-        return
-
-    configurations, context = build_configurations(args)
-    if args.operations_only:
-        for step in configurations.values():  # caches (anchor points) filled as in a timed step
-            step.forward_backward()
-        timings = None
-        floor = feature_floor = None
-    else:
-        timings = time_configurations(configurations, args)
-        floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FORWARD]["median_s"]
-        feature_floor = timings[STUDENT_STEP]["median_s"] + timings[TEACHER_FEATURES]["median_s"]
-    operations = count_operations(configurations)
-    sites = None
-    if args.kernels_by_site:
-        sites = kernels_by_site(
-            configurations, [name for name in configurations if name.startswith("distill: ") and name in operations]
-        )
-    profiles = None
-    if args.profile and not args.operations_only:
-        profiles = profile_configurations(configurations, args)
-    memory = {}
-    if not args.no_memory and not args.operations_only:
-        for name in configurations:
-            memory[name] = measure_memory(name, argv)
-            print(f"memory of {name}: {memory[name]['peak_extra_bytes'] / 2**20:.0f} MiB", flush=True)
-    inference = None if args.operations_only else saved_student_comparison(context, args)
-
-    floor_memory = memory[FLOOR]["peak_extra_bytes"] if memory else None
-    features_only = {
-        name
-        for label, model in context["models"].items()
-        if model.distiller.needs_teacher and not model.distiller.needs_teacher_head
-        for name in (f"distill: {label}", f"distill: {label} {COMPILED}")
-    }
-    rows = []
-    for name in configurations:
-        row = {"configuration": name, **operations.get(name, {})}
-        if timings:
-            row["seconds_per_step"] = timings[name]["median_s"]
-            row["rounds_s"] = timings[name]["rounds_s"]
-        if name.startswith("distill: "):
-            if timings:
-                row["ratio_to_floor"] = timings[name]["median_s"] / floor
-                if name in features_only:
-                    row["ratio_to_feature_floor"] = timings[name]["median_s"] / feature_floor
-            if name in operations:
-                row["operations_ratio_to_floor"] = operations[name]["operations"] / operations[FLOOR]["operations"]
-                row["kernels_ratio_to_floor"] = operations[name]["kernels"] / operations[FLOOR]["kernels"]
-        if profiles:
-            row["device_busy_s_per_step"] = profiles[name]["busy_s_per_step"]
-            if profiles[name]["host_waits_per_step"] is not None:
-                row["measured_host_waits_per_step"] = profiles[name]["host_waits_per_step"]
-            if timings:
-                row["device_busy_share"] = profiles[name]["busy_s_per_step"] / timings[name]["median_s"]
-            if "extra_s_by_operation" in profiles[name]:
-                row["extra_device_s_by_operation"] = profiles[name]["extra_s_by_operation"]
-        if memory:
-            row["peak_extra_MiB"] = memory[name]["peak_extra_bytes"] / 2**20
-            if name.startswith("distill: ") and floor_memory:
-                row["memory_ratio_to_floor"] = memory[name]["peak_extra_bytes"] / floor_memory
-        rows.append(row)
-
-    lines = [
-        f"Step cost, {args.student_backbone} student / {args.teacher_backbone} teacher, batch {args.batch_size} at "
-        f"{args.image_size}px, {args.device}; floor = student step + teacher forward"
-        + (f" = {floor:.3f} s" if floor else ""),
-        "| configuration | s/step | x floor | kernels | x floor | device waits | peak extra MiB | memory x floor |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        seconds = f"{row['seconds_per_step']:.3f}" if "seconds_per_step" in row else "-"
-        ratio = f"{row['ratio_to_floor']:.2f}" if "ratio_to_floor" in row else "-"
-        mib = f"{row['peak_extra_MiB']:.0f}" if "peak_extra_MiB" in row else "-"
-        mem_ratio = f"{row['memory_ratio_to_floor']:.2f}" if "memory_ratio_to_floor" in row else "-"
-        kernel_ratio = f"{row['kernels_ratio_to_floor']:.2f}" if "kernels_ratio_to_floor" in row else "-"
-        kernels = f"{row['kernels']:,}" if "kernels" in row else "-"
-        waits = row.get("device_waits", "-")
-        lines.append(
-            f"| {row['configuration']} | {seconds} | {ratio} | {kernels} | {kernel_ratio} | {waits} "
-            f"| {mib} | {mem_ratio} |"
-        )
-    listed = ", ".join(
-        f"{row['configuration'].removeprefix('distill: ')} {row['ratio_to_feature_floor']:.2f}"
-        for row in rows
-        if "ratio_to_feature_floor" in row
-    )
-    if listed:
-        lines += [
-            "",
-            f"Against student step + teacher backbone and FPN alone ({feature_floor:.3f} s), the floor of the methods "
-            f"that compare FPN maps only (their step skips the teacher's head): {listed}",
-        ]
-    if inference:
-        latency = inference["latency_s_per_batch"]
-        lines += [
-            "",
-            f"Saved students ({inference['distilled_method']} vs plain): parameters "
-            f"{inference['parameters']['distilled']:,} vs {inference['parameters']['plain']:,}; same tensors: "
-            f"{inference['same_tensor_names']}; inference {latency['distilled'] * 1000:.1f} ms vs "
-            f"{latency['plain'] * 1000:.1f} ms per batch of {args.batch_size}",
-        ]
-    if profiles:
-        lines += [
-            "",
-            "| configuration | device busy ms/step | share of the step's time | host waits/step (measured) |",
-            "|---|---|---|---|",
-        ]
-        for row in rows:
-            share = f"{row['device_busy_share']:.2f}" if "device_busy_share" in row else "-"
-            waits = f"{row['measured_host_waits_per_step']:.1f}" if "measured_host_waits_per_step" in row else "-"
-            lines.append(f"| {row['configuration']} | {row['device_busy_s_per_step'] * 1000:.2f} | {share} | {waits} |")
-        for row in rows:
-            if "extra_device_s_by_operation" in row:
-                listed = ", ".join(
-                    f"{key} {seconds * 1000:+.2f}" for key, seconds in row["extra_device_s_by_operation"].items()
-                )
-                lines += ["", f"{row['configuration']}: device ms/step beyond the floor's: {listed}"]
-    if sites:
-        for name, by_site in sites.items():
-            listed = ", ".join(f"{site} {count}" for site, count in list(by_site.items())[:12])
-            lines += ["", f"{name}: {sum(by_site.values()):,} kernels beyond the floor's: {listed}"]
-    table = "\n".join(lines)
+        return {}
+    names, measured = measure(args, argv)
+    rows = result_rows(names, measured)
+    table = report_table(rows, measured, args)
     print(table)
-
     result = {
         "provenance": provenance(),
         "command": shlex.join(["python", "benchmarks/step_cost.py", *argv]),
@@ -686,16 +599,17 @@ def main(argv: list[str] | None = None) -> None:
             "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         },
         "settings": {k: v for k, v in vars(args).items() if k not in ("output", "measure_memory_of")},
-        "floor_seconds_per_step": floor,
-        "feature_floor_seconds_per_step": feature_floor,
+        "floor_seconds_per_step": measured.floor,
+        "feature_floor_seconds_per_step": measured.feature_floor,
         "rows": rows,
-        "inference": inference,
-        "kernels_by_site_beyond_floor": sites,
+        "inference": measured.inference,
+        "kernels_by_site_beyond_floor": measured.sites,
         "table": table,
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2))
     print(f"Wrote {args.output}")
+    return result
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The measuring tools of benchmarks/step_cost.py and benchmarks/gpu_cost_model.py, on inputs whose answer is known."""
 
+import json
+
 import pytest
 import torch
 
@@ -156,3 +158,28 @@ def test_profile_credits_a_methods_extra_time_to_the_operations_it_adds():
     extra = profiles["distill: bessel"]["extra_s_by_operation"]
     assert next(iter(extra)) == "aten::i0"  # the largest difference
     assert "extra_s_by_operation" not in profiles[script.FLOOR]
+
+
+def test_step_cost_reports_every_configuration_against_the_floor(tmp_path):
+    """The whole script on the CPU, counting only (no timing): each method's row with its kernel ratio to the
+    floor, the table that shows it, and the JSON that records both."""
+    output = tmp_path / "step_cost.json"
+    result = step_cost().main(
+        [
+            "--operations_only",
+            "--teacher_backbone",
+            "resnet18",
+            "--methods",
+            "mimic",
+            "liaf",
+            "--output",
+            str(output),
+        ]
+    )
+    rows = {row["configuration"]: row for row in result["rows"]}
+    assert {"student step", "teacher forward", "distill: mimic", "distill: liaf"} <= set(rows)
+    for name in ("distill: mimic", "distill: liaf"):
+        assert rows[name]["kernels"] > rows["student step + teacher forward"]["kernels"] > 0
+        assert rows[name]["kernels_ratio_to_floor"] > 1.0 and "seconds_per_step" not in rows[name]
+        assert f"| {name} | - | - | {rows[name]['kernels']:,} |" in result["table"]
+    assert json.loads(output.read_text())["rows"] == result["rows"]
