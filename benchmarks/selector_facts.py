@@ -1,0 +1,115 @@
+"""What do LIAF-KD's selectors do with the instances? The weights they gave, against what the generator did to
+each instance.
+
+A LIAF-KD run writes its selectors' weights on its first evaluation images at the start and at each evaluation
+(`<run>/selector_weights/weights.json`, `liaf_hf.visualization.selector_weights`). This matches each of those
+instances with its record in the generated set's `instance_facts_<split>.json` (by its box) and reports, at the
+last recorded step, how far the weights spread and their mean per group of facts (faint or not, size, truncated,
+occluded, class; as benchmarks/instance_facts.py groups them):
+
+    python benchmarks/selector_facts.py --runs runs/distill_gain/<pair>/student-resnet18-liaf-seed* \
+        --data_dir data/shapes-varied-harsh
+
+The evaluation images carry clean annotations: whether the selectors down-weight the wrong training annotations
+is not visible here. Prints a table and writes benchmarks/results/selector_facts.json (or --output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance and instance_facts, also when a test loads this file
+from _provenance import provenance  # noqa: E402
+from instance_facts import groups_of  # noqa: E402
+
+
+def _box_key(boxes) -> tuple:
+    return tuple(tuple(round(float(value), 1) for value in box) for box in boxes)
+
+
+def image_index(data_dir: Path, split: str) -> tuple[dict[tuple, int], dict[int, str]]:
+    """Each image's id by its annotation boxes (xyxy pixels, in order), and the category names."""
+    annotations = json.loads((data_dir / "annotations" / f"instances_{split}.json").read_text())
+    boxes: dict[int, list] = {}
+    for annotation in annotations["annotations"]:
+        x, y, width, height = annotation["bbox"]
+        boxes.setdefault(annotation["image_id"], []).append((x, y, x + width, y + height))
+    names = {category["id"]: category["name"] for category in annotations["categories"]}
+    return {_box_key(image_boxes): image_id for image_id, image_boxes in boxes.items()}, names
+
+
+def matched_weights(run: Path, index: dict[tuple, int], facts: dict[int, list[dict]]) -> list[tuple[float, dict]]:
+    """(weight, facts) of every instance the run's selectors weighed at their last recorded step."""
+    steps = json.loads((run / "selector_weights" / "weights.json").read_text())
+    matched = []
+    for image in steps[-1]["images"]:
+        image_id = index.get(_box_key(image["boxes_xyxy"]))
+        if image_id is None:
+            raise ValueError(f"{run}: an image's boxes match no image of the set: {image['boxes_xyxy']}")
+        matched.extend(zip(image["weights"], facts[image_id]))
+    return matched
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="LIAF-KD runs' output folders.")
+    parser.add_argument("--data_dir", default=str(ROOT / "data" / "shapes-varied-harsh"))
+    parser.add_argument("--split", default="val", help="The split the runs evaluated on.")
+    parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "selector_facts.json"))
+    args = parser.parse_args(argv)
+    data_dir = Path(args.data_dir)
+    index, names = image_index(data_dir, args.split)
+    records = json.loads((data_dir / f"instance_facts_{args.split}.json").read_text())["annotations"]
+    facts: dict[int, list[dict]] = {}
+    for record in records:
+        facts.setdefault(record["image_id"], []).append(record)
+
+    per_run, by_group = [], {}
+    for run in map(Path, args.runs):
+        weights = matched_weights(run, index, facts)
+        values = [weight for weight, _ in weights]
+        per_run.append(
+            {
+                "run": run.name,
+                "instances": len(values),
+                "min": min(values),
+                "max": max(values),
+                "std": statistics.pstdev(values),
+            }
+        )
+        for weight, record in weights:
+            for group in groups_of(record, names):
+                by_group.setdefault(group, []).append(weight)
+    groups = [
+        {"group": group, "instances": len(values), "mean_weight": statistics.fmean(values)}
+        for group, values in sorted(by_group.items(), key=lambda item: (item[0] != "all", item[0]))
+    ]
+    print("| run | instances | lowest weight | highest weight | std |")
+    print("|---|---|---|---|---|")
+    for row in per_run:
+        print(f"| {row['run']} | {row['instances']} | {row['min']:.3f} | {row['max']:.3f} | {row['std']:.4f} |")
+    print("\n| group | instances | mean weight |")
+    print("|---|---|---|")
+    for row in groups:
+        print(f"| {row['group']} | {row['instances']} | {row['mean_weight']:.4f} |")
+    result = {
+        "provenance": provenance(),
+        "command": "python benchmarks/selector_facts.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "data_dir": args.data_dir,
+        "split": args.split,
+        "runs": per_run,
+        "groups": groups,
+    }
+    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.output).write_text(json.dumps(result, indent=2))
+    print(f"Wrote {args.output}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
