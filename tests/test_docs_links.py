@@ -25,8 +25,10 @@ CODE_SPAN = re.compile(r"`([^`\n]+)`")
 REPO_FOLDERS = ("src/", "tests/", "examples/", "benchmarks/", "docs/", ".ci/")
 # Tokens that are patterns or placeholders rather than one path: `benchmarks/results/*.png`, `<split>`.
 PLACEHOLDER = re.compile(r"[*<>{}\[\]|$]")
-# Paths outside the repository that a page must not point at.
-OUTSIDE = re.compile(r"(\.\./shared|/work/|/tmp/)")
+# Absolute paths of this machine's working folders, which no user has.
+MACHINE_PATHS = re.compile(r"(/work/|/tmp/)")
+# A relative path written in the text that climbs out of the page's folder: `../../notes.md`.
+CLIMBING_PATH = re.compile(r"(?<![\w/.])((?:\.\./)+[\w.-][\w./-]*)")
 
 
 def heading_anchors(markdown: str) -> set[str]:
@@ -53,7 +55,14 @@ def problems_of(page: Path, *, root: Path = ROOT) -> list[str]:
     """Every link and repository path of `page` that does not exist inside `root`, in words."""
     text = page.read_text(encoding="utf-8")
     where = page.relative_to(root)
-    problems = [f"{where}: names {match.group(0)!r}, a path outside the repository" for match in OUTSIDE.finditer(text)]
+    problems = [
+        f"{where}: names {match.group(0)!r}, a path outside the repository" for match in MACHINE_PATHS.finditer(text)
+    ]
+    for path in CLIMBING_PATH.findall(LINK.sub("", text)):  # links are checked below
+        path = path.rstrip(".,:;")
+        resolved = (page.parent / path).resolve()
+        if root.resolve() not in (resolved, *resolved.parents):
+            problems.append(f"{where}: names {path!r}, a path outside the repository")
     prose = without_fences(text)
     for target in LINK.findall(prose):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target) or target.startswith("#"):
@@ -92,7 +101,7 @@ def test_a_made_up_path_a_broken_link_and_an_outside_path_are_reported(tmp_path)
     page = tmp_path / "docs" / "page.md"
     page.write_text(
         "See `benchmarks/made_up.py`, [a page](real.md#a-real-heading), [gone](missing.md),\n"
-        "[no heading](real.md#nowhere), [up](../../elsewhere.md) and ../shared/docs/method.md.\n"
+        "[no heading](real.md#nowhere), [up](../../elsewhere.md) and ../../notes/method.md.\n"
         "```bash\npython benchmarks/also_made_up.py   # commands in fences are not links\n```\n",
         encoding="utf-8",
     )
@@ -101,7 +110,7 @@ def test_a_made_up_path_a_broken_link_and_an_outside_path_are_reported(tmp_path)
     assert any("'missing.md', which does not exist" in problem for problem in problems)
     assert any("has no heading #nowhere" in problem for problem in problems)
     assert any("'../../elsewhere.md', outside the repository" in problem for problem in problems)
-    assert any("'../shared'" in problem for problem in problems)
+    assert any("'../../notes/method.md', a path outside" in problem for problem in problems)
     assert not any("real.md#a-real-heading" in problem for problem in problems)
     assert len(problems) == 5, problems
 
