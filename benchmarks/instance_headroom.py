@@ -18,6 +18,9 @@ Rows (`--rows`; labels as in the results JSON):
     oracle-student        weights from the student's own loss on each instance
     oracle-teacher-student  the teacher's correctness x the student's loss
     liaf                  LIAF-KD at its defaults
+    liaf-informed         LIAF-KD's `task` objective with every per-instance input (the teacher's quality and
+                          loss, the student's loss, scale, class), weights normalised over the batch, and
+                          sharper selection (entropy_weight 0.3)
 The oracles' weights are normalised to the strength of uniform weights over the batch
 (`liaf_hf.distillation.aid.normalise_over_batch`). Runs go through benchmarks/distill_gain.py (and so
 through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000` or `--preset gpu`.
@@ -54,7 +57,14 @@ def row_specs(facts_file: Path) -> dict[str, str]:
         "oracle-student": 'oracle-student=oracle:{"source": "student_loss"}',
         "oracle-teacher-student": 'oracle-teacher-student=oracle:{"source": "teacher_right_student_wrong"}',
         "liaf": "liaf",
-    }
+        "liaf-informed": "liaf-informed=liaf:"
+        + json.dumps(
+            {
+                "objective": "task", "use_teacher_quality": True, "use_student_loss": True, "use_scale": True,
+                "use_class": True, "normalise_over": "batch", "entropy_weight": 0.3,
+            }
+        ),
+    }  # fmt: skip
 
 
 def verdict(paired: list[dict]) -> dict:

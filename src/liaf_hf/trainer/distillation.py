@@ -206,6 +206,28 @@ class DistillationModel(nn.Module):
         # Checked and converted once for the student's loss, the distiller and the teacher's loss (the two
         # detectors share their classes and see the same input).
         targets = self.student.prepare_targets(labels, pixel_values, pixel_mask)
+        teacher_output, student_output = self.detector_outputs(pixel_values, pixel_mask, targets)
+        batch = self.distillation_batch(pixel_values, pixel_mask, targets, student_output)
+        if self.distiller.needs_image_ids:
+            batch.image_ids = _image_ids(labels)
+        result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
+        loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
+        return DistillationOutput(
+            loss=loss, loss_dict={**student_output.loss_dict, **result.losses}, stats=dict(result.stats)
+        )
+
+    def detector_outputs(
+        self, pixel_values: torch.Tensor, pixel_mask: torch.Tensor | None, targets: GFLTargets
+    ) -> tuple[GFLObjectDetectionOutput | None, GFLObjectDetectionOutput]:
+        """The teacher's output (None when the method needs none) and the student's on one batch, each with
+        what the distiller reads of it: the teacher's head, loss or per-instance losses, the student's
+        per-instance losses.
+
+        Args:
+            pixel_values: (B, 3, H, W) padded images.
+            pixel_mask: (B, H, W), 1 on real pixels; None when nothing is padded.
+            targets: the student's `prepare_targets` of the batch's labels.
+        """
         teacher_output = None
         if self.distiller.needs_teacher:
             # The teacher runs first: its activations are freed before the student's graph is built, so the
@@ -231,14 +253,7 @@ class DistillationModel(nn.Module):
             labels=targets,
             output_instance_losses=self.distiller.needs_student_instance_losses,
         )
-        batch = self.distillation_batch(pixel_values, pixel_mask, targets, student_output)
-        if self.distiller.needs_image_ids:
-            batch.image_ids = _image_ids(labels)
-        result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
-        loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
-        return DistillationOutput(
-            loss=loss, loss_dict={**student_output.loss_dict, **result.losses}, stats=dict(result.stats)
-        )
+        return teacher_output, student_output
 
     def distillation_batch(
         self,

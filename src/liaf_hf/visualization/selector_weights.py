@@ -128,10 +128,11 @@ def selector_weights(
     was_training = model.training
     model.eval()
     try:
-        student_output = model.student(pixel_values=pixel_values, pixel_mask=pixel_mask)
-        teacher_output = model.teacher(pixel_values=pixel_values, pixel_mask=pixel_mask)
+        # With labels, as in training: selectors may read either detector's loss on each instance.
+        targets = model.student.prepare_targets(labels, pixel_values, pixel_mask)
+        teacher_output, student_output = model.detector_outputs(pixel_values, pixel_mask, targets)
         distillation_batch = dataclasses.replace(
-            model.distillation_batch(pixel_values, pixel_mask, labels, student_output), progress=float(progress)
+            model.distillation_batch(pixel_values, pixel_mask, targets, student_output), progress=float(progress)
         )
         levels = distiller.select(student=student_output, teacher=teacher_output, batch=distillation_batch)
     finally:
