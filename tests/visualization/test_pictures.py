@@ -42,7 +42,7 @@ def teacher_dir(shapes, tmp_path_factory):
     return directory
 
 
-def make_trainer(shapes, teacher_dir, output_dir, *, method, max_steps=4, report_to="none"):
+def make_trainer(shapes, teacher_dir, output_dir, *, method, max_steps=4, report_to="none", method_options=None):
     train, val, id2label = shapes
     torch.manual_seed(0)
     student = GFLForObjectDetection(tiny_config(id2label))
@@ -66,6 +66,7 @@ def make_trainer(shapes, teacher_dir, output_dir, *, method, max_steps=4, report
         model=student,
         teacher=teacher_dir,
         method=method,
+        method_options=method_options,
         evaluate_teacher_at_start=False,
         args=args,
         **detection_trainer_kwargs(image_processor=processor, train_dataset=train, eval_dataset=val),
@@ -136,6 +137,18 @@ def test_tensorboard_holds_the_grid_at_each_step(liaf_run):
     assert steps == {0, 2, 4}
     # One run: the pictures share the trainer's TensorBoard writer, beside its scalars.
     assert len(event_dirs) == 1
+
+
+def test_pictures_of_selectors_that_read_each_detectors_loss_per_instance(shapes, teacher_dir, tmp_path):
+    # These selectors need the teacher and the student run with the batch's labels, in the picture as in training.
+    options = {"use_teacher_quality": True, "use_student_loss": True}
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=2, method_options=options)
+    callback = add_selector_pictures(trainer, num_images=2)
+    trainer.train()
+    assert [step for step, _ in callback.history] == [0, 2]
+    assert (tmp_path / "run" / PICTURES_DIR / "step-2.png").is_file()
+    for image_weights in callback.history[-1][1]:
+        assert torch.isfinite(image_weights.weights).all()
 
 
 def test_no_pictures_for_a_method_without_selectors(shapes, teacher_dir, tmp_path):
