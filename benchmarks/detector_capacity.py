@@ -4,8 +4,8 @@ under one schedule and score them with the COCO metrics.
     python benchmarks/detector_capacity.py --backbones resnet18 resnet50 --max_steps 600
     python benchmarks/detector_capacity.py --max_steps 1200 --eval_steps 300   # AP against steps
 
-Prints a table and writes benchmarks/results/detector_capacity.json. Every run uses examples/train_detector.py
-with the same arguments except the backbone.
+Prints a table and writes benchmarks/results/detector_capacity.json. Every run is a `liaf_hf.experiments.DetectorRun`
+(what examples/train_detector.py runs) with the same settings except the backbone.
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from datetime import date
@@ -25,6 +24,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
 from _provenance import provenance  # noqa: E402
+from liaf_hf.experiments import DataSpec, DetectorRun, DetectorSpec, Schedule  # noqa: E402
 
 
 def parse_args() -> argparse.Namespace:
@@ -47,35 +47,28 @@ def parse_args() -> argparse.Namespace:
     return parser.parse_args()
 
 
-def train_command(args: argparse.Namespace, backbone: str) -> list[str]:
-    return [
-        sys.executable, str(ROOT / "examples" / "train_detector.py"),
-        "--data_dir", args.data_dir,
-        "--generate_synthetic", args.difficulty,
-        "--synthetic_num_train", str(args.num_train),
-        "--synthetic_num_val", str(args.num_val),
-        "--backbone", backbone,
-        "--fpn_channels", str(args.fpn_channels),
-        "--head_channels", str(args.fpn_channels),
-        "--head_stacked_convs", str(args.head_stacked_convs),
-        "--shortest_edge", str(args.image_size),
-        "--longest_edge", str(args.image_size),
-        "--output_dir", str(Path(args.work_dir) / backbone), "--overwrite_output_dir", "true",
-        "--do_train", "--do_eval",
-        "--max_steps", str(args.max_steps),
-        "--per_device_train_batch_size", str(args.batch_size),
-        "--per_device_eval_batch_size", "32",
-        "--learning_rate", str(args.learning_rate),
-        "--weight_decay", "1e-4",
-        "--warmup_steps", str(min(100, args.max_steps // 10)),
-        "--lr_scheduler_type", "cosine",
-        "--max_grad_norm", "35",
-        "--logging_steps", "50",
-        "--save_strategy", "no",
-        "--report_to", "none",
-        "--seed", str(args.seed),
-        *(["--eval_strategy", "steps", "--eval_steps", str(args.eval_steps)] if args.eval_steps else []),
-    ]  # fmt: skip
+def detector_run(args: argparse.Namespace, backbone: str) -> DetectorRun:
+    """The run of one backbone: every setting but the backbone shared."""
+    return DetectorRun(
+        data=DataSpec(
+            data_dir=args.data_dir,
+            generated=args.difficulty,
+            num_train=args.num_train,
+            num_val=args.num_val,
+            shortest_edge=args.image_size,
+            longest_edge=args.image_size,
+        ),
+        output_dir=Path(args.work_dir) / backbone,
+        detector=DetectorSpec(backbone=backbone, channels=args.fpn_channels, stacked_convs=args.head_stacked_convs),
+        schedule=Schedule(
+            steps=args.max_steps,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            eval_every=args.eval_steps,
+        ),
+        run_name=f"GFL {backbone}",
+    )
 
 
 def ap_against_steps(output_dir: Path) -> list[dict[str, float]]:
@@ -95,9 +88,8 @@ def main() -> None:
     args = parse_args()
     rows = []
     for backbone in args.backbones:
-        command = train_command(args, backbone)
         started = time.perf_counter()
-        subprocess.run(command, check=True, cwd=ROOT)
+        detector_run(args, backbone).run()
         seconds = time.perf_counter() - started
         summary = json.loads((Path(args.work_dir) / backbone / "summary.json").read_text())
         curve = ap_against_steps(Path(args.work_dir) / backbone)

@@ -13,7 +13,7 @@ each method's seed-by-seed difference from one of them (`--paired_against`, `aid
 difference within about two standard errors of 0 is no evidence either way, however the means fall.
 What LIAF-KD's selectors add is measured against the same instance loss with uniform weights at the same
 strength, AID without its teacher factor: add `'uniform=aid:{"decay": 0.0}'` and `--paired_against uniform`.
-Every run goes through examples/distill.py (via the demo's helpers), so it measures what users run.
+Every run is a `liaf_hf.experiments` spec that calls what examples/distill.py calls, so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
 disk, or the network for a Hub id and pretrained weights):
@@ -42,18 +42,14 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "examples"))
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
 from _provenance import provenance  # noqa: E402
-from demo import (  # noqa: E402
-    add_setting_arguments,
-    check_setting_arguments,
-    data_key,
-    teacher_key,
-    train_student,
-    train_teacher,
-)
 from liaf_hf.distillation import available_methods, method_settings, parse_method_spec  # noqa: E402
+from liaf_hf.experiments import (  # noqa: E402
+    add_experiment_arguments,
+    check_experiment_arguments,
+    experiment_from_args,
+)
 
 PRESETS = {
     # Two CPU cores, under two hours for 8 methods x 3 seeds (about 4 minutes per distillation run, 11 for the
@@ -117,23 +113,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "seed fixes the initial weights and data order of every method, so per-seed differences cancel the "
         "spread that seeds share.",
     )
-    add_setting_arguments(parser)
+    add_experiment_arguments(parser, teacher_cache_dir=ROOT / "runs" / "teachers")
     # The preset supplies defaults; a flag given on the command line wins over it.
     preset, _ = parser.parse_known_args(argv)
     parser.set_defaults(**PRESETS[preset.preset])
     args = parser.parse_args(argv)
     if args.dataset_format == "generated":
         args.data_dir = args.data_dir or str(ROOT / "data" / f"shapes-{args.difficulty}")
-    args = check_setting_arguments(parser, args)
-    args.output_dir = args.output_dir or str(
-        ROOT
-        / "runs"
-        / "distill_gain"
-        / (
-            f"{teacher_key(args)}-to-{args.student_backbone}-{args.student_steps}steps-"
-            f"batch{args.batch_size}-{data_key(args)}-{args.channels}ch"
-        )
-    )
+    args = check_experiment_arguments(parser, args)
+    if args.output_dir is None:
+        # Named by every setting of the runs, so --reuse never mixes schedules.
+        draft = experiment_from_args(argparse.Namespace(**{**vars(args), "output_dir": "."}))
+        args.output_dir = str(ROOT / "runs" / "distill_gain" / draft.students_dir())
     args.methods = args.methods or [m for m in DEFAULT_METHODS if all(p in available_methods() for p in m.split("+"))]
     args.output = args.output or str(ROOT / "benchmarks" / "results" / f"distill_gain_{args.preset}.json")
     return args
@@ -246,8 +237,9 @@ def paired_differences(runs: list[dict], *, reference: str, metric: str) -> list
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     started = time.perf_counter()
-    teacher_source = train_teacher(argparse.Namespace(**{**vars(args), "batch_size": args.teacher_batch_size}))
-    teacher = json.loads(teacher_source.summary_file.read_text())
+    experiment = experiment_from_args(args, teacher_batch_size=args.teacher_batch_size)
+    teacher_source = experiment.teacher()
+    teacher = teacher_source.metrics
     if args.resume_from:
         restore_runs(args, teacher)
         args.reuse = True
@@ -261,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
             summary_file = student_dir / "summary.json"
             if not (args.reuse and trained_with(summary_file, method_settings(method, options))):
                 run_started = time.perf_counter()
-                train_student(args, teacher_source, method, json.dumps(options), name=name, seed=seed)
+                experiment.student(teacher_source, method, options, name=name, seed=seed)
                 summary = json.loads(summary_file.read_text())
                 summary["run_seconds"] = round(time.perf_counter() - run_started, 1)
                 summary_file.write_text(json.dumps(summary, indent=2))

@@ -4,13 +4,13 @@ teacher unless told to, and says so before any data or model loads."""
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from liaf_hf import DataError, LiafError
-from tiny import ROOT, load_example, load_script, tiny_detector
+from liaf_hf.experiments import DataSpec, DetectorRun, DetectorSpec, DistillationRun, Schedule
+from tiny import load_example, tiny_detector
 
 ID2LABEL = {0: "circle", 1: "square"}
 
@@ -102,15 +102,15 @@ def test_distill_refuses_an_output_dir_holding_a_model_unless_told_or_resuming(t
             distill(distill_flags(trained_dir, data_dir, run, *more))
 
 
-def test_the_demos_runs_train_again_into_their_own_folders(trained_dir, tmp_path, monkeypatch):
-    """The demo (and the benchmarks built on it) retrain the students into the same folders on every run:
-    their flags say to replace what is there."""
-    monkeypatch.syspath_prepend(str(ROOT / "examples"))
-    demo = load_script(ROOT / "examples" / "demo.py", "example_demo")
-    data_dir = tmp_path / "no-data"
-    monkeypatch.setattr(sys, "argv", ["demo.py", "--dataset_format", "coco", "--data_dir", str(data_dir)])
-    args = demo.parse_args()
-    with data_refusal(data_dir):
-        load_example("train_detector").main(
-            demo.common_flags(args, output_dir=trained_dir, steps=1, run_name="a rerun")
-        )
+def test_the_demos_runs_train_again_into_their_own_folders(trained_dir, tmp_path):
+    """The demo and the benchmarks retrain their teachers and students into the same folders on every run:
+    their run specs say to replace what is there."""
+    data = DataSpec(data_dir=str(tmp_path / "no-data"), dataset_format="coco")
+    schedule = Schedule(steps=1, batch_size=2)
+    with data_refusal(tmp_path / "no-data"):
+        DetectorRun(data=data, output_dir=trained_dir, detector=DetectorSpec(backbone="resnet18"), schedule=schedule).run()
+    with data_refusal(tmp_path / "no-data"):
+        DistillationRun(
+            data=data, student=DetectorSpec(backbone="resnet18"), schedule=schedule, teacher=str(tmp_path / "t"),
+            output_dir=trained_dir,
+        ).run()  # fmt: skip
