@@ -78,6 +78,18 @@ def _start(training: TrainingArguments, output: OutputArguments, keep: dict[str,
     return take_over_push_to_hub(training)
 
 
+def _card_fields(card: ModelCardArguments, data: DataArguments, training: TrainingArguments, hub_target) -> dict:
+    """What every model card of the scripts says of the data, the schedule, the Hub id and the license."""
+    return {
+        "dataset_name": card.card_dataset_name or data.display_name,
+        "dataset_id": card.dataset_id,
+        "dataset_split": data.eval_split,
+        "model_id": hub_target.repo_id if hub_target else None,
+        "training": training_hyperparameters(training),
+        "license": card.license,
+    }
+
+
 def train_detector(
     *,
     detector: DetectorArguments,
@@ -119,12 +131,7 @@ def train_detector(
             write_model_card(
                 training.output_dir,
                 metrics=metrics,
-                dataset_name=card.card_dataset_name or data.display_name,
-                dataset_id=card.dataset_id,
-                dataset_split=data.eval_split,
-                model_id=hub_target.repo_id if hub_target else None,
-                training=training_hyperparameters(training),
-                license=card.license,
+                **_card_fields(card, data, training, hub_target),
             )
         if hub_target:
             hub_target.push(training.output_dir, commit_message="GFL detector")
@@ -179,9 +186,7 @@ def distill(
             write_model_card(
                 training.output_dir,
                 metrics=metrics,
-                dataset_name=card.card_dataset_name or data.display_name,
-                dataset_id=card.dataset_id,
-                dataset_split=data.eval_split,
+                **_card_fields(card, data, training, hub_target),
                 method=distillation.method,
                 method_options=settings,
                 inherit=distillation.inherit,
@@ -189,9 +194,6 @@ def distill(
                 teacher_config=trainer.teacher.config,
                 teacher_metrics=teacher_metrics,
                 baseline_metrics=baseline_metrics,
-                model_id=hub_target.repo_id if hub_target else None,
-                training=training_hyperparameters(training),
-                license=card.license,
             )
         if hub_target:
             hub_target.push(training.output_dir, commit_message=f"Distilled GFL student ({distillation.method})")
