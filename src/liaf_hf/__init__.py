@@ -8,13 +8,14 @@ work; saved directories also carry the model code for `trust_remote_code=True` u
 import importlib
 from typing import Any
 
-from transformers import AutoConfig, AutoImageProcessor, AutoModelForObjectDetection
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForObjectDetection
 
 from .errors import DataError, LiafError
 from .models.gfl import (
     GFLConfig,
     GFLForObjectDetection,
     GFLImageProcessor,
+    GFLModel,
     GFLObjectDetectionOutput,
     GFLPreTrainedModel,
     GFLTargets,
@@ -23,11 +24,13 @@ from .models.gfl import (
 __version__ = "0.1.0"
 
 AutoConfig.register(GFLConfig.model_type, GFLConfig, exist_ok=True)
+AutoModel.register(GFLConfig, GFLModel, exist_ok=True)
 AutoModelForObjectDetection.register(GFLConfig, GFLForObjectDetection, exist_ok=True)
 AutoImageProcessor.register(GFLConfig, image_processor_classes={"torchvision": GFLImageProcessor}, exist_ok=True)
 # Saved directories name these classes in their auto_map, so a process without liaf_hf can load them
 # with trust_remote_code=True.
 GFLConfig.register_for_auto_class()
+GFLModel.register_for_auto_class("AutoModel")
 GFLForObjectDetection.register_for_auto_class("AutoModelForObjectDetection")
 GFLImageProcessor.register_for_auto_class("AutoImageProcessor")
 
@@ -73,6 +76,7 @@ __all__ = [
     "GFLConfig",
     "GFLForObjectDetection",
     "GFLImageProcessor",
+    "GFLModel",
     "GFLObjectDetectionOutput",
     "GFLPreTrainedModel",
     "GFLTargets",

@@ -108,7 +108,9 @@ def test_the_demos_runs_train_again_into_their_own_folders(trained_dir, tmp_path
     data = DataSpec(data_dir=str(tmp_path / "no-data"), dataset_format="coco")
     schedule = Schedule(steps=1, batch_size=2)
     with data_refusal(tmp_path / "no-data"):
-        DetectorRun(data=data, output_dir=trained_dir, detector=DetectorSpec(backbone="resnet18"), schedule=schedule).run()
+        DetectorRun(
+            data=data, output_dir=trained_dir, detector=DetectorSpec(backbone="resnet18"), schedule=schedule
+        ).run()
     with data_refusal(tmp_path / "no-data"):
         DistillationRun(
             data=data, student=DetectorSpec(backbone="resnet18"), schedule=schedule, teacher=str(tmp_path / "t"),

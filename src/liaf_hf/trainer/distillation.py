@@ -144,7 +144,7 @@ def inherit_from_teacher(student: GFLForObjectDetection, teacher: GFLForObjectDe
     copied = []
     with torch.no_grad():
         for name, tensor in student.state_dict().items():
-            if not name.startswith(("neck.", "head.")):
+            if not name.startswith(("model.neck.", "head.")):
                 continue
             source = teacher_state.get(name)
             if source is not None and source.shape == tensor.shape:

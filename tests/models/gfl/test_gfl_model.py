@@ -14,6 +14,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoImageProcessor,
+    AutoModel,
     AutoModelForObjectDetection,
     BertConfig,
     ResNetBackbone,
@@ -23,7 +24,7 @@ from transformers import (
 )
 from transformers.backbone_utils import load_backbone
 
-from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor
+from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor, GFLModel
 from tiny import FIXTURES, tiny_detector
 
 ID2LABEL = {0: "circle", 1: "square", 2: "triangle"}
@@ -385,6 +386,42 @@ def test_folder_saved_before_the_backbone_api_loads_with_the_same_outputs():
     torch.testing.assert_close(output.logits, expected["logits"], rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(output.pred_boxes, expected["pred_boxes"], rtol=1e-5, atol=1e-5)
     assert AutoModelForObjectDetection.from_pretrained(directory).config.backbone == "resnet10t"
+
+
+def test_the_base_model_holds_backbone_and_fpn_and_checkpoints_keep_their_layout(tmp_path):
+    """`GFLModel` is the detector's `model` (what `base_model_prefix` names); checkpoints are written with the keys
+    every GFL folder has (`backbone.*`, `neck.*`, `head.*`), and load back through `from_pretrained` and through the
+    plain `load_state_dict` that `Trainer` resumes with."""
+    detector = tiny_detector({0: "a", 1: "b"}).eval()
+    assert detector.base_model is detector.model and isinstance(detector.model, GFLModel)
+    assert detector.backbone is detector.model.backbone and detector.neck is detector.model.neck
+    detector.save_pretrained(tmp_path)
+    saved = load_file(tmp_path / "model.safetensors")
+    assert set(saved) == {key.removeprefix("model.") for key in detector.state_dict()}
+    assert any(key.startswith("backbone.") for key in saved) and not any(key.startswith("model.") for key in saved)
+    pixel_values = torch.linspace(-2.0, 2.0, 2 * 3 * 64 * 64).reshape(2, 3, 64, 64).sin()
+    with torch.no_grad():
+        expected = detector(pixel_values=pixel_values)
+        resumed = GFLForObjectDetection(detector.config).eval()
+        resumed.load_state_dict(saved, strict=True)
+        torch.testing.assert_close(resumed(pixel_values=pixel_values).logits, expected.logits, rtol=0, atol=0)
+        base = AutoModel.from_pretrained(tmp_path).eval()
+        assert isinstance(base, GFLModel)
+        for level, features in zip(expected.fpn_features, base(pixel_values).fpn_features, strict=True):
+            torch.testing.assert_close(features, level, rtol=0, atol=0)
+
+
+def test_a_seed_builds_the_detector_it_built_before_the_base_model_was_split_out():
+    # The fixture's README: built with torch.manual_seed(0), then every parameter moved by 0.05 * randn_like.
+    directory = FIXTURES / "gfl_5baf139"
+    torch.manual_seed(0)
+    model = GFLForObjectDetection(GFLConfig.from_pretrained(directory))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    saved = load_file(directory / "model.safetensors")
+    for name, parameter in model.named_parameters():
+        torch.testing.assert_close(parameter, saved[name.removeprefix("model.")], rtol=0, atol=0, msg=name)
 
 
 def test_init_weights_follow_gfl():

@@ -27,6 +27,8 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers import initialization as init
 from transformers.backbone_utils import load_backbone
+from transformers.conversion_mapping import register_checkpoint_conversion_mapping
+from transformers.core_model_loading import WeightRenaming
 from transformers.models.auto.modeling_auto import MODEL_FOR_BACKBONE_MAPPING
 from transformers.utils import ModelOutput
 
@@ -327,7 +329,7 @@ class GFLObjectDetectionOutput(ModelOutput):
 class GFLPreTrainedModel(PreTrainedModel):
     config_class = GFLConfig
     config: GFLConfig
-    base_model_prefix = "gfl"
+    base_model_prefix = "model"
     main_input_name = "pixel_values"
     input_modalities = ("image",)
     # The loss is already a per-batch mean; Trainer must divide it by the gradient-accumulation steps.
@@ -360,23 +362,27 @@ class GFLPreTrainedModel(PreTrainedModel):
             init.ones_(module.scale)
 
 
-class GFLForObjectDetection(GFLPreTrainedModel):
-    """GFL detector with a timm backbone, or a transformers one (`config.backbone_config`).
+@dataclass
+class GFLModelOutput(ModelOutput):
+    """What `GFLModel` returns: the FPN's maps, finest first, `(B, F, H_l, W_l)` each, and with
+    `output_hidden_states` the backbone's own maps."""
 
-    Example:
+    fpn_features: tuple[torch.FloatTensor, ...] | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
-    ```python
-    >>> import torch
-    >>> from liaf_hf import GFLConfig, GFLForObjectDetection
-    >>> model = GFLForObjectDetection(GFLConfig(backbone="resnet18", id2label={0: "a", 1: "b"}))
-    >>> labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}]
-    >>> out = model(pixel_values=torch.randn(1, 3, 128, 128), labels=labels)
-    >>> sorted(out.loss_dict)
-    ['loss_dfl', 'loss_giou', 'loss_qfl']
-    ```
-    """
 
-    def __init__(self, config: GFLConfig) -> None:
+class GFLModel(GFLPreTrainedModel):
+    """The GFL detector without its head: the backbone (timm's, or a transformers one from
+    `config.backbone_config`) and the feature pyramid, as `GFLForObjectDetection.model`. What feature
+    distillation reads of a detector, and a multi-scale feature extractor of its own."""
+
+    # Loaded from a detector's checkpoint, the head's weights are not this model's.
+    _keys_to_ignore_on_load_unexpected = [r"^head\."]
+
+    def __init__(self, config: GFLConfig, *, initialise: bool = True) -> None:
+        """`initialise=False` leaves the neck's initialisation to the model holding this one (its `post_init`),
+        as `GFLForObjectDetection` does: it then draws its random weights in the order the detector always has
+        (backbone, neck, head built, then the neck and head initialised), so a seed gives the same detector."""
         super().__init__(config)
         if config.backbone_config is None:
             self.backbone = GFLTimmBackbone(
@@ -399,24 +405,14 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         self.neck = GFLFeaturePyramidNetwork(
             in_channels=self.backbone.channels, out_channels=config.fpn_channels, num_levels=config.num_fpn_levels
         )
-        self.head = GFLHead(
-            in_channels=config.fpn_channels,
-            channels=config.head_channels,
-            num_classes=config.num_labels,
-            stacked_convs=config.head_stacked_convs,
-            norm_groups=config.head_norm_groups,
-            reg_max=config.reg_max,
-            num_levels=config.num_fpn_levels,
-        )
         extra_levels = config.num_fpn_levels - len(self.backbone.strides)
         self.strides: list[int] = self.backbone.strides + [
             self.backbone.strides[-1] * 2 ** (i + 1) for i in range(extra_levels)
         ]
-        self.loss_function = GFLLoss(config)
-        self.post_init()
-        # from_pretrained builds the model on the meta device and loads the checkpoint afterwards.
-        if config.use_pretrained_backbone and self.head.class_logits.weight.device.type != "meta":
-            self.load_pretrained_backbone()
+        if initialise:
+            self.post_init()
+            if _loads_pretrained_backbone_now(self):
+                self.load_pretrained_backbone()
 
     def load_pretrained_backbone(self) -> None:
         """Load the backbone's pretrained weights (after `post_init`, so they are kept): timm's for a timm
@@ -437,6 +433,94 @@ class GFLForObjectDetection(GFLPreTrainedModel):
                 self.config.pretrained_backbone_checkpoint, config=self.config.backbone_config
             )
         self.backbone.body.load_state_dict(pretrained.state_dict(), strict=True)
+
+    def forward(
+        self,
+        pixel_values: torch.FloatTensor,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> GFLModelOutput | tuple:
+        r"""
+        Args:
+            pixel_values (`torch.FloatTensor` of shape `(B, 3, H, W)`):
+                Normalised images.
+            output_hidden_states (`bool`, *optional*):
+                Also return the backbone's feature maps as `hidden_states`.
+        """
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        backbone_features = self.backbone(pixel_values)
+        output = GFLModelOutput(
+            fpn_features=tuple(self.neck(backbone_features)),
+            hidden_states=tuple(backbone_features) if output_hidden_states else None,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+def _loads_pretrained_backbone_now(model: GFLPreTrainedModel) -> bool:
+    """Whether a new model loads its pretrained backbone now: when its config asks, unless from_pretrained is
+    building it on the meta device (it loads the checkpoint afterwards)."""
+    return model.config.use_pretrained_backbone and next(model.parameters()).device.type != "meta"
+
+
+def _move_base_model_keys(module, state_dict, prefix, *args) -> None:
+    """Before `load_state_dict`: the keys of a checkpoint saved in the original layout (`backbone.*`, `neck.*`,
+    as `save_pretrained` still writes them) moved under `model.`, where `GFLModel` holds them. transformers'
+    `from_pretrained` renames them itself (the conversion mapping below); `Trainer` resumes through a plain
+    `load_state_dict`, which would otherwise load nothing into the base model."""
+    for key in [key for key in state_dict if key.startswith((prefix + "backbone.", prefix + "neck."))]:
+        state_dict[prefix + "model." + key[len(prefix) :]] = state_dict.pop(key)
+
+
+class GFLForObjectDetection(GFLPreTrainedModel):
+    """GFL detector with a timm backbone, or a transformers one (`config.backbone_config`).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from liaf_hf import GFLConfig, GFLForObjectDetection
+    >>> model = GFLForObjectDetection(GFLConfig(backbone="resnet18", id2label={0: "a", 1: "b"}))
+    >>> labels = [{"class_labels": torch.tensor([1]), "boxes": torch.tensor([[0.5, 0.5, 0.2, 0.3]])}]
+    >>> out = model(pixel_values=torch.randn(1, 3, 128, 128), labels=labels)
+    >>> sorted(out.loss_dict)
+    ['loss_dfl', 'loss_giou', 'loss_qfl']
+    ```
+    """
+
+    def __init__(self, config: GFLConfig) -> None:
+        super().__init__(config)
+        self.model = GFLModel(config, initialise=False)
+        self.head = GFLHead(
+            in_channels=config.fpn_channels,
+            channels=config.head_channels,
+            num_classes=config.num_labels,
+            stacked_convs=config.head_stacked_convs,
+            norm_groups=config.head_norm_groups,
+            reg_max=config.reg_max,
+            num_levels=config.num_fpn_levels,
+        )
+        self.strides: list[int] = self.model.strides
+        self.loss_function = GFLLoss(config)
+        self._register_load_state_dict_pre_hook(_move_base_model_keys, with_module=True)
+        self.post_init()
+        if _loads_pretrained_backbone_now(self):
+            self.load_pretrained_backbone()
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The backbone (`model.backbone`)."""
+        return self.model.backbone
+
+    @property
+    def neck(self) -> GFLFeaturePyramidNetwork:
+        """The feature pyramid (`model.neck`)."""
+        return self.model.neck
+
+    def load_pretrained_backbone(self) -> None:
+        """Load the backbone's pretrained weights (`GFLModel.load_pretrained_backbone`)."""
+        self.model.load_pretrained_backbone()
 
     # ---------------------------------------------------------------------------------------- forward
 
@@ -472,8 +556,8 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         valid_sizes, labels = self._checked_inputs(pixel_values, pixel_mask, labels)
-        backbone_features = self.backbone(pixel_values)
-        fpn_features = self.neck(backbone_features)
+        base_output = self.model(pixel_values, output_hidden_states=output_hidden_states, return_dict=True)
+        fpn_features = list(base_output.fpn_features)
         class_logits, box_distributions = self.head(fpn_features)
         anchor_points, anchor_strides, _ = self._anchor_points(fpn_features)
 
@@ -514,7 +598,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
             positive_mask=positive_mask,
             instance_losses=instance_terms[0],
             instance_quality=instance_terms[1],
-            hidden_states=tuple(backbone_features) if output_hidden_states else None,
+            hidden_states=base_output.hidden_states,
         )
         if not return_dict:
             return output.to_tuple()
@@ -550,7 +634,7 @@ class GFLForObjectDetection(GFLPreTrainedModel):
         Args:
             pixel_values: `(B, 3, H, W)` normalised images.
         """
-        return self.neck(self.backbone(pixel_values))
+        return list(self.model(pixel_values, output_hidden_states=False, return_dict=True).fpn_features)
 
     @staticmethod
     def valid_sizes(
@@ -760,3 +844,12 @@ __all__ = [
     "GFLTimmBackbone",
     "GFLTransformersBackbone",
 ]
+
+
+# Saved checkpoints keep the layout from before `GFLModel` (`backbone.*`, `neck.*`, `head.*`): from_pretrained
+# moves the base model's keys under `model.`, and save_pretrained moves them back.
+register_checkpoint_conversion_mapping(
+    "GFLForObjectDetection",
+    [WeightRenaming(r"^backbone\.", "model.backbone."), WeightRenaming(r"^neck\.", "model.neck.")],
+    overwrite=True,
+)
