@@ -429,6 +429,16 @@ def build_distiller(
     )
 
 
+@dataclass(frozen=True)
+class CompositeConfig(MethodConfig):
+    """A combined method's options: each part's own config, keyed by the part's registered name."""
+
+    parts: Mapping[str, MethodConfig] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: config.to_dict() for name, config in self.parts.items()}
+
+
 class CompositeDistiller(Distiller):
     """Several methods at once (`--method liaf+ld`): every part sees the same outputs and batch, and the
     result is the union of their losses and statistics.
@@ -442,9 +452,10 @@ class CompositeDistiller(Distiller):
             `parts.<name>.` entries).
     """
 
+    config_class = CompositeConfig
+
     def __init__(self, *, parts: dict[str, Distiller]) -> None:
-        super().__init__()
-        del self.config  # a combined method's options are its parts'
+        super().__init__(CompositeConfig(parts={name: part.config for name, part in parts.items()}))
         if len(parts) < 2:
             raise ValueError(f"A combined method needs at least two parts, got {list(parts)}.")
         self.parts = nn.ModuleDict(parts)
