@@ -17,7 +17,7 @@ torch.Size([2, 6, 6])
 from __future__ import annotations
 
 import typing
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -25,6 +25,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import host_scalar
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
+from .base import Distiller, MethodConfig, check_pair
 
 __all__ = [
     "FEATURE_SCALES",
@@ -163,3 +164,24 @@ def level_mean_squares(teacher_flat: torch.Tensor, level_indicator: torch.Tensor
     # A norm rather than square-then-sum: no (B, C, P) temporary while the step's memory is near its peak.
     sums = torch.linalg.vector_norm(teacher_flat.detach().float(), dim=(0, 1)).square() @ level_indicator  # (L,)
     return _mean_over_processes(sums, level_indicator.sum(dim=0) * (batch_size * channels))
+
+
+class FeatureDistiller(Distiller):
+    """Base of the methods that compare the student's FPN maps with the teacher's level by level: it checks that
+    the two detectors pair up (`check_pair`) and builds the align convs (`aligner`) of every level.
+
+    Args:
+        student_config, teacher_config: the two detectors' configs.
+        config: the method's options (its `config_class`); the defaults when None.
+    """
+
+    #: The method's name in the errors it raises.
+    method_name: ClassVar[str] = "feature distillation"
+    needs_teacher_head = False  # it compares FPN maps only
+
+    def __init__(
+        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: MethodConfig | None = None
+    ) -> None:
+        super().__init__(config)
+        check_pair(self.method_name, student_config, teacher_config)
+        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)

@@ -28,15 +28,13 @@ import torch
 
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, FeatureScale
+from ._features import FeatureDistiller, FeatureScale
 from ._instances import InstanceDiscrepancy, InstanceLayout, per_instance_output, take_part_in_level_scales
 from .base import (
     DistillationBatch,
     DistillationResult,
-    Distiller,
     MethodConfig,
     check_batch,
-    check_pair,
     non_negative,
     register_distiller,
     zero_with_graph,
@@ -71,7 +69,7 @@ class InstanceImitationConfig(MethodConfig):
         non_negative(self, "weight")
 
 
-class InstanceImitation(Distiller):
+class InstanceImitation(FeatureDistiller):
     """Masked instance feature MSE with fixed (not learned) instance weights: `loss_<name>` is
     weight * mean_l mean_images mean_j w_j d_lj, with w_j from `instance_weights` (uniform here).
 
@@ -84,23 +82,10 @@ class InstanceImitation(Distiller):
     """
 
     config_class = InstanceImitationConfig
-    needs_teacher_head = False
     compiled_part = "_level_errors"
     #: The loss's and the statistics' name: `loss_<name>`, `<name>/...`.
     loss_name = "imitation"
-    #: The method's name in the errors it raises.
     method_name = "instance imitation"
-
-    def __init__(
-        self,
-        *,
-        student_config: GFLConfig,
-        teacher_config: GFLConfig,
-        config: InstanceImitationConfig | None = None,
-    ) -> None:
-        super().__init__(config)
-        check_pair(self.method_name, student_config, teacher_config)
-        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
 
     def instance_weights(
         self,

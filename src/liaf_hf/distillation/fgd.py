@@ -41,15 +41,13 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import group_of_each
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, FeatureScale, teacher_mean_square
+from ._features import FeatureDistiller, FeatureScale, teacher_mean_square
 from ._masks import LevelGrid, multi_level_background_masks, multi_level_box_cells
 from .base import (
     DistillationBatch,
     DistillationResult,
-    Distiller,
     MethodConfig,
     check_batch,
-    check_pair,
     non_negative,
     positive,
     register_distiller,
@@ -222,7 +220,7 @@ class FGDConfig(MethodConfig):
 
 
 @register_distiller("fgd")
-class FGDDistiller(Distiller):
+class FGDDistiller(FeatureDistiller):
     """Focal (foreground/background, attention-weighted) and global (context relation) feature distillation.
 
     The default weights are FGD's for GFL (yzd-v/FGD, `fgd_gfl_r101_distill_gfl_r50_fpn_1x_coco.py`: alpha
@@ -242,15 +240,13 @@ class FGDDistiller(Distiller):
         "relation term"
     )
     reference = "FGD, Yang et al., CVPR 2022"
-    needs_teacher_head = False  # it compares FPN maps only
+    method_name = "FGD"
     compiled_part = "_masked_losses"
 
     def __init__(
         self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: FGDConfig | None = None
     ) -> None:
-        super().__init__(config)
-        check_pair("FGD", student_config, teacher_config)
-        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+        super().__init__(student_config=student_config, teacher_config=teacher_config, config=config)
         num_levels, channels = teacher_config.num_fpn_levels, teacher_config.fpn_channels
         self.student_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))
         self.teacher_context = nn.ModuleList(GlobalContextBlock(channels) for _ in range(num_levels))

@@ -35,7 +35,7 @@ from torch import nn
 from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.loss_gfl import host_scalar, host_tensor
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, FeatureScale, flat_class_logits
+from ._features import FeatureDistiller, FeatureScale, flat_class_logits
 from ._instances import (
     InstanceDiscrepancy,
     InstanceLayout,
@@ -48,10 +48,8 @@ from ._masks import multi_level_background_masks
 from .base import (
     DistillationBatch,
     DistillationResult,
-    Distiller,
     MethodConfig,
     check_batch,
-    check_pair,
     non_negative,
     register_distiller,
     zero_with_graph,
@@ -243,7 +241,7 @@ class LIAFConfig(MethodConfig):
 
 
 @register_distiller("liaf")
-class LIAFDistiller(Distiller):
+class LIAFDistiller(FeatureDistiller):
     """Instance-level feature distillation weighted by learnable instance selectors (LIAF-KD).
 
     Args:
@@ -281,18 +279,16 @@ class LIAFDistiller(Distiller):
     )
     reference = "LIAF-KD, arXiv 2603.26088, as reconstructed in liaf-hf"
     selects_instances = True
-    needs_teacher_head = False  # it compares FPN maps only
+    method_name = "LIAF"
     compiled_part = "_instance_terms"
 
     def __init__(
         self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: LIAFConfig | None = None
     ) -> None:
-        super().__init__(config)
-        check_pair("LIAF", student_config, teacher_config)
+        super().__init__(student_config=student_config, teacher_config=teacher_config, config=config)
         config = self.config
         self.needs_teacher_instance_losses = config.use_teacher_quality
         self.needs_student_instance_losses = config.use_student_loss
-        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
         self.num_classes = teacher_config.num_labels
         self.selector = InstanceSelector(
             descriptor_channels=teacher_config.fpn_channels,

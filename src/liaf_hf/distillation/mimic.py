@@ -16,15 +16,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner, FeatureScale, squared_error_per_cell
+from ._features import FeatureDistiller, FeatureScale, squared_error_per_cell
 from .base import (
     DistillationBatch,
     DistillationResult,
-    Distiller,
     MethodConfig,
-    check_pair,
     non_negative,
     register_distiller,
 )
@@ -52,7 +49,7 @@ class MimicConfig(MethodConfig):
 
 
 @register_distiller("mimic")
-class MimicDistiller(Distiller):
+class MimicDistiller(FeatureDistiller):
     """Mean squared error between the aligned student's and the teacher's FPN maps, all levels.
 
     Args:
@@ -83,14 +80,7 @@ class MimicDistiller(Distiller):
     config_class = MimicConfig
     description = "mean squared error between the aligned student's and the teacher's FPN features"
     reference = "FitNets, Romero et al., ICLR 2015"
-    needs_teacher_head = False  # it compares FPN maps only
-
-    def __init__(
-        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: MimicConfig | None = None
-    ) -> None:
-        super().__init__(config)
-        check_pair("Mimic", student_config, teacher_config)
-        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+    method_name = "Mimic"
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch

@@ -21,15 +21,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..models.gfl.configuration_gfl import GFLConfig
 from ..models.gfl.modeling_gfl import GFLObjectDetectionOutput
-from ._features import FeatureAligner
+from ._features import FeatureDistiller
 from .base import (
     DistillationBatch,
     DistillationResult,
-    Distiller,
     MethodConfig,
-    check_pair,
     non_negative,
     register_distiller,
 )
@@ -64,7 +61,7 @@ class PKDConfig(MethodConfig):
 
 
 @register_distiller("pkd")
-class PKDDistiller(Distiller):
+class PKDDistiller(FeatureDistiller):
     """Mean squared error between per-channel standardised student and teacher FPN maps, summed over levels.
 
     Args:
@@ -77,14 +74,7 @@ class PKDDistiller(Distiller):
     config_class = PKDConfig
     description = "mean squared error between per-channel standardised FPN features"
     reference = "PKD, Cao et al., NeurIPS 2022"
-    needs_teacher_head = False  # it compares FPN maps only
-
-    def __init__(
-        self, *, student_config: GFLConfig, teacher_config: GFLConfig, config: PKDConfig | None = None
-    ) -> None:
-        super().__init__(config)
-        check_pair("PKD", student_config, teacher_config)
-        self.aligner = FeatureAligner.for_configs(student_config, teacher_config)
+    method_name = "PKD"
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
