@@ -94,3 +94,31 @@ def test_an_experiment_trains_its_teacher_once_and_distils_students_from_it(tmp_
     card = (distilled / "README.md").read_text()
     # The card lists the plain student and the teacher's scores, read from their files.
     assert "without distillation" in card.lower() and "teacher" in card.lower()
+
+
+def test_a_teacher_trained_on_fewer_images_is_kept_apart_and_sees_only_those(tmp_path):
+    data = DataSpec(
+        data_dir=str(tmp_path / "data"), generated="easy", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
+    )
+    experiment = Experiment(
+        data=data,
+        output_dir=tmp_path / "runs",
+        teacher_cache_dir=tmp_path / "teachers",
+        teacher_backbone="resnet18",
+        teacher_steps=1,
+        teacher_batch_size=4,
+        teacher_num_train=4,
+        channels=32,
+    )
+    # Its own folder, and the students distilled from it theirs: a teacher of all 8 images is never reused.
+    assert experiment.teacher_dir().name == "resnet18-1steps-on4images-easy-64px-8images-32ch-batch4"
+    assert experiment.students_dir().startswith("resnet18-1steps-on4images-to-")
+    experiment.teacher()
+    state = json.loads((experiment.teacher_dir() / "trainer_state.json").read_text())
+    assert state["epoch"] == 1.0  # one step of 4 images is a whole epoch of the 4 it trains on, not half of 8
+
+    with pytest.raises(ValueError, match="teacher_num_train"):
+        Experiment(data=data, output_dir=tmp_path, teacher_cache_dir=tmp_path, teacher_model_name_or_path="t",
+                   teacher_num_train=4)  # fmt: skip
+    with pytest.raises(ValueError, match="--max_train_samples"):
+        DataSpec(data_dir="d", generated="easy", max_train_samples=0)

@@ -126,6 +126,10 @@ class DataArguments:
     synthetic_num_train: int = field(default=2000)
     synthetic_num_val: int = field(default=500)
     synthetic_seed: int = field(default=0)
+    max_train_samples: int | None = field(
+        default=None,
+        metadata={"help": "Train on the first N training images only (a quick run, or a teacher that has seen less)."},
+    )
     max_eval_samples: int | None = field(default=None, metadata={"help": "Score on the first N eval images."})
     allow_outside_paths: bool = field(
         default=False,
@@ -144,6 +148,10 @@ class DataArguments:
             raise ValueError(f"--dataset_format must be auto, coco, kitti or hub, got {self.dataset_format!r}")
         if self.dataset_name is not None and self.dataset_format not in ("auto", "hub"):
             raise ValueError("--dataset_name is a Hub-format set: use --data_dir for coco and kitti")
+        for name in ("max_train_samples", "max_eval_samples"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"--{name} must be a whole number of images, at least 1, got {value!r}")
         if self.generate_synthetic is not None and self.data_dir is None:
             raise ValueError("--generate_synthetic writes into --data_dir, which is missing")
         try:
@@ -316,6 +324,8 @@ def prepare_datasets(
             )
         train_dataset = data_args.load_split(data_args.train_split)
         eval_dataset = data_args.load_split(data_args.eval_split)
+    if data_args.max_train_samples is not None:
+        train_dataset = train_dataset.select(range(min(data_args.max_train_samples, len(train_dataset))))
     if data_args.max_eval_samples is not None:
         eval_dataset = eval_dataset.select(range(min(data_args.max_eval_samples, len(eval_dataset))))
     return train_dataset, eval_dataset

@@ -58,6 +58,8 @@ class DataSpec:
     eval_split: str = "val"
     shortest_edge: int = 128
     longest_edge: int = 128
+    max_train_samples: int | None = None
+    """Train on the first N training images only."""
 
     def __post_init__(self) -> None:
         self.arguments()  # DataArguments checks the combination, naming the flag
@@ -71,6 +73,7 @@ class DataSpec:
                 generate_synthetic=self.generated,
                 synthetic_num_train=self.num_train,
                 synthetic_num_val=self.num_val,
+                max_train_samples=self.max_train_samples,
                 **size,
             )
         return DataArguments(
@@ -79,6 +82,7 @@ class DataSpec:
             dataset_format=self.dataset_format,
             train_split=self.train_split,
             eval_split=self.eval_split,
+            max_train_samples=self.max_train_samples,
             **size,
         )
 
@@ -89,11 +93,12 @@ class DataSpec:
             if self.shortest_edge == self.longest_edge
             else f"{self.shortest_edge}x{self.longest_edge}px"
         )
+        first = f"-first{self.max_train_samples}" if self.max_train_samples is not None else ""
         if self.generated is not None:
-            return f"{self.generated}-{size}-{self.num_train}images"
+            return f"{self.generated}-{size}-{self.num_train}images{first}"
         source = self.dataset_name or str(Path(self.data_dir).resolve())
         splits = f"{self.dataset_format}:{source}:{self.train_split}:{self.eval_split}"
-        return f"{_slug(source)}-{_short_hash(splits)}-{size}"
+        return f"{_slug(source)}-{_short_hash(splits)}-{size}{first}"
 
     def load_eval_split(self) -> datasets.Dataset:
         """The evaluation split the runs are scored on (once a run has written it, when generated)."""
@@ -271,6 +276,9 @@ class Experiment:
     teacher_batch_size: int = 16
     teacher_model_name_or_path: str | None = None
     """A trained teacher to use instead of training one: it is scored once, its scores kept in the cache."""
+    teacher_num_train: int | None = None
+    """Train the teacher on the first N training images only (the students see them all): a teacher that is
+    right on the instances it has seen and less so on the others."""
     student_backbone: str = "resnet18"
     student_steps: int = 400
     batch_size: int = 16
@@ -295,7 +303,14 @@ class Experiment:
         name = self.teacher_model_name_or_path
         if name:
             return f"{_slug(name)}-{_short_hash(str(Path(name).resolve()) if Path(name).exists() else name)}"
-        return f"{self.teacher_backbone}-{self.teacher_steps}steps"
+        seen = f"-on{self.teacher_num_train}images" if self.teacher_num_train is not None else ""
+        return f"{self.teacher_backbone}-{self.teacher_steps}steps{seen}"
+
+    def __post_init__(self) -> None:
+        if self.teacher_num_train is not None and self.teacher_model_name_or_path:
+            raise ValueError("teacher_num_train trains the teacher here: it cannot go with teacher_model_name_or_path")
+        if self.teacher_num_train is not None and self.teacher_num_train < 1:
+            raise ValueError(f"teacher_num_train must be at least 1 image, got {self.teacher_num_train}")
 
     def students_dir(self) -> str:
         """The students' folder name under a benchmark's runs: the teacher, student, schedule and data."""
@@ -307,7 +322,7 @@ class Experiment:
     def teacher_dir(self) -> Path:
         """Where the teacher trained with these settings is kept."""
         return Path(self.teacher_cache_dir) / (
-            f"{self.teacher_backbone}-{self.teacher_steps}steps-{self.data_key()}-{self.channels}ch"
+            f"{self.teacher_key()}-{self.data_key()}-{self.channels}ch"
             + (f"-batch{self.teacher_batch_size}" if self.teacher_batch_size != 16 else "")
         )
 
@@ -342,8 +357,11 @@ class Experiment:
         if teacher.summary_file.is_file() and (teacher_dir / "model.safetensors").is_file():
             print(f"Reusing the teacher in {teacher_dir}")
             return teacher
+        data = self.data
+        if self.teacher_num_train is not None:
+            data = dataclasses.replace(data, max_train_samples=self.teacher_num_train)
         DetectorRun(
-            data=self.data,
+            data=data,
             output_dir=teacher_dir,
             detector=DetectorSpec(backbone=self.teacher_backbone, channels=self.channels, pretrained=self.pretrained),
             schedule=self._schedule(self.teacher_steps, self.teacher_batch_size),
@@ -422,6 +440,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, *, teacher_cache_d
         "split, and its scores are kept in --teacher_cache_dir.",
     )
     data.add_argument(
+        "--teacher_num_train",
+        type=int,
+        default=None,
+        help="Train the teacher on the first N training images only (the students see them all).",
+    )
+    data.add_argument(
         "--training_flags",
         default="",
         help='More flags for every training and scoring run, e.g. "--optim sgd --learning_rate 0.01"; they win '
@@ -470,6 +494,7 @@ def experiment_from_args(args: argparse.Namespace, *, teacher_batch_size: int | 
         teacher_steps=args.teacher_steps,
         teacher_batch_size=teacher_batch_size or args.batch_size,
         teacher_model_name_or_path=args.teacher_model_name_or_path,
+        teacher_num_train=args.teacher_num_train,
         student_backbone=args.student_backbone,
         student_steps=args.student_steps,
         batch_size=args.batch_size,
