@@ -21,6 +21,8 @@ Rows (`--rows`; labels as in the results JSON):
     liaf-informed         LIAF-KD's `task` objective with every per-instance input (the teacher's quality and
                           loss, the student's loss, scale, class), weights normalised over the batch, and
                           sharper selection (entropy_weight 0.3)
+    liaf-lookahead        LIAF-KD's `lookahead` objective at its other defaults: the selectors seek the instances
+                          whose imitation lowers the student's detection loss on the other half of the batch
 The oracles' weights are normalised to the strength of uniform weights over the batch
 (`liaf_hf.distillation.aid.normalise_over_batch`). Runs go through benchmarks/distill_gain.py (and so
 through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000` or `--preset gpu`.
@@ -64,6 +66,7 @@ def row_specs(facts_file: Path) -> dict[str, str]:
                 "use_class": True, "normalise_over": "batch", "entropy_weight": 0.3,
             }
         ),
+        "liaf-lookahead": 'liaf-lookahead=liaf:{"objective": "lookahead"}',
     }  # fmt: skip
 
 

@@ -257,6 +257,39 @@ def test_task_objective_selectors_seek_the_instances_whose_imitation_lowers_the_
     assert "liaf/alignment_gain_l0" in task_result.stats
 
 
+def test_lookahead_objective_is_the_task_objective_along_the_held_out_directions():
+    """objective="lookahead" aligns the selectors with `DistillationBatch.held_out_directions` where "task"
+    takes the student's own loss gradient: given that gradient as the directions, both train alike."""
+    teacher = output(random_features(channels=8, seed=21))
+    runs = {}
+    for objective in ("task", "lookahead"):
+        torch.manual_seed(0)
+        distiller = build_distiller(
+            "liaf", student_config=config(channels=4), teacher_config=config(channels=8), objective=objective, alpha=2.0
+        )
+        assert distiller.needs_held_out_directions == (objective == "lookahead")
+        student = student_with_task_loss()
+        batch = make_batch(TWO_IMAGES)
+        if objective == "lookahead":
+            batch.held_out_directions = torch.autograd.grad(student.loss, student.fpn_features, retain_graph=True)
+            student.loss = None  # lookahead does not read the student's loss on the batch
+        result = distiller(student=student, teacher=teacher, batch=batch)
+        sum(result.losses.values()).backward()
+        runs[objective] = (distiller, result)
+    (task, task_result), (lookahead, lookahead_result) = runs["task"], runs["lookahead"]
+    assert set(task_result.losses) == set(lookahead_result.losses)
+    for name, parameter in lookahead.selector.named_parameters():
+        expected = dict(task.selector.named_parameters())[name].grad
+        assert parameter.grad.abs().max() > 0 and torch.allclose(parameter.grad, expected, rtol=1e-5, atol=1e-8), name
+    assert lookahead_result.stats["liaf/alignment_gain_l0"] == pytest.approx(
+        float(task_result.stats["liaf/alignment_gain_l0"]), rel=1e-5, abs=1e-8
+    )
+
+    # Without the directions (a caller that is not LIAFDistillationTrainer), it says what is missing.
+    with pytest.raises(ValueError, match="held_out_directions"):
+        lookahead(student=student_with_task_loss(), teacher=teacher, batch=make_batch(TWO_IMAGES))
+
+
 def test_task_objective_needs_the_students_own_loss():
     distiller = build_distiller("liaf", student_config=config(), teacher_config=config(), objective="task")
     with pytest.raises(ValueError, match="detection loss"):

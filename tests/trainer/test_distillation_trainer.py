@@ -242,9 +242,10 @@ def test_distillation_model_hides_the_teacher(shapes):
     assert all(name.startswith(("student.", "distiller.")) for name in wrapper.state_dict())
 
 
-@pytest.mark.parametrize("objective", ["robust", "task"])
+@pytest.mark.parametrize("objective", ["robust", "task", "lookahead"])
 def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes, teacher_dir, tmp_path, objective):
-    # "task" reads the gradient of the student's own GFL loss on its FPN maps, through the real detector.
+    # "task" reads the gradient of the student's own GFL loss on its FPN maps, through the real detector;
+    # "lookahead" the held-out directions, which the trainer computes with the real student.
     trainer = make_distillation_trainer(
         shapes,
         teacher_dir,
@@ -265,7 +266,7 @@ def test_liaf_trains_its_selectors_and_align_convs_and_logs_their_weights(shapes
     assert all(torch.equal(v, trainer.teacher.state_dict()[k]) for k, v in teacher_before.items())
     logged = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert {"loss_liaf", "loss_liaf_div", "liaf/weight_entropy_l0", "liaf/weight_max_l4"} <= set(logged[0])
-    assert ("liaf/alignment_gain_l0" in logged[0]) == (objective == "task")
+    assert ("liaf/alignment_gain_l0" in logged[0]) == (objective in ("task", "lookahead"))
     saved = tmp_path / "final"
     trainer.save_model(str(saved))
     # Saved in the layout every GFL checkpoint has: the base model's keys without `model.`.
@@ -449,3 +450,22 @@ def test_method_options_are_checked_before_the_data_and_the_teacher_load(tmp_pat
 def test_the_trainer_checks_method_options_as_the_command_line_does(shapes, teacher_dir, tmp_path):
     with pytest.raises(ValueError, match=r"Option 'alpha' of method 'liaf' must be a number \(default 10\.0\)"):
         make_distillation_trainer(shapes, teacher_dir, tmp_path, method="liaf", method_options={"alpha": [1]})
+
+
+def test_lookahead_with_one_image_per_batch_is_refused_before_the_first_step(shapes, teacher_dir, tmp_path):
+    from transformers import TrainingArguments
+
+    from liaf_hf.trainer import LIAFDistillationTrainer
+
+    train, _, id2label = shapes
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=1, report_to="none", max_steps=1)
+    with pytest.raises(ValueError, match="per_device_train_batch_size of at least 2, got 1"):
+        LIAFDistillationTrainer(
+            model=tiny_detector(id2label),
+            teacher=teacher_dir,
+            method="liaf",
+            method_options={"objective": "lookahead"},
+            args=args,
+            train_dataset=train,
+        )
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -6,7 +6,8 @@ to the student's loss) and named statistics (logged only). Its options are a fro
 `config_class` (`MimicConfig`, `LIAFConfig`, ...): defaults, types and checks in one place; the command line's
 JSON (`--method_options`) becomes that config at the edge (`method_config`), and a run records it. The trainer
 asks the registry for a method by name and knows none of them; a method says what else it needs through class
-flags (`needs_teacher`, `needs_teacher_head`, `needs_teacher_loss`, `needs_positive_mask`), so the trainer
+flags (`needs_teacher`, `needs_teacher_head`, `needs_teacher_loss`, `needs_positive_mask`,
+`needs_held_out_directions`, ...), so the trainer
 computes nothing a method does not use, and what other parts of the library show of it through class
 attributes (`description` and `reference` for the model card, `selects_instances` for the selector pictures).
 
@@ -51,6 +52,10 @@ class DistillationBatch:
             row). Filled only for methods with `needs_positive_mask`; None otherwise.
         image_ids: each image's id in its dataset (the labels' `image_id`). Filled only for methods with
             `needs_image_ids`; None otherwise.
+        held_out_directions: per level, (B, C_S, H_l, W_l): how a step for the student's detection loss on the
+            other half of the batch moves the student's FPN maps on each image (J v / |v|, see
+            `liaf_hf.trainer._held_out`). Filled only for methods with `needs_held_out_directions`; None
+            otherwise.
     """
 
     boxes: list[torch.Tensor]
@@ -63,6 +68,7 @@ class DistillationBatch:
     teacher_strides: list[int] | None = None
     positive_mask: torch.Tensor | None = None
     image_ids: list[int] | None = None
+    held_out_directions: tuple[torch.Tensor, ...] | None = None
 
 
 @dataclass
@@ -187,6 +193,9 @@ class Distiller(nn.Module):
     needs_student_instance_losses: bool = False
     #: True for methods that read `DistillationBatch.image_ids`.
     needs_image_ids: bool = False
+    #: True for methods that read `DistillationBatch.held_out_directions`: the trainer then runs the student
+    #: again on each half of the batch for its loss's gradient, and its backbone and FPN twice more.
+    needs_held_out_directions: bool = False
 
     def forward(
         self, *, student: GFLObjectDetectionOutput, teacher: GFLObjectDetectionOutput, batch: DistillationBatch
@@ -466,6 +475,7 @@ class CompositeDistiller(Distiller):
         self.needs_teacher_instance_losses = any(part.needs_teacher_instance_losses for part in parts.values())
         self.needs_student_instance_losses = any(part.needs_student_instance_losses for part in parts.values())
         self.needs_image_ids = any(part.needs_image_ids for part in parts.values())
+        self.needs_held_out_directions = any(part.needs_held_out_directions for part in parts.values())
 
     def compile_losses(self, **compile_options) -> None:
         for part in self.parts.values():

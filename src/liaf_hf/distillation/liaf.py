@@ -57,10 +57,12 @@ from .base import (
 
 __all__ = ["InstanceSelector", "LIAFConfig", "LIAFDistiller", "LevelSelection"]
 
-Objective = Literal["joint", "robust", "task"]
+Objective = Literal["joint", "robust", "task", "lookahead"]
 OBJECTIVES = typing.get_args(Objective)
 # The objectives whose selectors are kept from piling every weight on one instance by an entropy term.
-_ENTROPY_OBJECTIVES = ("robust", "task")
+_ENTROPY_OBJECTIVES = ("robust", "task", "lookahead")
+# The objectives whose selectors maximise the instances' alignment with a direction of the student's maps.
+_ALIGNMENT_OBJECTIVES = ("task", "lookahead")
 Normalisation = Literal["mean", "softmax"]
 NORMALISATIONS = typing.get_args(Normalisation)
 # Over what the weights average 1: each image's instances, or the batch (the images' mean weights average 1).
@@ -179,7 +181,7 @@ class LIAFConfig(MethodConfig):
     """Lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors' score vectors over all
     (level, instance) pairs of the batch."""
     entropy_weight: float = 1.0
-    """`robust` and `task`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)), the gap between
+    """`robust`, `task` and `lookahead`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)), the gap between
     the weights' entropy and the uniform one per image and level (averaged over levels and images, like
     `loss_liaf`). The selector's optimum is then w_j proportional to exp(d_j / entropy_weight): with the default
     1.0, instances whose d differ by 1 (d is about 1 at the start) get weights in the ratio e. The term scales
@@ -203,7 +205,14 @@ class LIAFConfig(MethodConfig):
     gradient; scaled to unit RMS per level, the selectors maximise mean_j w_lj b_lj (under the same entropy
     term, so w_lj is proportional to exp(b_lj / entropy_weight) at their optimum) and the student minimises
     `loss_liaf` with the weights as given. The student's learning state enters through g_l, which costs a second
-    backward pass through the head each step."""
+    backward pass through the head each step. `"lookahead"` (liaf-hf's own, after learning-to-reweight methods):
+    as `task`, with g_l replaced by how a step for the student's detection loss on *other images* moves its map:
+    J v / |v|, v the gradient of that loss on the other half of the batch with respect to the student's backbone
+    and FPN (`DistillationBatch.held_out_directions`). The selectors then seek the instances whose imitation
+    lowers the detection loss on images they are not in, the held-out test that separates an instance worth
+    imitating from one that only fits its own, perhaps wrong, annotation. It costs a further forward and
+    backward pass of the student and two of its backbone and FPN each step, and needs at least 2 images per
+    device batch."""
     use_progress: bool = True
     """Give the selector the training progress t = step / total steps."""
     use_student_quality: bool = True
@@ -289,6 +298,7 @@ class LIAFDistiller(FeatureDistiller):
         config = self.config
         self.needs_teacher_instance_losses = config.use_teacher_quality
         self.needs_student_instance_losses = config.use_student_loss
+        self.needs_held_out_directions = config.objective == "lookahead"
         self.num_classes = teacher_config.num_labels
         self.selector = InstanceSelector(
             descriptor_channels=teacher_config.fpn_channels,
@@ -386,7 +396,8 @@ class LIAFDistiller(FeatureDistiller):
 
         `levels`: every level's (teacher map, aligned student map), as `FeatureAligner.levels` gives them;
         `progress`: () the training progress, a tensor so that a compiled step does not specialise on it;
-        `directions`: for `objective="task"`, `InstanceDiscrepancy.of`'s, to take the instances' alignment.
+        `directions`: for `objective="task"` or `"lookahead"`, `InstanceDiscrepancy.of`'s, to take the instances'
+        alignment.
         The levels' cells are laid side by side (P = sum_l H_l W_l) and the selectors score every level's
         instances in one pass: a pass per level cost some hundred tensor operations per level, forward and
         backward, each a kernel launch on a GPU, where launches rather than arithmetic set a step's time.
@@ -494,13 +505,30 @@ class LIAFDistiller(FeatureDistiller):
                     strides=list(batch.strides),
                     layout=layout,
                     progress=host_scalar(float(batch.progress), device=device),
-                    task_gradients=self._task_gradients(student) if self.config.objective == "task" else None,
+                    task_gradients=self._alignment_directions(student, batch),
                     result=result,
                 )
             if self.config.beta > 0:
                 background_loss = self._background_loss(cell_errors=errors, levels=levels, batch=batch)
                 result.losses["loss_liaf_bg"] = self.config.beta * background_loss
         return result
+
+    def _alignment_directions(
+        self, student: GFLObjectDetectionOutput, batch: DistillationBatch
+    ) -> tuple[torch.Tensor, ...] | None:
+        """The directions of the student's maps whose alignment the selectors maximise: `task`'s gradient of its
+        loss on the batch, `lookahead`'s held-out directions; None for the other objectives."""
+        if self.config.objective == "task":
+            return self._task_gradients(student)
+        if self.config.objective == "lookahead":
+            if batch.held_out_directions is None:
+                raise ValueError(
+                    'objective="lookahead" needs DistillationBatch.held_out_directions, which '
+                    "LIAFDistillationTrainer fills for methods with needs_held_out_directions "
+                    "(liaf_hf.trainer._held_out.held_out_directions computes them)."
+                )
+            return batch.held_out_directions
+        return None
 
     @staticmethod
     def _task_gradients(student: GFLObjectDetectionOutput) -> tuple[torch.Tensor, ...]:
@@ -531,7 +559,7 @@ class LIAFDistiller(FeatureDistiller):
         the host, so that a compiled step sees the instance counts only as tensor sizes (the background term
         stays eager too: its masks start from the lists of boxes).
 
-        `task_gradients`: the student's `_task_gradients` for `objective="task"`, else None.
+        `task_gradients`: the directions of `_alignment_directions` (`task`, `lookahead`), else None.
 
         Returns every level's (teacher map, aligned student map) and the (B, P) cell errors, which the
         background term reuses.
@@ -561,7 +589,7 @@ class LIAFDistiller(FeatureDistiller):
         weights = selection.weights
         if self.config.objective == "robust":
             weights = _ReverseGradient.apply(weights)
-        elif self.config.objective == "task":
+        elif self.config.objective in _ALIGNMENT_OBJECTIVES:
             weights = weights.detach()
         feature_loss = selection.instances.image_means(layout, weights).mean(dim=1).sum()
         alignment = selection.instances.alignment

@@ -27,6 +27,7 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 from ..distillation.base import DistillationBatch, Distiller, MethodConfig, build_distiller, method_settings
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
 from .checkpoints import check_checkpoint, require_safetensors_checkpoint
+from ._held_out import held_out_directions
 from .detection import DetectionTrainer
 
 logger = logging.getLogger(__name__)
@@ -210,6 +211,8 @@ class DistillationModel(nn.Module):
         batch = self.distillation_batch(pixel_values, pixel_mask, targets, student_output)
         if self.distiller.needs_image_ids:
             batch.image_ids = _image_ids(labels)
+        if self.distiller.needs_held_out_directions:
+            batch.held_out_directions = held_out_directions(self.student, pixel_values, pixel_mask, labels)
         result = self.distiller(student=student_output, teacher=teacher_output, batch=batch)
         loss = student_output.loss + sum(result.losses.values(), torch.zeros_like(student_output.loss))
         return DistillationOutput(
@@ -356,6 +359,13 @@ class LIAFDistillationTrainer(DetectionTrainer):
             distiller.compile_losses()
         teacher.eval().requires_grad_(False)
         super().__init__(model=DistillationModel(student=model, teacher=teacher, distiller=distiller), **kwargs)
+        if distiller.needs_held_out_directions and self.args.per_device_train_batch_size < 2:
+            # Refused before the first step: every batch would have no other half to hold out.
+            raise ValueError(
+                f"Method {method if isinstance(method, str) else type(method).__name__!r} takes the held-out loss "
+                "on the other half of each batch (LIAF-KD's objective=\"lookahead\"): it needs "
+                f"per_device_train_batch_size of at least 2, got {self.args.per_device_train_batch_size}."
+            )
         teacher.to(self.args.device)
         self.evaluate_teacher_at_start = evaluate_teacher_at_start
         self.teacher_metrics: dict[str, float] = {}
