@@ -672,7 +672,9 @@ def test_a_method_takes_its_typed_config_and_records_it():
     with pytest.raises(ValueError, match="'liaf' takes a LIAFConfig, got a AIDConfig"):
         build_distiller("liaf", student_config=config(), teacher_config=config(), config=AIDConfig())
     # The checks hold for a config built in Python too, not only for options parsed from the command line.
-    with pytest.raises(ValueError, match=r"objective must be one of \('joint', 'robust', 'task'\), got 'nope'"):
+    with pytest.raises(
+        ValueError, match=r"objective must be one of \('joint', 'robust', 'task', 'lookahead'\), got 'nope'"
+    ):
         LIAFConfig(objective="nope")
     with pytest.raises(ValueError, match="decay must be non-negative"):
         AIDConfig(decay=-1.0)

@@ -181,8 +181,8 @@ class LIAFConfig(MethodConfig):
     """Lambda, weight of `loss_liaf_div`, the mean Dice overlap between the K selectors' score vectors over all
     (level, instance) pairs of the batch."""
     entropy_weight: float = 1.0
-    """`robust`, `task` and `lookahead`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)), the gap between
-    the weights' entropy and the uniform one per image and level (averaged over levels and images, like
+    """`robust`, `task` and `lookahead`: `loss_liaf_entropy` is alpha * entropy_weight * (log n - H(w / n)), the
+    gap between the weights' entropy and the uniform one per image and level (averaged over levels and images, like
     `loss_liaf`). The selector's optimum is then w_j proportional to exp(d_j / entropy_weight): with the default
     1.0, instances whose d differ by 1 (d is about 1 at the start) get weights in the ratio e. The term scales
     with alpha so that alpha sets how strongly the student is pulled and entropy_weight how sharply the

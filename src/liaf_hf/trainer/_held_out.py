@@ -10,8 +10,8 @@ of the batch as the held-out data.
 
 J v is taken by central finite differences, two passes of the backbone and FPN at theta +- h v / |v|: their error
 grows with h where ReLUs and max-pooling switch between the two points, so h is small (forward-mode
-differentiation would need every layer, BatchNorm's running statistics included, to support it). The extra passes run on copies
-of the BatchNorm buffers, so the running statistics stay those of the ordinary step.
+differentiation would need every layer, BatchNorm's running statistics included, to support it). The extra
+passes run on copies of the BatchNorm buffers, so the running statistics stay those of the ordinary step.
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ def held_out_directions(
     num_images = pixel_values.shape[0]
     if num_images < 2:
         raise ValueError(
-            "LIAF-KD's objective=\"lookahead\" takes the held-out loss on the other half of each batch: it needs at "
+            'LIAF-KD\'s objective="lookahead" takes the held-out loss on the other half of each batch: it needs at '
             f"least 2 images in each device's batch, got {num_images} (raise --per_device_train_batch_size)."
         )
     device = pixel_values.device
@@ -121,6 +121,9 @@ def _features_at(
     """The FPN maps of `images` with the parameters moved by `step` along `direction`."""
     moved = {name: parameter.detach() + step * direction[name] for name, parameter in parameters.items()}
     output = functional_call(
-        features, {**moved, **_buffer_copies(features)}, args=(images,), kwargs={"output_hidden_states": False, "return_dict": True}
+        features,
+        {**moved, **_buffer_copies(features)},
+        args=(images,),
+        kwargs={"output_hidden_states": False, "return_dict": True},
     )
     return tuple(output.fpn_features)

@@ -26,8 +26,8 @@ from transformers.utils import SAFE_WEIGHTS_NAME, ModelOutput
 
 from ..distillation.base import DistillationBatch, Distiller, MethodConfig, build_distiller, method_settings
 from ..models.gfl.modeling_gfl import GFLForObjectDetection, GFLObjectDetectionOutput, GFLTargets
-from .checkpoints import check_checkpoint, require_safetensors_checkpoint
 from ._held_out import held_out_directions
+from .checkpoints import check_checkpoint, require_safetensors_checkpoint
 from .detection import DetectionTrainer
 
 logger = logging.getLogger(__name__)
@@ -363,7 +363,7 @@ class LIAFDistillationTrainer(DetectionTrainer):
             # Refused before the first step: every batch would have no other half to hold out.
             raise ValueError(
                 f"Method {method if isinstance(method, str) else type(method).__name__!r} takes the held-out loss "
-                "on the other half of each batch (LIAF-KD's objective=\"lookahead\"): it needs "
+                'on the other half of each batch (LIAF-KD\'s objective="lookahead"): it needs '
                 f"per_device_train_batch_size of at least 2, got {self.args.per_device_train_batch_size}."
             )
         teacher.to(self.args.device)
