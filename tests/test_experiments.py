@@ -64,19 +64,19 @@ def test_a_schedules_evaluations_are_spread_over_its_steps():
     assert Schedule(steps=350, batch_size=16, eval_every=50).training_arguments("o", "run")["eval_steps"] == 50
 
 
-def test_an_experiment_trains_its_teacher_once_and_distils_students_from_it(tmp_path, capsys):
-    experiment = Experiment(
-        data=DataSpec(
-            data_dir=str(tmp_path / "data"), generated="easy", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
-        ),
-        output_dir=tmp_path / "runs",
-        teacher_cache_dir=tmp_path / "teachers",
-        teacher_backbone="resnet18",
-        teacher_steps=1,
-        student_steps=1,
-        batch_size=4,
-        channels=32,
+def tiny_experiment(tmp_path: Path, **settings) -> Experiment:
+    """An experiment of 8 generated 64-px images and one-step resnet18 runs, writing under `tmp_path`."""
+    data = DataSpec(
+        data_dir=str(tmp_path / "data"), generated="easy", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
     )
+    defaults = {"teacher_backbone": "resnet18", "teacher_steps": 1, "student_steps": 1, "batch_size": 4, "channels": 32}
+    return Experiment(
+        data=data, output_dir=tmp_path / "runs", teacher_cache_dir=tmp_path / "teachers", **{**defaults, **settings}
+    )
+
+
+def test_an_experiment_trains_its_teacher_once_and_distils_students_from_it(tmp_path, capsys):
+    experiment = tiny_experiment(tmp_path)
     teacher = experiment.teacher()
     assert Path(teacher.name_or_path) == experiment.teacher_dir() and "eval_AP" in teacher.metrics
     model_file = experiment.teacher_dir() / "model.safetensors"
@@ -97,19 +97,7 @@ def test_an_experiment_trains_its_teacher_once_and_distils_students_from_it(tmp_
 
 
 def test_a_teacher_trained_on_fewer_images_is_kept_apart_and_sees_only_those(tmp_path):
-    data = DataSpec(
-        data_dir=str(tmp_path / "data"), generated="easy", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
-    )
-    experiment = Experiment(
-        data=data,
-        output_dir=tmp_path / "runs",
-        teacher_cache_dir=tmp_path / "teachers",
-        teacher_backbone="resnet18",
-        teacher_steps=1,
-        teacher_batch_size=4,
-        teacher_num_train=4,
-        channels=32,
-    )
+    experiment = tiny_experiment(tmp_path, teacher_batch_size=4, teacher_num_train=4)
     # Its own folder, and the students distilled from it theirs: a teacher of all 8 images is never reused.
     assert experiment.teacher_dir().name == "resnet18-1steps-on4images-easy-64px-8images-32ch-batch4"
     assert experiment.students_dir().startswith("resnet18-1steps-on4images-to-")
@@ -118,7 +106,8 @@ def test_a_teacher_trained_on_fewer_images_is_kept_apart_and_sees_only_those(tmp
     assert state["epoch"] == 1.0  # one step of 4 images is a whole epoch of the 4 it trains on, not half of 8
 
     with pytest.raises(ValueError, match="teacher_num_train"):
-        Experiment(data=data, output_dir=tmp_path, teacher_cache_dir=tmp_path, teacher_model_name_or_path="t",
-                   teacher_num_train=4)  # fmt: skip
+        tiny_experiment(tmp_path, teacher_model_name_or_path="t", teacher_num_train=4)
     with pytest.raises(ValueError, match="--max_train_samples"):
         DataSpec(data_dir="d", generated="easy", max_train_samples=0)
+    with pytest.raises(ValueError, match="--max_train_samples"):
+        tiny_experiment(tmp_path, teacher_num_train=0)

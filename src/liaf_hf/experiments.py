@@ -309,8 +309,13 @@ class Experiment:
     def __post_init__(self) -> None:
         if self.teacher_num_train is not None and self.teacher_model_name_or_path:
             raise ValueError("teacher_num_train trains the teacher here: it cannot go with teacher_model_name_or_path")
-        if self.teacher_num_train is not None and self.teacher_num_train < 1:
-            raise ValueError(f"teacher_num_train must be at least 1 image, got {self.teacher_num_train}")
+        self.teacher_data()  # DataArguments checks the number of images, naming the flag
+
+    def teacher_data(self) -> DataSpec:
+        """The data the teacher trains on: `data`, or its first `teacher_num_train` training images."""
+        if self.teacher_num_train is None:
+            return self.data
+        return dataclasses.replace(self.data, max_train_samples=self.teacher_num_train)
 
     def students_dir(self) -> str:
         """The students' folder name under a benchmark's runs: the teacher, student, schedule and data."""
@@ -357,11 +362,8 @@ class Experiment:
         if teacher.summary_file.is_file() and (teacher_dir / "model.safetensors").is_file():
             print(f"Reusing the teacher in {teacher_dir}")
             return teacher
-        data = self.data
-        if self.teacher_num_train is not None:
-            data = dataclasses.replace(data, max_train_samples=self.teacher_num_train)
         DetectorRun(
-            data=data,
+            data=self.teacher_data(),
             output_dir=teacher_dir,
             detector=DetectorSpec(backbone=self.teacher_backbone, channels=self.channels, pretrained=self.pretrained),
             schedule=self._schedule(self.teacher_steps, self.teacher_batch_size),

@@ -57,8 +57,8 @@ def held_out_directions(
             'LIAF-KD\'s objective="lookahead" takes the held-out loss on the other half of each batch: it needs at '
             f"least 2 images in each device's batch, got {num_images} (raise --per_device_train_batch_size)."
         )
-    device = pixel_values.device
-    halves = (torch.arange(0, num_images, 2, device=device), torch.arange(1, num_images, 2, device=device))
+    # Strided slices, not index tensors: splitting the batch waits for nothing on the device.
+    halves = (slice(0, None, 2), slice(1, None, 2))
     features = student.model
     parameters = {name: p for name, p in features.named_parameters() if p.requires_grad}
     directions: list[torch.Tensor] | None = None
@@ -74,7 +74,7 @@ def held_out_directions(
         if directions is None:
             directions = [d.new_zeros((num_images, *d.shape[1:])) for d in half_directions]
         for level, direction in zip(directions, half_directions):
-            level.index_copy_(0, half, direction)
+            level[half] = direction
     return tuple(directions)
 
 
@@ -89,11 +89,10 @@ def _loss_gradient(
     pixel_values: torch.Tensor,
     pixel_mask: torch.Tensor | None,
     labels: list[dict],
-    images: torch.Tensor,
+    images: slice,
 ) -> dict[str, torch.Tensor]:
-    """The gradient of the student's detection loss on `images` (indices into the batch) with respect to
-    `parameters` (its base model's, by name under `student.model`)."""
-    index = images.tolist()
+    """The gradient of the student's detection loss on the batch's `images` with respect to `parameters` (its
+    base model's, by name under `student.model`)."""
     output = functional_call(
         student,
         _buffer_copies(student),  # the parameters not given are the module's own, with their gradients
@@ -101,7 +100,7 @@ def _loss_gradient(
         kwargs={
             "pixel_values": pixel_values[images],
             "pixel_mask": pixel_mask[images] if pixel_mask is not None else None,
-            "labels": [labels[i] for i in index],
+            "labels": labels[images],
         },
     )
     names = list(parameters)
