@@ -1,7 +1,9 @@
 """The package's top level: the main names importable from it, without loading the rest of the library."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import liaf_hf
 
@@ -36,3 +38,23 @@ def test_every_top_level_name_resolves_to_the_object_of_its_module():
     for name in liaf_hf.__all__:
         assert getattr(liaf_hf, name) is not None, name
     assert set(liaf_hf.__all__) <= set(dir(liaf_hf))
+
+
+def _code_lines(function: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    """Lines of a function from its `def` to its last line, less its docstring's."""
+    lines = function.end_lineno - function.lineno + 1
+    body = function.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        if isinstance(body[0].value.value, str):
+            lines -= body[0].end_lineno - body[0].lineno + 1
+    return lines
+
+
+def test_no_function_of_the_package_has_over_80_lines_of_code():
+    package = Path(liaf_hf.__file__).parent
+    too_long = []
+    for path in sorted(package.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and _code_lines(node) > 80:
+                too_long.append(f"{path.relative_to(package)}:{node.lineno} {node.name} ({_code_lines(node)} lines)")
+    assert not too_long, "functions over 80 lines (docstrings not counted): " + ", ".join(too_long)

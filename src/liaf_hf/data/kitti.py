@@ -170,6 +170,37 @@ def load_kitti(
         names = [name for name in names if name in images]
     if not names:
         raise DataError(f"{root / _SPLIT_DIR / (split + '.txt')}: split {split!r} has no images (from {image_dir})")
+    columns = _read_split(
+        names,
+        images,
+        labels,
+        label_dir=label_dir,
+        label_of=label_of,
+        known_types=known_types,
+        skip_invalid=skip_invalid,
+    )
+    logger.info(
+        "%s: split %r has %d images and %d objects",
+        root,
+        split,
+        len(names),
+        sum(len(objects["id"]) for objects in columns["objects"]),
+    )
+    return datasets.Dataset.from_dict(columns, features=kitti_detection_features(classes))
+
+
+def _read_split(
+    names: Sequence[str],
+    images: Mapping[str, Path],
+    labels: Mapping[str, Path],
+    *,
+    label_dir: Path,
+    label_of: Mapping[str, int],
+    known_types: set[str],
+    skip_invalid: bool,
+) -> dict[str, list[Any]]:
+    """The dataset's columns for the images `names`: each image's size from its header, its objects from its
+    label file (object ids counted from 1 over the split). Warns once for what was skipped or clipped."""
     image_ids = _image_ids(sorted(images))
     skipped: dict[str, int] = {"bad lines": 0, "unknown types": 0}
     fitter = BoxFitter()
@@ -198,8 +229,7 @@ def load_kitti(
     if any(skipped.values()):
         logger.warning("%s: skipped %d bad label lines and %d objects of unknown types", label_dir, *skipped.values())
     fitter.warn(str(label_dir))
-    logger.info("%s: split %r has %d images and %d objects", root, split, len(names), next_object_id - 1)
-    return datasets.Dataset.from_dict(columns, features=kitti_detection_features(classes))
+    return columns
 
 
 def write_kitti_split(

@@ -200,47 +200,28 @@ def write_model_card(
     """
     output_dir = Path(output_dir)
     config = GFLConfig.from_dict(check_saved_detector(output_dir))
-    processor_config = read_json_object(output_dir / PROCESSOR_CONFIG_NAME)
     distilled = method != "none"
     if distilled and not teacher_name:
         raise LiafError(f"write_model_card: method {method!r} distils from a teacher, but no teacher_name was given.")
     model_id = model_id or str(output_dir)
     model_name = model_id.rstrip("/").split("/")[-1]
     metrics, teacher_metrics = normalise_metrics(metrics), normalise_metrics(teacher_metrics)
-    baseline_metrics = normalise_metrics(baseline_metrics)
-
     rows = _result_rows(
-        method, metrics=metrics, teacher_name=teacher_name, teacher_metrics=teacher_metrics, baseline=baseline_metrics
+        method,
+        metrics=metrics,
+        teacher_name=teacher_name,
+        teacher_metrics=teacher_metrics,
+        baseline=normalise_metrics(baseline_metrics),
     )
-    parts = method.split("+")
-    card_data = ModelCardData(
-        model_name=model_name,
-        library_name="transformers",
-        pipeline_tag="object-detection",
-        license=license,
-        datasets=[dataset_id] if dataset_id else None,
-        tags=[
-            "object-detection",
-            "vision",
-            "gfl",
-            "liaf-hf",
-            *(["knowledge-distillation", *parts] if distilled else []),
-        ],
-        eval_results=_eval_results(metrics, dataset_name=dataset_name, dataset_id=dataset_id, split=dataset_split),
-    )
+    dataset = {"name": dataset_name, "id": dataset_id, "split": dataset_split}
     variables = {
         "model_id": model_id,
         "model_name": model_name,
         "distilled": distilled,
-        "student": _describe_detector(config, processor_config),
+        "student": _describe_detector(config, read_json_object(output_dir / PROCESSOR_CONFIG_NAME)),
         "teacher": _describe_teacher(teacher_name, teacher_config, teacher_metrics) if teacher_name else None,
-        "method": {
-            "name": method,
-            "parts": [(part, *_method_description(part)) for part in parts],
-            "options": json.dumps(dict(method_options or {}), indent=2, sort_keys=True),
-            "inherit": inherit,
-        },
-        "dataset": {"name": dataset_name, "id": dataset_id, "split": dataset_split},
+        "method": _describe_method(method, method_options, inherit=inherit),
+        "dataset": dataset,
         "results": [row.cells for row in rows],
         "evaluated": "AP" in metrics,
         "training": dict(training or {}),
@@ -249,9 +230,40 @@ def write_model_card(
         "liaf_hf_version": __version__,
         "exports_section": export_section(export_summary) if export_summary else "",
     }
+    card_data = _card_metadata(model_name, method, metrics, dataset=dataset, license=license)
     card = ModelCard.from_template(card_data, template_path=str(template or template_path()), **variables)
     card.save(output_dir / CARD_NAME)
     return card
+
+
+def _card_metadata(
+    model_name: str, method: str, metrics: dict[str, float], *, dataset: Mapping[str, Any], license: str | None
+) -> ModelCardData:
+    """The card's Hub metadata: library, task, tags (the method's parts for a distilled model) and an
+    `EvalResult` per metric."""
+    parts = [] if method == "none" else ["knowledge-distillation", *method.split("+")]
+    return ModelCardData(
+        model_name=model_name,
+        library_name="transformers",
+        pipeline_tag="object-detection",
+        license=license,
+        datasets=[dataset["id"]] if dataset["id"] else None,
+        tags=["object-detection", "vision", "gfl", "liaf-hf", *parts],
+        eval_results=_eval_results(
+            metrics, dataset_name=dataset["name"], dataset_id=dataset["id"], split=dataset["split"]
+        ),
+    )
+
+
+def _describe_method(method: str, options: Mapping[str, Any] | None, *, inherit: bool) -> dict[str, Any]:
+    """What the card says of the method: its name, each part with its description and reference, the options
+    as JSON, and whether the student started from the teacher's neck and head."""
+    return {
+        "name": method,
+        "parts": [(part, *_method_description(part)) for part in method.split("+")],
+        "options": json.dumps(dict(options or {}), indent=2, sort_keys=True),
+        "inherit": inherit,
+    }
 
 
 def _result_rows(
