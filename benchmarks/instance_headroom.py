@@ -15,6 +15,7 @@ Rows (`--rows`; labels as in the results JSON):
     aid-batch             AID with one factor per batch (the teacher's loss on the batch)
     oracle-noise          weight 0 on the annotations the generator corrupted (knowledge no method has)
     oracle-teacher        weights from the teacher's correctness on each instance (score x IoU)
+    oracle-teacher-wrong  the opposite: weights from how wrong the teacher is on each instance (1 - score x IoU)
     oracle-student        weights from the student's own loss on each instance
     oracle-teacher-student  the teacher's correctness x the student's loss
     liaf                  LIAF-KD at its defaults
@@ -56,6 +57,7 @@ def row_specs(facts_file: Path) -> dict[str, str]:
         "aid-batch": 'aid-batch=aid:{"weighting": "batch"}',
         "oracle-noise": "oracle-noise=oracle:" + json.dumps({"source": "noise", "facts_file": str(facts_file)}),
         "oracle-teacher": 'oracle-teacher=oracle:{"source": "teacher_quality"}',
+        "oracle-teacher-wrong": 'oracle-teacher-wrong=oracle:{"source": "teacher_error"}',
         "oracle-student": 'oracle-student=oracle:{"source": "student_loss"}',
         "oracle-teacher-student": 'oracle-teacher-student=oracle:{"source": "teacher_right_student_wrong"}',
         "liaf": "liaf",

@@ -9,6 +9,8 @@ of each instance, including what no method can know, at the strength of uniform 
   `instance_facts_train.json` (`liaf_hf.data.synthetic.read_instance_facts`), which no method sees.
 * `"teacher_quality"`: the teacher's correctness on the instance, its best score x IoU there
   (`GFLObjectDetectionOutput.instance_quality`): imitate the teacher where it is right.
+* `"teacher_error"`: one less the teacher's correctness: imitate the teacher where it is wrong, the opposite
+  direction (it is where the small and faint objects are, and AID's per-instance factor leans away from them).
 * `"student_loss"`: the student's own current loss on the instance (`instance_losses`): imitate where the
   student is wrong.
 * `"teacher_right_student_wrong"`: the product of the two, teacher quality x the student's loss.
@@ -35,8 +37,10 @@ from .base import DistillationBatch, DistillationResult, positive, register_dist
 
 __all__ = ["OracleConfig", "OracleDistiller"]
 
-Source = Literal["noise", "teacher_quality", "student_loss", "teacher_right_student_wrong"]
+Source = Literal["noise", "teacher_quality", "teacher_error", "student_loss", "teacher_right_student_wrong"]
 SOURCES = typing.get_args(Source)
+_TEACHER_SOURCES = ("teacher_quality", "teacher_error", "teacher_right_student_wrong")
+_STUDENT_SOURCES = ("student_loss", "teacher_right_student_wrong")
 
 
 def _clean_flags(facts_file: str) -> dict[int, list[bool]]:
@@ -58,8 +62,8 @@ class OracleConfig(InstanceImitationConfig):
     """The options of `oracle` (`OracleDistiller`), the keys of `--method_options` for `--method oracle`."""
 
     source: Source = "teacher_quality"
-    """Where each instance's weight comes from: `"noise"`, `"teacher_quality"`, `"student_loss"` or
-    `"teacher_right_student_wrong"` (module docstring)."""
+    """Where each instance's weight comes from: `"noise"`, `"teacher_quality"`, `"teacher_error"`,
+    `"student_loss"` or `"teacher_right_student_wrong"` (module docstring)."""
     facts_file: str | None = None
     """For `"noise"`: the generated training split's `instance_facts_train.json`."""
     power: float = 1.0
@@ -93,8 +97,8 @@ class OracleDistiller(InstanceImitation):
         source, facts_file = self.config.source, self.config.facts_file
         self._clean = _clean_flags(facts_file) if source == "noise" else None
         self.needs_image_ids = source == "noise"
-        self.needs_teacher_instance_losses = source in ("teacher_quality", "teacher_right_student_wrong")
-        self.needs_student_instance_losses = source in ("student_loss", "teacher_right_student_wrong")
+        self.needs_teacher_instance_losses = source in _TEACHER_SOURCES
+        self.needs_student_instance_losses = source in _STUDENT_SOURCES
 
     def instance_weights(
         self,
@@ -110,9 +114,10 @@ class OracleDistiller(InstanceImitation):
         else:
             raw = torch.ones(layout.num_instances, device=layout.counts.device)
             if self.needs_teacher_instance_losses:
-                raw = raw * per_instance_output(
+                quality = per_instance_output(
                     teacher, "instance_quality", model="teacher", needed_by="The oracle weighting", layout=layout
                 )
+                raw = raw * (1.0 - quality.clamp(0.0, 1.0) if self.config.source == "teacher_error" else quality)
             if self.needs_student_instance_losses:
                 raw = raw * per_instance_output(
                     student, "instance_losses", model="student", needed_by="The oracle weighting", layout=layout
