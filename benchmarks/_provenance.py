@@ -1,11 +1,13 @@
 """Where a benchmark result comes from: the commit, the date and the machine, recorded inside its JSON.
 
-Every script in benchmarks/ adds `"provenance": provenance()` to the JSON it writes, so a result file says
-which code produced it without a commit in its name (docs/benchmarks.md reads the tables from these files).
+Every script in benchmarks/ adds `"provenance": provenance()` to the JSON it writes (with `write_result`), so a
+result file says which code produced it without a commit in its name (docs/benchmarks.md reads the tables from
+these files).
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -56,3 +58,12 @@ def provenance() -> dict:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
     }
+
+
+def write_result(output: str | os.PathLike, result: dict | list) -> Path:
+    """Write a benchmark's result as indented JSON to `output` (its folder made if missing) and say so."""
+    path = Path(output)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2))
+    print(f"Wrote {path}")
+    return path

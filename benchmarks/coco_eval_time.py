@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import json
 import math
 import os
 import statistics
@@ -36,7 +35,7 @@ from liaf_hf.metrics import CocoDetectionEvaluator, coco_ground_truth_from_datas
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 
 BACKENDS = ("pycocotools", "faster_coco_eval")
 
@@ -147,9 +146,7 @@ def main(argv: list[str] | None = None) -> dict:
         "largest_metric_difference": {"key": worst_key, "value": differences[worst_key]},
         "metrics": metrics,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.output}")
+    write_result(args.output, result)
     if differences[worst_key] > args.tolerance:
         raise SystemExit(f"the backends disagree: {worst_key} differs by {differences[worst_key]:.3e}")
     return result

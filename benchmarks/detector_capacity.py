@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 from liaf_hf.experiments import DataSpec, DetectorRun, DetectorSpec, Schedule  # noqa: E402
 
 
@@ -125,8 +125,7 @@ def main() -> None:
         "results": rows,
         "table": "\n".join(lines),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

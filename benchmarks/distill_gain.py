@@ -43,7 +43,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 from liaf_hf.distillation import available_methods, method_settings, parse_method_spec  # noqa: E402
 from liaf_hf.experiments import (  # noqa: E402
     add_experiment_arguments,
@@ -330,9 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": runs,
         "total_minutes": round((time.perf_counter() - started) / 60, 1),
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"\nWrote {args.output} ({result['total_minutes']} minutes)")
+    print(f"\n{result['total_minutes']} minutes in all")
+    write_result(args.output, result)
     return result
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 
 FLOOR = "student step + teacher forward"
 # The configurations of step_cost.py that do not run the teacher (`none` distils nothing, so it skips it).
@@ -151,9 +151,7 @@ def main(argv: list[str] | None = None) -> None:
         "predicted": predicted,
         "table": table,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.output}")
+    write_result(args.output, result)
 
 
 if __name__ == "__main__":

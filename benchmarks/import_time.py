@@ -11,7 +11,6 @@ benchmarks/results/import_time.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,7 +20,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 
 PROBE = (
     "import sys, time; started = time.perf_counter(); import liaf_hf; "
@@ -71,9 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"command": "python benchmarks/import_time.py " + " ".join(sys.argv[1:] if argv is None else argv),
               "date": date.today().isoformat(), "rounds": args.rounds, "rows": rows}  # fmt: skip
     result["provenance"] = provenance()
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.output}")
+    write_result(args.output, result)
     return result
 
 

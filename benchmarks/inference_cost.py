@@ -17,7 +17,6 @@ markdown table and writes benchmarks/results/inference_cost.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -37,7 +36,7 @@ from liaf_hf.inference import detect, load_detector
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 
 BACKENDS = ("pytorch", "torch_compile", "onnx", "onnx_int8")
 
@@ -198,8 +197,7 @@ def main(argv: list[str] | None = None) -> dict:
             "float32": student["pytorch"] - plain["pytorch"],
             "int8": student["onnx_int8"] - plain["onnx_int8"],
         }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(results, indent=2))
+    write_result(args.output, results)
     print(markdown(results))
     return results
 

@@ -23,7 +23,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 from liaf_hf import GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data import load_coco_detection, read_instance_facts  # noqa: E402
 from liaf_hf.data.collate import DetectionCollator, DetectionTransform  # noqa: E402
@@ -114,9 +114,7 @@ def main(argv: list[str] | None = None) -> dict:
         "images": len(dataset),
         "rows": rows,
     }
-    output_file.parent.mkdir(parents=True, exist_ok=True)
-    output_file.write_text(json.dumps(result, indent=2))
-    print(f"Wrote {output_file}")
+    write_result(output_file, result)
     return result
 
 

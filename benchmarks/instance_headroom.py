@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distill_gain  # noqa: E402
+from _provenance import write_result  # noqa: E402
 
 DIFFICULTY = "varied"
 REFERENCE = "uniform"
@@ -134,7 +135,6 @@ def main(argv: list[str] | None = None) -> dict:
     )  # fmt: skip
     result["verdict"] = verdict(result["paired"])
     result["command"] = "python benchmarks/instance_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    Path(output).write_text(json.dumps(result, indent=2))
     summary = result["verdict"]
     print(f"\nAgainst uniform instance weights ({result['headline_metric']}, paired by seed):")
     for label, row in summary["oracles"].items():
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"{summary['liaf_at_least_half_the_best_oracle']}"
             + (f"; minus aid: {summary['liaf_minus_aid']:+.4f}" if "liaf_minus_aid" in summary else "")
         )
-    print(f"Wrote {output}")
+    write_result(output, result)
     return result
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance and instance_facts, also when a test loads this file
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 from instance_facts import groups_of  # noqa: E402
 
 
@@ -105,9 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
         "runs": per_run,
         "groups": groups,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.output}")
+    write_result(args.output, result)
     return result
 
 

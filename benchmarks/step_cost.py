@@ -56,7 +56,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance, also when a test loads this file by path
-from _provenance import provenance  # noqa: E402
+from _provenance import provenance, write_result  # noqa: E402
 from _step_cost_report import FLOOR, Measurements, report_table, result_rows  # noqa: E402
 from liaf_hf import GFLConfig, GFLForObjectDetection, GFLImageProcessor  # noqa: E402
 from liaf_hf.data.synthetic import SyntheticSpec, generate_scene  # noqa: E402
@@ -606,9 +606,7 @@ def main(argv: list[str] | None = None) -> dict:
         "kernels_by_site_beyond_floor": measured.sites,
         "table": table,
     }
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps(result, indent=2))
-    print(f"Wrote {args.output}")
+    write_result(args.output, result)
     return result
 
 
