@@ -481,9 +481,18 @@ def test_noise_oracle_refuses_facts_of_another_set(tmp_path):
         build_distiller("oracle", student_config=config(), teacher_config=config(), source="noise")
 
 
-def test_teacher_quality_oracle_weighs_by_the_teachers_correctness():
+@pytest.mark.parametrize(
+    "source, lowest, highest",
+    [
+        # Raw weights (0.2, 0.6 | 0.4): image means 0.4 and 0.4, every weight divided by 0.4: (0.5, 1.5 | 1.0).
+        ("teacher_quality", 0.5, 1.5),
+        # Raw weights 1 - quality = (0.8, 0.4 | 0.6): image means 0.6 and 0.6, so (4/3, 2/3 | 1.0).
+        ("teacher_error", 2 / 3, 4 / 3),
+    ],
+)
+def test_teacher_oracles_weigh_by_the_teachers_correctness_at_uniform_strength(source, lowest, highest):
     distiller = build_distiller(
-        "oracle", student_config=config(), teacher_config=config(), source="teacher_quality", feature_scale="none"
+        "oracle", student_config=config(), teacher_config=config(), source=source, feature_scale="none"
     )
     assert distiller.needs_teacher_instance_losses and not distiller.needs_student_instance_losses
     features = random_maps(8, seed=8)
@@ -491,9 +500,8 @@ def test_teacher_quality_oracle_weighs_by_the_teachers_correctness():
     teacher.instance_quality = torch.tensor([0.2, 0.6, 0.4])
     student = output([f - 0.5 for f in features])
     result = distiller(student=student, teacher=teacher, batch=make_batch(TWO_IMAGES))
-    # Image means 0.4 and 0.4: every weight divided by 0.4, so (0.5, 1.5 | 1.0), and the loss is uniform's.
-    assert float(result.stats["oracle/weight_min"]) == pytest.approx(0.5, rel=1e-5)
-    assert float(result.stats["oracle/weight_max"]) == pytest.approx(1.5, rel=1e-5)
+    assert float(result.stats["oracle/weight_min"]) == pytest.approx(lowest, rel=1e-5)
+    assert float(result.stats["oracle/weight_max"]) == pytest.approx(highest, rel=1e-5)
     assert float(result.losses["loss_oracle"]) == pytest.approx(10.0 * 0.25, rel=1e-5)
     with pytest.raises(ValueError, match="needs the teacher's instance_quality"):
         distiller(student=student, teacher=output(features), batch=make_batch(TWO_IMAGES))
@@ -690,18 +698,3 @@ def test_what_the_model_card_and_the_pictures_use_is_declared_on_the_method():
         assert method.description and method.description != Distiller.description, name
     assert method_class("liaf").selects_instances and not method_class("aid").selects_instances
     assert method_class("ld").reference == "LD, Zheng et al., CVPR 2022"
-
-
-def test_teacher_error_oracle_weighs_where_the_teacher_is_wrong():
-    distiller = build_distiller(
-        "oracle", student_config=config(), teacher_config=config(), source="teacher_error", feature_scale="none"
-    )
-    assert distiller.needs_teacher_instance_losses and not distiller.needs_student_instance_losses
-    features = random_maps(8, seed=8)
-    teacher = output(features)
-    teacher.instance_quality = torch.tensor([0.2, 0.6, 0.4])
-    result = distiller(student=output([f - 0.5 for f in features]), teacher=teacher, batch=make_batch(TWO_IMAGES))
-    # Raw weights 1 - quality = (0.8, 0.4 | 0.6): image means 0.6 and 0.6, so (4/3, 2/3 | 1.0), uniform's loss.
-    assert float(result.stats["oracle/weight_min"]) == pytest.approx(2 / 3, rel=1e-5)
-    assert float(result.stats["oracle/weight_max"]) == pytest.approx(4 / 3, rel=1e-5)
-    assert float(result.losses["loss_oracle"]) == pytest.approx(10.0 * 0.25, rel=1e-5)
