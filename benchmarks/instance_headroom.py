@@ -24,9 +24,14 @@ Rows (`--rows`; labels as in the results JSON):
                           sharper selection (entropy_weight 0.3)
     liaf-lookahead        LIAF-KD's `lookahead` objective at its other defaults: the selectors seek the instances
                           whose imitation lowers the student's detection loss on the other half of the batch
+    liaf-joint, liaf-task LIAF-KD's `joint` and `task` objectives at their other defaults
+    liaf-teacher-quality  LIAF-KD at its defaults, its selectors also shown the teacher's correctness and loss on
+                          each instance (what oracle-teacher weighs by)
 The oracles' weights are normalised to the strength of uniform weights over the batch
 (`liaf_hf.distillation.aid.normalise_over_batch`). Runs go through benchmarks/distill_gain.py (and so
-through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000` or `--preset gpu`.
+through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000`, `--preset gpu`,
+`--teacher_num_train 500` (a teacher that saw a quarter of the images) or `--teacher_difficulty varied-coarse`
+(a teacher trained on the same images with each rare class labelled as its common look-alike).
 
 Prints distill_gain's tables, then the verdict: which rows lead uniform by more than two paired standard
 errors, and the issue's targets for LIAF-KD. Writes benchmarks/results/instance_headroom_<preset>.json.
@@ -70,6 +75,9 @@ def row_specs(facts_file: Path) -> dict[str, str]:
             }
         ),
         "liaf-lookahead": 'liaf-lookahead=liaf:{"objective": "lookahead"}',
+        "liaf-joint": 'liaf-joint=liaf:{"objective": "joint"}',
+        "liaf-task": 'liaf-task=liaf:{"objective": "task"}',
+        "liaf-teacher-quality": 'liaf-teacher-quality=liaf:{"use_teacher_quality": true}',
     }  # fmt: skip
 
 

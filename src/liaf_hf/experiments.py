@@ -30,6 +30,7 @@ import datasets
 from transformers import HfArgumentParser
 
 from .cli import DATASET_FORMATS, DataArguments
+from .data.synthetic import SyntheticSpec
 from .scripts import DETECTOR_TRAINING_ARGUMENTS, DISTILLATION_ARGUMENTS, distill, train_detector
 
 
@@ -251,6 +252,10 @@ class DistillationRun:
         return distill(**build_arguments(DISTILLATION_ARGUMENTS, values, self.schedule.flags))
 
 
+# The knobs of a generated set that change its annotations and not its images (`SyntheticSpec`).
+_ANNOTATION_KNOBS = frozenset({"annotation_noise", "noise_box_shift", "merged_classes"})
+
+
 @dataclass(frozen=True)
 class Teacher:
     """The teacher the students learn from, and the file with its scores on the evaluation split."""
@@ -279,6 +284,10 @@ class Experiment:
     teacher_num_train: int | None = None
     """Train the teacher on the first N training images only (the students see them all): a teacher that is
     right on the instances it has seen and less so on the others."""
+    teacher_difficulty: str | None = None
+    """Train the teacher on another generated preset of the same scenes, e.g. `"varied-coarse"` (varied's
+    images with a coarser label set), into a folder beside `data.data_dir`; the students train on `data` and
+    both are scored on its evaluation split. Only presets that differ from `data`'s in their annotations."""
     student_backbone: str = "resnet18"
     student_steps: int = 400
     batch_size: int = 16
@@ -304,18 +313,51 @@ class Experiment:
         if name:
             return f"{_slug(name)}-{_short_hash(str(Path(name).resolve()) if Path(name).exists() else name)}"
         seen = f"-on{self.teacher_num_train}images" if self.teacher_num_train is not None else ""
+        if self.teacher_difficulty is not None:
+            seen += f"-on-{self.teacher_difficulty}"
         return f"{self.teacher_backbone}-{self.teacher_steps}steps{seen}"
 
     def __post_init__(self) -> None:
         if self.teacher_num_train is not None and self.teacher_model_name_or_path:
             raise ValueError("teacher_num_train trains the teacher here: it cannot go with teacher_model_name_or_path")
+        if self.teacher_difficulty is not None:
+            self._check_teacher_difficulty()
         self.teacher_data()  # DataArguments checks the number of images, naming the flag
 
+    def _check_teacher_difficulty(self) -> None:
+        """Refuse a `teacher_difficulty` that would not show the teacher the students' scenes, naming why."""
+        if self.teacher_model_name_or_path:
+            raise ValueError("teacher_difficulty trains the teacher here: it cannot go with teacher_model_name_or_path")
+        if self.data.generated is None or self.data.data_dir is None:
+            raise ValueError(
+                f"teacher_difficulty {self.teacher_difficulty!r} needs generated data in a data_dir (the students "
+                "train on a generated set, the teacher on another preset of its scenes)"
+            )
+        students, teachers = (
+            dataclasses.asdict(SyntheticSpec.preset(name)) for name in (self.data.generated, self.teacher_difficulty)
+        )
+        differing = sorted(key for key in students if key not in _ANNOTATION_KNOBS and students[key] != teachers[key])
+        if differing:
+            raise ValueError(
+                f"teacher_difficulty {self.teacher_difficulty!r} draws other scenes than the students' "
+                f"{self.data.generated!r} (it differs in {', '.join(differing)}); only presets that differ in "
+                f"their annotations ({', '.join(sorted(_ANNOTATION_KNOBS))}) show the teacher the same images"
+            )
+
     def teacher_data(self) -> DataSpec:
-        """The data the teacher trains on: `data`, or its first `teacher_num_train` training images."""
+        """The data the teacher trains on: `data`, its first `teacher_num_train` training images, and with
+        `teacher_difficulty` the same scenes generated with that preset's annotations beside `data`."""
+        data = self.data
+        if self.teacher_difficulty is not None:
+            data_dir = Path(data.data_dir)
+            data = dataclasses.replace(
+                data,
+                generated=self.teacher_difficulty,
+                data_dir=str(data_dir.with_name(f"{data_dir.name}-teacher-{self.teacher_difficulty}")),
+            )
         if self.teacher_num_train is None:
-            return self.data
-        return dataclasses.replace(self.data, max_train_samples=self.teacher_num_train)
+            return data
+        return dataclasses.replace(data, max_train_samples=self.teacher_num_train)
 
     def students_dir(self) -> str:
         """The students' folder name under a benchmark's runs: the teacher, student, schedule and data."""
@@ -448,6 +490,12 @@ def add_experiment_arguments(parser: argparse.ArgumentParser, *, teacher_cache_d
         help="Train the teacher on the first N training images only (the students see them all).",
     )
     data.add_argument(
+        "--teacher_difficulty",
+        default=None,
+        help="Train the teacher on another preset of the same generated scenes (e.g. varied-coarse: varied's "
+        "images with a coarser label set), written beside --data_dir; the students train on --difficulty's.",
+    )
+    data.add_argument(
         "--training_flags",
         default="",
         help='More flags for every training and scoring run, e.g. "--optim sgd --learning_rate 0.01"; they win '
@@ -497,6 +545,7 @@ def experiment_from_args(args: argparse.Namespace, *, teacher_batch_size: int | 
         teacher_batch_size=teacher_batch_size or args.batch_size,
         teacher_model_name_or_path=args.teacher_model_name_or_path,
         teacher_num_train=args.teacher_num_train,
+        teacher_difficulty=args.teacher_difficulty,
         student_backbone=args.student_backbone,
         student_steps=args.student_steps,
         batch_size=args.batch_size,

@@ -22,6 +22,10 @@ for difficulty:
   in ``instance_facts_<split>.json``, which no loader reads: it is for oracle experiments and analysis.
 * ``varied-harsh``: ``varied`` with its instances further apart: 40% of the images crowded, half the
   objects faint and fainter (10-30% of full contrast), and 30% of the training annotations wrong.
+* ``varied-coarse``: ``varied``'s images and validation split, with training labels of a coarser taxonomy:
+  each rare class annotated as its common look-alike (ring as circle, square_hole as square,
+  triangle_down as triangle_up). It is for training a teacher that never learned the rare classes apart,
+  to distil into a student trained on ``varied`` (``--teacher_difficulty``).
 
 Scene generation (:func:`generate_scene`) knows nothing about file formats, so that other layouts
 can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one and
@@ -260,6 +264,11 @@ class SyntheticSpec:
     ``instance_facts_<split>.json`` (:func:`generate_coco_dataset`)."""
     noise_box_shift: float = 0.5
     """Largest shift of a noisy box, as a share of its width (horizontally) and height (vertically)."""
+    merged_classes: tuple[tuple[str, str], ...] = ()
+    """Pairs ``(fine, coarse)`` of class names: every training annotation of ``fine`` is written as ``coarse``,
+    as in a set labelled with a coarser taxonomy (after any annotation noise; recorded as ``merged`` in the
+    instance facts). The scenes are drawn as without it and the validation split keeps every class, so a
+    detector trained on such a set is scored on the classes it was never told apart."""
 
     def __post_init__(self) -> None:
         if self.image_width < 16 or self.image_height < 16:
@@ -303,6 +312,14 @@ class SyntheticSpec:
             raise ValueError(f"annotation_noise must be in [0, 1], got {self.annotation_noise}")
         if not 0 <= self.noise_box_shift <= 1:
             raise ValueError(f"noise_box_shift must be in [0, 1], got {self.noise_box_shift}")
+        for pair in self.merged_classes:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"merged_classes: each entry must be a (fine, coarse) pair of two classes, got {pair}")
+            unknown_classes = [name for name in pair if name not in self.class_names]
+            if unknown_classes:
+                raise ValueError(
+                    f"merged_classes: {unknown_classes} not among class_names {self.class_names} (in {pair})"
+                )
         if not self.palette or any(
             len(colour) != 3 or not all(0 <= channel <= 255 for channel in colour) for colour in self.palette
         ):
@@ -310,8 +327,8 @@ class SyntheticSpec:
 
     @classmethod
     def preset(cls, difficulty: str) -> SyntheticSpec:
-        """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"`` or ``"varied-harsh"`` (see the
-        module docstring)."""
+        """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"``, ``"varied-harsh"`` or
+        ``"varied-coarse"`` (see the module docstring)."""
         if difficulty not in _PRESETS:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
         return _PRESETS[difficulty]
@@ -378,6 +395,11 @@ _PRESETS: dict[str, SyntheticSpec] = {
     # varied, further: more crowded images, half the objects faint and fainter, 30% wrong training annotations.
     "varied-harsh": dataclasses.replace(
         _VARIED, crowded_fraction=0.4, faint_fraction=0.5, faint_contrast=(0.1, 0.3), annotation_noise=0.3
+    ),
+    # varied's scenes and validation split, the training labels of a coarser taxonomy: each rare class written as
+    # its common look-alike. A teacher trained on it does not know the rare classes (benchmarks/instance_headroom.py).
+    "varied-coarse": dataclasses.replace(
+        _VARIED, merged_classes=(("ring", "circle"), ("square_hole", "square"), ("triangle_down", "triangle_up"))
     ),
 }
 DIFFICULTIES: tuple[str, ...] = tuple(_PRESETS)
@@ -715,6 +737,8 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
     images: list[dict[str, Any]] = []
     annotations: list[dict[str, Any]] = []
     facts: list[dict[str, Any]] = []
+    label_of = {name: label for label, name in enumerate(spec.class_names)}
+    coarse_of = {label_of[fine]: label_of[coarse] for fine, coarse in spec.merged_classes}
     for index in range(num_images):
         # One stream per image: any image can be regenerated alone, whatever the count or the order.
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEYS[split], index)))
@@ -745,6 +769,8 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
                     noise = "class"
                     others = [label for label in range(len(spec.class_names)) if label != category]
                     category = int(noise_rng.choice(others)) if others else category
+            merged = split == "train" and category in coarse_of
+            category = coarse_of.get(category, category) if split == "train" else category
             annotation_id = len(annotations) + 1
             annotations.append(
                 {
@@ -761,6 +787,7 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
                     "annotation_id": annotation_id,
                     "image_id": image_id,
                     "noise": noise,
+                    "merged": merged,
                     "clean_bbox": [x1, y1, x2 - x1, y2 - y1],
                     "clean_category_id": scene_object.category + 1,
                     "size": math.sqrt((x2 - x1) * (y2 - y1)),
@@ -803,8 +830,8 @@ def _shifted_box(rng: np.random.Generator, bbox: list[float], spec: SyntheticSpe
 
 def read_instance_facts(root: str | Path, split: str) -> dict[int, list[dict[str, Any]]]:
     """What :func:`generate_coco_dataset` did to each annotation of `split`, per image id, in the order of
-    the image's annotations: ``noise`` (``"none"``, ``"box"`` or ``"class"``), ``clean_bbox`` (xywh pixels) and
-    ``clean_category_id``, ``size`` (pixels, the square root of the box area), ``contrast``,
+    the image's annotations: ``noise`` (``"none"``, ``"box"`` or ``"class"``), ``merged`` (whether
+    ``SyntheticSpec.merged_classes`` rewrote its class), ``clean_bbox`` (xywh pixels) and ``clean_category_id``, ``size`` (pixels, the square root of the box area), ``contrast``,
     ``visible_fraction`` and ``truncation``. The loaders never read this file: it is knowledge no method has,
     for oracle experiments and analysis."""
     path = Path(root) / _FACTS_NAME.format(split=split)
