@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from liaf_hf.data.synthetic import generate_coco_dataset
 from liaf_hf.experiments import DataSpec, Experiment, Schedule, build_arguments
 from liaf_hf.scripts import DISTILLATION_ARGUMENTS
 
@@ -65,14 +66,20 @@ def test_a_schedules_evaluations_are_spread_over_its_steps():
 
 
 def tiny_experiment(tmp_path: Path, **settings) -> Experiment:
-    """An experiment of 8 generated 64-px images and one-step resnet18 runs, writing under `tmp_path`."""
+    """An experiment of 8 generated 64-px images (of the easy set unless `data` says otherwise) and one-step
+    resnet18 runs, writing under `tmp_path`."""
     data = DataSpec(
         data_dir=str(tmp_path / "data"), generated="easy", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
     )
-    defaults = {"teacher_backbone": "resnet18", "teacher_steps": 1, "student_steps": 1, "batch_size": 4, "channels": 32}
-    return Experiment(
-        data=data, output_dir=tmp_path / "runs", teacher_cache_dir=tmp_path / "teachers", **{**defaults, **settings}
-    )
+    defaults = {
+        "data": data,
+        "teacher_backbone": "resnet18",
+        "teacher_steps": 1,
+        "student_steps": 1,
+        "batch_size": 4,
+        "channels": 32,
+    }
+    return Experiment(output_dir=tmp_path / "runs", teacher_cache_dir=tmp_path / "teachers", **{**defaults, **settings})
 
 
 def test_an_experiment_trains_its_teacher_once_and_distils_students_from_it(tmp_path, capsys):
@@ -111,3 +118,25 @@ def test_a_teacher_trained_on_fewer_images_is_kept_apart_and_sees_only_those(tmp
         DataSpec(data_dir="d", generated="easy", max_train_samples=0)
     with pytest.raises(ValueError, match="--max_train_samples"):
         tiny_experiment(tmp_path, teacher_num_train=0)
+
+
+def test_a_teacher_of_another_label_set_trains_on_the_same_scenes_beside_the_data(tmp_path):
+    data = DataSpec(
+        data_dir=str(tmp_path / "data"), generated="varied", num_train=8, num_val=4, shortest_edge=64, longest_edge=64
+    )
+    experiment = tiny_experiment(tmp_path, data=data, teacher_difficulty="varied-coarse")
+    assert experiment.teacher_dir().name.startswith("resnet18-1steps-on-varied-coarse-varied-64px")
+    assert experiment.students_dir().startswith("resnet18-1steps-on-varied-coarse-to-")
+    teacher = experiment.teacher()
+    assert "eval_AP" in teacher.metrics
+    coarse = tmp_path / "data-teacher-varied-coarse"
+    manifest = json.loads((coarse / "synthetic_spec.json").read_text())
+    assert ["ring", "circle"] in manifest["spec"]["merged_classes"]
+    # The teacher's images are the students' (their set is generated when a student's run first loads it).
+    generate_coco_dataset(tmp_path / "data", difficulty="varied", num_train=8, num_val=4)
+    assert (coarse / "train" / "000000.png").read_bytes() == (tmp_path / "data" / "train" / "000000.png").read_bytes()
+
+    with pytest.raises(ValueError, match="draws other scenes than the students' 'easy'.*class_names"):
+        tiny_experiment(tmp_path, teacher_difficulty="varied-coarse")
+    with pytest.raises(ValueError, match="teacher_difficulty trains the teacher here"):
+        tiny_experiment(tmp_path, teacher_difficulty="varied-coarse", teacher_model_name_or_path="t")

@@ -149,7 +149,7 @@ def test_presets(difficulty: str, size: int, num_classes: int) -> None:
 
 def test_default_spec_is_easy_and_presets_are_listed() -> None:
     assert SyntheticSpec() == SyntheticSpec.preset("easy")
-    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh")
+    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh", "varied-coarse")
     with pytest.raises(ValueError, match="unknown difficulty"):
         SyntheticSpec.preset("extreme")
 
@@ -274,6 +274,26 @@ def test_annotation_noise_changes_labels_only(tmp_path: Path) -> None:
     assert [record["clean_bbox"] for record in facts] == clean_boxes
 
 
+def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_path: Path) -> None:
+    fine = generate_coco_dataset(tmp_path / "fine", difficulty="varied", num_train=30, num_val=5)
+    coarse = generate_coco_dataset(tmp_path / "coarse", difficulty="varied-coarse", num_train=30, num_val=5)
+    assert {k: v for k, v in _files(fine).items() if k.endswith(".png")} == {
+        k: v for k, v in _files(coarse).items() if k.endswith(".png")
+    }
+    assert _annotations(fine, "val") == _annotations(coarse, "val")  # scored on every class
+    names = SyntheticSpec.preset("varied").class_names
+    written = {
+        (names[a["category_id"] - 1], names[b["category_id"] - 1])
+        for a, b in zip(_annotations(fine, "train"), _annotations(coarse, "train"), strict=True)
+        if a != b
+    }
+    assert written == {("ring", "circle"), ("square_hole", "square"), ("triangle_down", "triangle_up")}
+    facts = [record for records in read_instance_facts(coarse, "train").values() for record in records]
+    merged = [record["merged"] for record in facts]
+    assert merged == [names[a["category_id"] - 1] in ("ring", "square_hole", "triangle_down")
+                      for a in _annotations(fine, "train")]  # fmt: skip
+
+
 def test_the_loaders_do_not_read_the_instance_facts(varied_set: Path) -> None:
     loaded = load_coco_detection(varied_set, "train")
     annotations = _annotations(varied_set, "train")
@@ -297,6 +317,14 @@ def test_the_loaders_do_not_read_the_instance_facts(varied_set: Path) -> None:
 def test_varied_knobs_reject_bad_values_by_name(knob: str, value: object) -> None:
     with pytest.raises(ValueError, match=knob):
         dataclasses.replace(SyntheticSpec.preset("varied"), **{knob: value})
+
+
+def test_merged_classes_must_name_two_of_the_classes() -> None:
+    varied = SyntheticSpec.preset("varied")
+    with pytest.raises(ValueError, match=r"merged_classes: \['cat'\] not among class_names"):
+        dataclasses.replace(varied, merged_classes=(("cat", "circle"),))
+    with pytest.raises(ValueError, match="merged_classes: each entry must be a"):
+        dataclasses.replace(varied, merged_classes=(("circle", "circle"),))
 
 
 def test_sizes_that_do_not_fit_the_image_and_crowds_smaller_than_sparse_images_are_refused() -> None:

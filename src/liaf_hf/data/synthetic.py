@@ -831,9 +831,9 @@ def _shifted_box(rng: np.random.Generator, bbox: list[float], spec: SyntheticSpe
 def read_instance_facts(root: str | Path, split: str) -> dict[int, list[dict[str, Any]]]:
     """What :func:`generate_coco_dataset` did to each annotation of `split`, per image id, in the order of
     the image's annotations: ``noise`` (``"none"``, ``"box"`` or ``"class"``), ``merged`` (whether
-    ``SyntheticSpec.merged_classes`` rewrote its class), ``clean_bbox`` (xywh pixels) and ``clean_category_id``, ``size`` (pixels, the square root of the box area), ``contrast``,
-    ``visible_fraction`` and ``truncation``. The loaders never read this file: it is knowledge no method has,
-    for oracle experiments and analysis."""
+    ``SyntheticSpec.merged_classes`` rewrote its class), ``clean_bbox`` (xywh pixels) and ``clean_category_id``,
+    ``size`` (pixels, the square root of the box area), ``contrast``, ``visible_fraction`` and ``truncation``.
+    The loaders never read this file: it is knowledge no method has, for oracle experiments and analysis."""
     path = Path(root) / _FACTS_NAME.format(split=split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no instance facts (written by liaf_hf.data.synthetic.generate_coco_dataset)")
