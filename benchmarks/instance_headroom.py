@@ -41,6 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 from pathlib import Path
 
@@ -113,6 +115,25 @@ def verdict(paired: list[dict]) -> dict:
     return result
 
 
+def per_class(runs: list[dict], *, reference: str = REFERENCE) -> dict[str, dict[str, dict]]:
+    """Each row's AP per class against `reference`, paired by seed: {label: {class: mean, standard_error}}.
+    Which classes a weighting helps or costs (the rare ones, those the teacher never learned) is hidden in the
+    mean AP over classes."""
+    classes = sorted(key[len("eval_AP_") :] for key in runs[0] if key.startswith("eval_AP_")) if runs else []
+    by_seed = {run["seed"]: run for run in runs if run["label"] == reference}
+    result: dict[str, dict[str, dict]] = {}
+    for label in dict.fromkeys(run["label"] for run in runs if run["label"] != reference):
+        paired = [(run, by_seed[run["seed"]]) for run in runs if run["label"] == label and run["seed"] in by_seed]
+        if not paired:
+            continue
+        result[label] = {}
+        for name in classes:
+            differences = [run[f"eval_AP_{name}"] - base[f"eval_AP_{name}"] for run, base in paired]
+            spread = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.nan
+            result[label][name] = {"mean": statistics.fmean(differences), "standard_error": spread}
+    return result
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", nargs="+", default=None, help="Rows to run (default: all), by label.")
@@ -142,6 +163,7 @@ def main(argv: list[str] | None = None) -> dict:
         + passed_on
     )  # fmt: skip
     result["verdict"] = verdict(result["paired"])
+    result["per_class_AP"] = per_class(result["runs"])
     result["command"] = "python benchmarks/instance_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
     summary = result["verdict"]
     print(f"\nAgainst uniform instance weights ({result['headline_metric']}, paired by seed):")
@@ -157,6 +179,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"{summary['liaf_at_least_half_the_best_oracle']}"
             + (f"; minus aid: {summary['liaf_minus_aid']:+.4f}" if "liaf_minus_aid" in summary else "")
         )
+    if result["per_class_AP"]:
+        classes = list(next(iter(result["per_class_AP"].values())))
+        print("\nAP per class against uniform, paired by seed (mean difference):")
+        print("| row | " + " | ".join(classes) + " |\n|---|" + "---|" * len(classes))
+        for label, row in result["per_class_AP"].items():
+            print(f"| {label} | " + " | ".join(f"{row[name]['mean']:+.3f}" for name in classes) + " |")
     write_result(output, result)
     return result
 

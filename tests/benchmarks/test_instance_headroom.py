@@ -1,0 +1,59 @@
+"""benchmarks/instance_headroom.py's reading of the runs: the verdict on headroom and LIAF-KD's targets, and the
+AP per class against uniform weights, paired by seed."""
+
+import math
+
+import pytest
+
+from tiny import ROOT, load_script
+
+
+@pytest.fixture(scope="module")
+def headroom():
+    return load_script(ROOT / "benchmarks" / "instance_headroom.py", "instance_headroom")
+
+
+def paired_row(label, differences):
+    mean = sum(differences) / len(differences)
+    spread = math.sqrt(sum((d - mean) ** 2 for d in differences) / (len(differences) - 1))
+    return {
+        "label": label,
+        "seeds": list(range(len(differences))),
+        "differences": differences,
+        "mean": mean,
+        "standard_error": spread / math.sqrt(len(differences)),
+    }
+
+
+def test_an_oracle_beyond_two_standard_errors_is_headroom_and_liaf_is_held_to_it(headroom):
+    paired = [
+        paired_row("oracle-noise", [0.010, 0.012, 0.011, 0.009]),  # a steady lead
+        paired_row("oracle-teacher", [0.03, -0.03, 0.02, -0.02]),  # level: noise both ways
+        paired_row("liaf", [0.004, 0.006, 0.005, 0.005]),
+        paired_row("aid", [0.001, 0.001, 0.001, 0.001]),
+    ]
+    verdict = headroom.verdict(paired)
+    assert verdict["headroom"] and verdict["oracles_ahead"] == ["oracle-noise"]
+    assert verdict["best_oracle"] == "oracle-noise"
+    assert verdict["liaf"]["beyond_two_standard_errors"]
+    assert not verdict["liaf_at_least_half_the_best_oracle"]  # 0.005 against half of 0.0105
+    assert verdict["liaf_minus_aid"] == pytest.approx(0.004)
+
+    level = headroom.verdict([paired_row("oracle-teacher", [0.03, -0.03, 0.02, -0.02])])
+    assert not level["headroom"] and level["oracles_ahead"] == []
+
+
+def test_ap_per_class_is_paired_by_seed_and_skips_seeds_uniform_did_not_run(headroom):
+    def run(label, seed, ring, circle):
+        return {"label": label, "seed": seed, "eval_AP_ring": ring, "eval_AP_circle": circle}
+
+    runs = [
+        run("uniform", 0, 0.20, 0.40), run("uniform", 1, 0.30, 0.50),
+        run("oracle-teacher", 0, 0.10, 0.41), run("oracle-teacher", 1, 0.22, 0.52),
+        run("oracle-teacher", 2, 0.90, 0.90),  # no uniform run on seed 2: left out
+    ]  # fmt: skip
+    table = headroom.per_class(runs)
+    assert list(table) == ["oracle-teacher"]
+    assert table["oracle-teacher"]["ring"]["mean"] == pytest.approx(-0.09)
+    assert table["oracle-teacher"]["circle"]["mean"] == pytest.approx(0.015)
+    assert table["oracle-teacher"]["ring"]["standard_error"] == pytest.approx(0.01)
