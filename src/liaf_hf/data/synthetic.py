@@ -763,12 +763,7 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
             x1, y1, x2, y2 = scene_object.box_xyxy
             bbox, category, noise = [x1, y1, x2 - x1, y2 - y1], scene_object.category, "none"
             if noisy and noise_rng.random() < spec.annotation_noise:
-                if noise_rng.random() < 0.5:
-                    noise, bbox = "box", _shifted_box(noise_rng, bbox, spec)
-                else:
-                    noise = "class"
-                    others = [label for label in range(len(spec.class_names)) if label != category]
-                    category = int(noise_rng.choice(others)) if others else category
+                bbox, category, noise = _corrupted_annotation(noise_rng, bbox, category, spec)
             merged = split == "train" and category in coarse_of
             category = coarse_of.get(category, category) if split == "train" else category
             annotation_id = len(annotations) + 1
@@ -812,6 +807,17 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
     annotation_dir.mkdir(parents=True, exist_ok=True)
     (annotation_dir / f"instances_{split}.json").write_text(json.dumps(content), encoding="utf-8")
     (root / _FACTS_NAME.format(split=split)).write_text(json.dumps({"annotations": facts}), encoding="utf-8")
+
+
+def _corrupted_annotation(
+    rng: np.random.Generator, bbox: list[float], category: int, spec: SyntheticSpec
+) -> tuple[list[float], int, str]:
+    """A noisy copy of one annotation, as ``(bbox, category, kind)``: half the time the box is shifted
+    (kind ``"box"``), otherwise the class is swapped for another one drawn uniformly (kind ``"class"``)."""
+    if rng.random() < 0.5:
+        return _shifted_box(rng, bbox, spec), category, "box"
+    others = [label for label in range(len(spec.class_names)) if label != category]
+    return bbox, (int(rng.choice(others)) if others else category), "class"
 
 
 def _shifted_box(rng: np.random.Generator, bbox: list[float], spec: SyntheticSpec) -> list[float]:
