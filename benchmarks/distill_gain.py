@@ -88,6 +88,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--student_backbone", default="resnet18")
     parser.add_argument("--reuse", action="store_true", help="Keep students that already have results.")
     parser.add_argument(
+        "--selector_train_images",
+        type=int,
+        default=0,
+        help="Methods with selectors also record their weights on this many training images when training ends "
+        "(<student>/selector_weights/train_weights.json, for benchmarks/selector_facts.py --split train).",
+    )
+    parser.add_argument(
         "--resume_from",
         default=None,
         help="A results JSON of an earlier run of this benchmark (e.g. on another machine, whose runs/ folder is "
@@ -253,7 +260,10 @@ def main(argv: list[str] | None = None) -> dict:
             summary_file = student_dir / "summary.json"
             if not (args.reuse and trained_with(summary_file, method_settings(method, options))):
                 run_started = time.perf_counter()
-                experiment.student(teacher_source, method, options, name=name, seed=seed)
+                experiment.student(
+                    teacher_source, method, options, name=name, seed=seed,
+                    selector_train_images=args.selector_train_images,
+                )  # fmt: skip
                 summary = json.loads(summary_file.read_text())
                 summary["run_seconds"] = round(time.perf_counter() - run_started, 1)
                 summary_file.write_text(json.dumps(summary, indent=2))

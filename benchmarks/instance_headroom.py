@@ -33,6 +33,10 @@ through examples/distill.py): any of its flags passes through, e.g. `--num_train
 `--teacher_num_train 500` (a teacher that saw a quarter of the images) or `--teacher_difficulty varied-coarse`
 (a teacher trained on the same images with each rare class labelled as its common look-alike).
 
+Rows with selectors also record their weights on the first 500 training images when training ends
+(`--selector_train_images`; `<student>/selector_weights/train_weights.json`), which
+`benchmarks/selector_facts.py --split train` sets against the generator's facts, wrong annotations included.
+
 Prints distill_gain's tables, then the verdict: which rows lead uniform by more than two paired standard
 errors, and the issue's targets for LIAF-KD. Writes benchmarks/results/instance_headroom_<preset>.json.
 """
@@ -54,6 +58,8 @@ from _provenance import write_result  # noqa: E402
 
 DIFFICULTY = "varied"
 REFERENCE = "uniform"
+# Rows with selectors record their weights on this many training images at the end (wrong annotations included).
+SELECTOR_TRAIN_IMAGES = 500
 
 
 def row_specs(facts_file: Path) -> dict[str, str]:
@@ -158,6 +164,7 @@ def main(argv: list[str] | None = None) -> dict:
         [
             "--preset", args.preset, "--difficulty", args.difficulty, "--data_dir", str(data_dir), "--reuse",
             "--paired_against", REFERENCE, "--output", output, "--seeds", *map(str, args.seeds),
+            "--selector_train_images", str(SELECTOR_TRAIN_IMAGES),
             "--methods", *(specs[row] for row in rows),
         ]
         + passed_on

@@ -10,8 +10,12 @@ occluded, class; as benchmarks/instance_facts.py groups them):
     python benchmarks/selector_facts.py --runs runs/distill_gain/<pair>/student-resnet18-liaf-seed* \
         --data_dir data/shapes-varied-harsh
 
-The evaluation images carry clean annotations: whether the selectors down-weight the wrong training annotations
-is not visible here. Prints a table and writes benchmarks/results/selector_facts.json (or --output).
+The evaluation images carry clean annotations. Whether the selectors down-weight the wrong training annotations
+shows on the training images, for runs that recorded their weights there (`--selector_train_images`):
+
+    python benchmarks/selector_facts.py --split train --runs ... --data_dir data/shapes-varied
+
+Prints a table and writes benchmarks/results/selector_facts.json (or --output).
 """
 
 from __future__ import annotations
@@ -43,9 +47,21 @@ def image_index(data_dir: Path, split: str) -> tuple[dict[tuple, int], dict[int,
     return {_box_key(image_boxes): image_id for image_id, image_boxes in boxes.items()}, names
 
 
-def matched_weights(run: Path, index: dict[tuple, int], facts: dict[int, list[dict]]) -> list[tuple[float, dict]]:
+# What each split's weights were recorded in: the evaluation images (pictures), or training images at the end.
+WEIGHTS_FILES = {"val": "weights.json", "train": "train_weights.json"}
+
+
+def matched_weights(
+    run: Path, index: dict[tuple, int], facts: dict[int, list[dict]], *, split: str = "val"
+) -> list[tuple[float, dict]]:
     """(weight, facts) of every instance the run's selectors weighed at their last recorded step."""
-    steps = json.loads((run / "selector_weights" / "weights.json").read_text())
+    path = run / "selector_weights" / WEIGHTS_FILES.get(split, "weights.json")
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path}: no selector weights on the {split} split"
+            + (" (record them with --selector_train_images)" if split == "train" else "")
+        )
+    steps = json.loads(path.read_text())
     matched = []
     for image in steps[-1]["images"]:
         image_id = index.get(_box_key(image["boxes_xyxy"]))
@@ -59,7 +75,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", nargs="+", required=True, help="LIAF-KD runs' output folders.")
     parser.add_argument("--data_dir", default=str(ROOT / "data" / "shapes-varied-harsh"))
-    parser.add_argument("--split", default="val", help="The split the runs evaluated on.")
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=sorted(WEIGHTS_FILES),
+        help="val: the weights drawn on the evaluation images; train: those recorded on training images at the "
+        "end of training (--selector_train_images), with the training annotations' facts, wrong ones included.",
+    )
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "selector_facts.json"))
     args = parser.parse_args(argv)
     data_dir = Path(args.data_dir)
@@ -71,7 +93,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     per_run, by_group = [], {}
     for run in map(Path, args.runs):
-        weights = matched_weights(run, index, facts)
+        weights = matched_weights(run, index, facts, split=args.split)
         values = [weight for weight, _ in weights]
         per_run.append(
             {

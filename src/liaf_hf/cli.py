@@ -427,6 +427,14 @@ class DistillationArguments:
         },
     )
     selector_picture_images: int = field(default=6, metadata={"help": "How many eval images the pictures show."})
+    selector_train_images: int = field(
+        default=0,
+        metadata={
+            "help": "When the method has instance selectors: once training ends, record their weights on the first "
+            "N training images (not augmented, with their training annotations) into "
+            "<output_dir>/selector_weights/train_weights.json. 0: none."
+        },
+    )
 
     def __post_init__(self) -> None:
         try:
@@ -447,6 +455,8 @@ class DistillationArguments:
             raise ValueError(f"--method_options: {error}") from error
         if self.selector_picture_images < 1:
             raise ValueError(f"--selector_picture_images must be at least 1, got {self.selector_picture_images}.")
+        if self.selector_train_images < 0:
+            raise ValueError(f"--selector_train_images must be 0 or more, got {self.selector_train_images}.")
 
     @property
     def options(self) -> dict:

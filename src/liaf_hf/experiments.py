@@ -232,6 +232,8 @@ class DistillationRun:
     """The teacher's scores on the same evaluation split, for the model card, instead of scoring it again."""
     baseline_metrics_file: Path | None = None
     """The plain student's summary, for the model card's results table."""
+    selector_train_images: int = 0
+    """Record the selectors' weights on this many training images when training ends (`--selector_train_images`)."""
     run_name: str = "GFL student"
 
     def run(self) -> dict[str, float]:
@@ -242,6 +244,7 @@ class DistillationRun:
                 "method_options": json.dumps(dict(self.method_options)),
                 "evaluate_teacher_at_start": False,
                 "teacher_metrics_file": str(self.teacher_metrics_file) if self.teacher_metrics_file else None,
+                "selector_train_images": self.selector_train_images,
             },
             "student": {f"student_{key}": value for key, value in self.student.arguments().items()},
             "data": dataclasses.asdict(self.data.arguments()),
@@ -423,9 +426,11 @@ class Experiment:
         seed: int = 0,
         evaluations: int = 0,
         baseline_metrics_file: Path | None = None,
+        selector_train_images: int = 0,
     ) -> Path:
         """Distil `teacher` into a new student with `method` (`none` trains it alone) into
-        `output_dir/student-<backbone>-<name>`; returns that folder."""
+        `output_dir/student-<backbone>-<name>`; returns that folder. With `selector_train_images`, a method with
+        selectors also records their weights on that many training images when training ends."""
         label = name or method
         student_dir = Path(self.output_dir) / f"student-{self.student_backbone}-{label}"
         DistillationRun(
@@ -438,6 +443,7 @@ class Experiment:
             method_options=options,
             teacher_metrics_file=teacher.summary_file,
             baseline_metrics_file=baseline_metrics_file,
+            selector_train_images=selector_train_images,
             run_name=f"the student (GFL {self.student_backbone}, {label}, seed {seed})",
         ).run()
         return student_dir

@@ -36,7 +36,7 @@ from .models.gfl.image_processing_gfl import GFLImageProcessor
 from .trainer.detection import DetectionTrainer
 from .trainer.distillation import LIAFDistillationTrainer
 from .trainer.integration import configure_for_detection, detection_trainer_kwargs
-from .visualization.selector_weights import PICTURES_DIR, add_selector_pictures
+from .visualization.selector_weights import PICTURES_DIR, add_selector_pictures, add_training_weights_record
 
 logger = logging.getLogger(__name__)
 
@@ -231,4 +231,6 @@ def _distillation_trainer(
         pictures = add_selector_pictures(trainer, num_images=distillation.selector_picture_images)
         if pictures is not None:
             logger.info("Selector weights drawn into %s", Path(training.output_dir) / PICTURES_DIR)
+    if distillation.selector_train_images > 0 and train is not None:
+        add_training_weights_record(trainer, train, num_images=distillation.selector_train_images)
     return trainer

@@ -18,8 +18,11 @@ from liaf_hf.trainer.integration import configure_for_detection, detection_train
 from liaf_hf.visualization.drawing import draw_instance_weights, weight_colour, weight_legend
 from liaf_hf.visualization.selector_weights import (
     PICTURES_DIR,
+    TRAINING_WEIGHTS_FILE,
     SelectorWeightsCallback,
     add_selector_pictures,
+    add_training_weights_record,
+    selector_weights,
 )
 from tiny import ROOT, load_script
 from tiny import tiny_config as shared_tiny_config
@@ -163,6 +166,38 @@ def test_no_pictures_for_a_method_without_selectors(shapes, teacher_dir, tmp_pat
     assert callback.history == [] and not (tmp_path / "run" / PICTURES_DIR).exists()
 
 
+def test_the_selectors_weights_on_training_images_are_recorded_when_training_ends(shapes, teacher_dir, tmp_path):
+    """With the training annotations, in order and not augmented: what benchmarks/selector_facts.py --split
+    train matches with the generator's record of each annotation, wrong ones included."""
+    train = shapes[0]
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="liaf", max_steps=2)
+    callback = add_training_weights_record(trainer, train, num_images=5, batch_size=2)
+    trainer.train()
+    recorded = json.loads((tmp_path / "run" / PICTURES_DIR / TRAINING_WEIGHTS_FILE).read_text())
+    assert [entry["step"] for entry in recorded] == [2]
+    images = recorded[0]["images"]
+    rows = [row for row in train if len(row["objects"]["bbox"]) > 0][:5]
+    assert len(images) == 5 and [len(batch["labels"]) for batch in callback.batches] == [2, 2, 1]
+    for image, row in zip(images, rows):
+        scale = 64 / max(row["width"], row["height"])
+        expected = [[x * scale, y * scale, (x + w) * scale, (y + h) * scale] for x, y, w, h in row["objects"]["bbox"]]
+        torch.testing.assert_close(torch.tensor(image["boxes_xyxy"]), torch.tensor(expected), atol=0.02, rtol=0)
+        assert image["class_labels"] == list(row["objects"]["category"])
+        # On every level an image's weights average 1.
+        torch.testing.assert_close(torch.tensor(image["level_weights"]).mean(dim=1), torch.ones(3), atol=1e-3, rtol=0)
+    # The selectors as they ended training gave these weights.
+    now = selector_weights(trainer.distillation_model, callback.batches[0], progress=1.0)
+    for image, weights in zip(images[:2], now):
+        torch.testing.assert_close(torch.tensor(image["weights"]), weights.weights, atol=1e-4, rtol=0)
+
+
+def test_no_training_weights_for_a_method_without_selectors(shapes, teacher_dir, tmp_path):
+    trainer = make_trainer(shapes, teacher_dir, tmp_path / "run", method="mimic")
+    assert add_training_weights_record(trainer, shapes[0], num_images=3) is None
+    with pytest.raises(ValueError, match="num_images must be at least 1"):
+        add_training_weights_record(trainer, shapes[0], num_images=0)
+
+
 def test_the_liaf_part_of_a_combined_method_is_found(shapes):
     config = tiny_config(shapes[2])
     combined = build_distiller("liaf+ld", student_config=config, teacher_config=config)
@@ -259,7 +294,7 @@ def test_distilled_card_carries_the_teacher_ap_from_a_metrics_file(shapes, teach
         + ["--per_device_eval_batch_size", "2", "--report_to", "none", "--disable_tqdm", "true"]
         + ["--output_dir", str(student_dir), "--save_strategy", "no", "--teacher_model_name_or_path", str(teacher)]
         + ["--method", "liaf", "--evaluate_teacher_at_start", "false", "--selector_picture_images", "2"]
-        + ["--teacher_metrics_file", str(tmp_path / "teacher_eval.json")]
+        + ["--teacher_metrics_file", str(tmp_path / "teacher_eval.json"), "--selector_train_images", "3"]
         + [part for name, value in sizes.items() for part in (f"--student_{name}", str(value))]
     )
     card = ModelCard.load(student_dir / "README.md")
@@ -272,3 +307,6 @@ def test_distilled_card_carries_the_teacher_ap_from_a_metrics_file(shapes, teach
         "step-0.png",
         "step-1.png",
     ]
+    # --selector_train_images: the weights on three training images at the end.
+    (recorded,) = json.loads((student_dir / PICTURES_DIR / TRAINING_WEIGHTS_FILE).read_text())
+    assert recorded["step"] == 1 and len(recorded["images"]) == 3

@@ -11,6 +11,10 @@ and writes, under `<output_dir>/selector_weights/`:
   to bottom (rewritten each time);
 - `weights.json`: the numbers drawn (per step, image and instance: box, class, weight, per-level weights).
 
+`TrainingWeightsCallback` (`add_training_weights_record`) records the same numbers, without pictures, on many
+training images once training ends (`train_weights.json`): the validation images carry clean annotations, the
+training images the ones the selectors weighed, corrupted ones included.
+
 With `report_to` including "tensorboard", the `step-<N>` grid also goes to TensorBoard as the image
 `selector_weights` at that global step. A distiller that does not weigh instances (`Distiller.selects_instances`
 is False for it and, in a combined method, for every part) has nothing to draw: `add_selector_pictures` then adds
@@ -43,6 +47,7 @@ from PIL import Image
 from transformers import TrainerCallback
 from transformers.integrations import TensorBoardCallback
 
+from ..data.collate import DetectionTransform
 from ..models.gfl.image_processing_gfl import GFLImageProcessor
 from ..trainer.distillation import DistillationModel
 from .drawing import draw_instance_weights, image_grid, weight_legend
@@ -53,12 +58,17 @@ logger = logging.getLogger(__name__)
 PICTURES_DIR = "selector_weights"
 #: TensorBoard image tag of the per-evaluation grid.
 TENSORBOARD_TAG = "selector_weights"
+#: File under `PICTURES_DIR` with the selectors' weights on training images at the end of training.
+TRAINING_WEIGHTS_FILE = "train_weights.json"
 
 __all__ = [
     "InstanceWeights",
     "PICTURES_DIR",
     "SelectorWeightsCallback",
+    "TRAINING_WEIGHTS_FILE",
+    "TrainingWeightsCallback",
     "add_selector_pictures",
+    "add_training_weights_record",
     "input_images",
     "selector_weights",
 ]
@@ -222,6 +232,28 @@ def draw_over_training(
     )
 
 
+def _examples_with_instances(dataset: Any, num_images: int, *, who: str) -> list[Mapping[str, Any]]:
+    """The first `num_images` processed examples of `dataset` (in its order) with at least one instance."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}.")
+    examples = []
+    for index in range(len(dataset)):
+        example = dataset[index]
+        if len(example["labels"]["class_labels"]) > 0:
+            examples.append(example)
+            if len(examples) == num_images:
+                break
+    if not examples:
+        raise ValueError(f"{who}: no image of the dataset has an instance to weigh.")
+    return examples
+
+
+def _weights_record(history: Sequence[tuple[int, Sequence[InstanceWeights]]]) -> str:
+    return json.dumps(
+        [{"step": step, "images": [w.to_dict() for w in image_weights]} for step, image_weights in history], indent=1
+    )
+
+
 class SelectorWeightsCallback(TrainerCallback):
     """Draws the selectors' instance weights over fixed validation images once when training starts (the
     "before" picture) and after every evaluation; see the module docstring for the files it writes.
@@ -275,17 +307,7 @@ class SelectorWeightsCallback(TrainerCallback):
         Raises:
             ValueError: `num_images` is below 1, or no image of the dataset has an instance.
         """
-        if num_images < 1:
-            raise ValueError(f"num_images must be at least 1, got {num_images}.")
-        examples = []
-        for index in range(len(dataset)):
-            example = dataset[index]
-            if len(example["labels"]["class_labels"]) > 0:
-                examples.append(example)
-                if len(examples) == num_images:
-                    break
-        if not examples:
-            raise ValueError("SelectorWeightsCallback: no image of the eval dataset has an instance to weigh.")
+        examples = _examples_with_instances(dataset, num_images, who="SelectorWeightsCallback")
         return cls(batch=data_collator(examples), image_processor=image_processor, **kwargs)
 
     # ------------------------------------------------------------------------------------------- events
@@ -319,12 +341,7 @@ class SelectorWeightsCallback(TrainerCallback):
         grid = draw_step(self.images, weights, step=step)
         grid.save(directory / f"step-{step}.png")
         draw_over_training(self.images, self.history, max_rows=self.max_rows).save(directory / "over_training.png")
-        (directory / "weights.json").write_text(
-            json.dumps(
-                [{"step": s, "images": [w.to_dict() for w in image_weights]} for s, image_weights in self.history],
-                indent=1,
-            )
-        )
+        (directory / "weights.json").write_text(_weights_record(self.history))
         self._to_tensorboard(args, grid, step)
 
     def _to_tensorboard(self, args, grid: Image.Image, step: int) -> None:
@@ -348,6 +365,82 @@ class SelectorWeightsCallback(TrainerCallback):
 
             self._own_writer = SummaryWriter(log_dir=os.path.join(args.output_dir, "runs", PICTURES_DIR))
         return self._own_writer
+
+
+class TrainingWeightsCallback(TrainerCallback):
+    """Records the selectors' instance weights on fixed training images once training ends, into
+    `<output_dir>/selector_weights/train_weights.json` (the layout of `weights.json`, with one step).
+
+    The images come as the evaluation transform makes them (resized, not augmented) and with their training
+    annotations, wrong ones included: what the selectors do with the instances they weighed in training.
+    `benchmarks/selector_facts.py --split train` matches them with a generated set's facts.
+
+    Args:
+        batches: the images, collated as the trainer collates them; every image needs at least one instance.
+    """
+
+    def __init__(self, *, batches: Sequence[Mapping[str, Any]]) -> None:
+        if not batches:
+            raise ValueError("TrainingWeightsCallback: no images to weigh.")
+        for batch in batches:
+            if any(len(label["class_labels"]) == 0 for label in batch["labels"]):
+                raise ValueError("TrainingWeightsCallback: every image of the batches needs an instance to weigh.")
+        self.batches = list(batches)
+        self.weights: list[InstanceWeights] = []
+
+    @classmethod
+    def from_dataset(
+        cls,
+        dataset: Any,
+        data_collator: Callable[[list], Mapping[str, Any]],
+        *,
+        num_images: int,
+        batch_size: int = 16,
+    ) -> TrainingWeightsCallback:
+        """The callback for the first `num_images` images of the processed `dataset` that have an instance,
+        weighed `batch_size` at a time."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        examples = _examples_with_instances(dataset, num_images, who="TrainingWeightsCallback")
+        starts = range(0, len(examples), batch_size)
+        return cls(batches=[data_collator(examples[start : start + batch_size]) for start in starts])
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        model = getattr(model, "module", model)
+        if not state.is_world_process_zero or not isinstance(model, DistillationModel):
+            return
+        step = int(state.global_step)
+        weights = []
+        for batch in self.batches:
+            batch_weights = selector_weights(model, batch, progress=step / max(1, state.max_steps))
+            if batch_weights is None:
+                return
+            weights.extend(batch_weights)
+        self.weights = weights
+        directory = Path(args.output_dir) / PICTURES_DIR
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / TRAINING_WEIGHTS_FILE).write_text(_weights_record([(step, weights)]))
+
+
+def add_training_weights_record(
+    trainer: Any, train_dataset: Any, *, num_images: int, batch_size: int = 16
+) -> TrainingWeightsCallback | None:
+    """Add a `TrainingWeightsCallback` on the first `num_images` images (with instances) of `train_dataset`, the
+    unprocessed training split (a `datasets.Dataset` of `liaf_hf.data`'s layout), to a `LIAFDistillationTrainer`
+    whose method can select. Returns the callback, or None (nothing added) when the method has no selector."""
+    if num_images < 1:
+        raise ValueError(f"num_images must be at least 1, got {num_images}.")
+    if trainer.distillation_model.distiller.selecting_part() is None:
+        return None
+    if trainer.processing_class is None:
+        raise ValueError("add_training_weights_record: the trainer has no image processor to prepare the images.")
+    # Lazy: only the images read until `num_images` with instances are found are decoded.
+    processed = DetectionTransform(trainer.processing_class, train=False).apply_to(train_dataset)
+    callback = TrainingWeightsCallback.from_dataset(
+        processed, trainer.data_collator, num_images=num_images, batch_size=batch_size
+    )
+    trainer.add_callback(callback)
+    return callback
 
 
 def add_selector_pictures(trainer: Any, *, num_images: int = 6) -> SelectorWeightsCallback | None:
