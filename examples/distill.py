@@ -14,7 +14,9 @@ its results table, and `--teacher_metrics_file runs/teacher/eval_results.json` t
 is not evaluated at start (`--evaluate_teacher_at_start false`). With a method that has instance selectors
 (`liaf`, `liaf+ld`), `<output_dir>/selector_weights/` receives pictures of their weights on the first
 `--selector_picture_images` validation images, before training and at each evaluation (also in TensorBoard
-with `--report_to tensorboard`); `--selector_pictures false` turns them off.
+with `--report_to tensorboard`); `--selector_pictures false` turns them off. `--selector_train_images N` also
+records their weights on the first N training images, with the training annotations, when training ends
+(`selector_weights/train_weights.json`).
 `--push_to_hub` (with `--hub_model_id`) uploads the student alone once, at the end: weights, configs, card and
 model code, never checkpoints, the distiller, the pictures or the training state.
 Before anything loads, an `--output_dir` that is the teacher's folder (or holds the teacher in one of its
