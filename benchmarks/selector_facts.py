@@ -26,25 +26,43 @@ import statistics
 import sys
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))  # _provenance and instance_facts, also when a test loads this file
 from _provenance import provenance, write_result  # noqa: E402
 from instance_facts import groups_of  # noqa: E402
 
+# Recorded boxes are rounded to 0.01 px and come back through the image processor: matched within this.
+BOX_TOLERANCE = 0.05
 
-def _box_key(boxes) -> tuple:
-    return tuple(tuple(round(float(value), 1) for value in box) for box in boxes)
+
+class BoxIndex:
+    """A set's images, found by their annotation boxes (xyxy pixels, in order) to within `BOX_TOLERANCE`."""
+
+    def __init__(self, boxes: dict[int, list]) -> None:
+        self._by_count: dict[int, list[tuple[int, np.ndarray]]] = {}
+        for image_id, image_boxes in boxes.items():
+            self._by_count.setdefault(len(image_boxes), []).append((image_id, np.asarray(image_boxes, dtype=float)))
+
+    def find(self, boxes) -> int | None:
+        """The id of the image whose boxes these are, or None."""
+        wanted = np.asarray(boxes, dtype=float)
+        for image_id, image_boxes in self._by_count.get(len(wanted), []):
+            if np.abs(image_boxes - wanted).max(initial=0.0) <= BOX_TOLERANCE:
+                return image_id
+        return None
 
 
-def image_index(data_dir: Path, split: str) -> tuple[dict[tuple, int], dict[int, str]]:
-    """Each image's id by its annotation boxes (xyxy pixels, in order), and the category names."""
+def image_index(data_dir: Path, split: str) -> tuple[BoxIndex, dict[int, str]]:
+    """The split's images by their annotation boxes, and the category names."""
     annotations = json.loads((data_dir / "annotations" / f"instances_{split}.json").read_text())
     boxes: dict[int, list] = {}
     for annotation in annotations["annotations"]:
         x, y, width, height = annotation["bbox"]
         boxes.setdefault(annotation["image_id"], []).append((x, y, x + width, y + height))
     names = {category["id"]: category["name"] for category in annotations["categories"]}
-    return {_box_key(image_boxes): image_id for image_id, image_boxes in boxes.items()}, names
+    return BoxIndex(boxes), names
 
 
 # What each split's weights were recorded in: the evaluation images (pictures), or training images at the end.
@@ -52,7 +70,7 @@ WEIGHTS_FILES = {"val": "weights.json", "train": "train_weights.json"}
 
 
 def matched_weights(
-    run: Path, index: dict[tuple, int], facts: dict[int, list[dict]], *, split: str = "val"
+    run: Path, index: BoxIndex, facts: dict[int, list[dict]], *, split: str = "val"
 ) -> list[tuple[float, dict]]:
     """(weight, facts) of every instance the run's selectors weighed at their last recorded step."""
     path = run / "selector_weights" / WEIGHTS_FILES.get(split, "weights.json")
@@ -64,7 +82,7 @@ def matched_weights(
     steps = json.loads(path.read_text())
     matched = []
     for image in steps[-1]["images"]:
-        image_id = index.get(_box_key(image["boxes_xyxy"]))
+        image_id = index.find(image["boxes_xyxy"])
         if image_id is None:
             raise ValueError(f"{run}: an image's boxes match no image of the set: {image['boxes_xyxy']}")
         matched.extend(zip(image["weights"], facts[image_id]))

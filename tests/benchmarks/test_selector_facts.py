@@ -66,3 +66,13 @@ def test_training_weights_are_matched_with_the_training_annotations_wrong_ones_i
     # The evaluation images' weights are another file, which this run does not have.
     with pytest.raises(FileNotFoundError, match="weights.json"):
         script.main(flags)
+
+
+def test_images_are_found_by_boxes_as_recorded_rounded_to_a_hundredth_of_a_pixel():
+    script = load_script(ROOT / "benchmarks" / "selector_facts.py", "selector_facts")
+    # 55.349 is 55.3 at one decimal, and recorded as 55.35, which is 55.4 at one decimal: within the tolerance.
+    index = script.BoxIndex({7: [(55.349, 75.5, 62.35, 82.5)], 8: [(1.0, 2.0, 3.0, 4.0), (5.0, 6.0, 7.0, 8.0)]})
+    assert index.find([[55.35, 75.5, 62.35, 82.5]]) == 7
+    assert index.find([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.02]]) == 8
+    assert index.find([[55.6, 75.5, 62.35, 82.5]]) is None
+    assert index.find([[1.0, 2.0, 3.0, 4.0]]) is None
