@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> dict:
     for record in records:
         facts.setdefault(record["image_id"], []).append(record)
 
-    per_run, by_group = [], {}
+    per_run, by_group, by_run_group = [], {}, {}
     for run in map(Path, args.runs):
         weights = matched_weights(run, index, facts, split=args.split)
         values = [weight for weight, _ in weights]
@@ -122,21 +122,33 @@ def main(argv: list[str] | None = None) -> dict:
                 "std": statistics.pstdev(values),
             }
         )
+        run_groups: dict[str, list[float]] = {}
         for weight, record in weights:
             for group in groups_of(record, names):
                 by_group.setdefault(group, []).append(weight)
+                run_groups.setdefault(group, []).append(weight)
+        for group, group_weights in run_groups.items():
+            by_run_group.setdefault(group, []).append(statistics.fmean(group_weights))
+    # Each group's mean over all runs' instances, and the lowest and highest of its per-run means: a group
+    # the selectors favour in every run has all its per-run means on one side of 1.
     groups = [
-        {"group": group, "instances": len(values), "mean_weight": statistics.fmean(values)}
+        {
+            "group": group,
+            "instances": len(values),
+            "mean_weight": statistics.fmean(values),
+            "run_means": by_run_group[group],
+        }
         for group, values in sorted(by_group.items(), key=lambda item: (item[0] != "all", item[0]))
     ]
     print("| run | instances | lowest weight | highest weight | std |")
     print("|---|---|---|---|---|")
     for row in per_run:
         print(f"| {row['run']} | {row['instances']} | {row['min']:.3f} | {row['max']:.3f} | {row['std']:.4f} |")
-    print("\n| group | instances | mean weight |")
-    print("|---|---|---|")
+    print("\n| group | instances | mean weight | per-run means, lowest - highest |")
+    print("|---|---|---|---|")
     for row in groups:
-        print(f"| {row['group']} | {row['instances']} | {row['mean_weight']:.4f} |")
+        spread = f"{min(row['run_means']):.4f} - {max(row['run_means']):.4f}"
+        print(f"| {row['group']} | {row['instances']} | {row['mean_weight']:.4f} | {spread} |")
     result = {
         "provenance": provenance(),
         "command": "python benchmarks/selector_facts.py " + " ".join(sys.argv[1:] if argv is None else argv),

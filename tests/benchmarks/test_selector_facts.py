@@ -60,7 +60,7 @@ def test_training_weights_are_matched_with_the_training_annotations_wrong_ones_i
     script = load_script(ROOT / "benchmarks" / "selector_facts.py", "selector_facts")
     flags = ["--runs", str(run), "--data_dir", str(data_dir), "--output", str(tmp_path / "out.json")]
     groups = {group["group"]: group for group in script.main([*flags, "--split", "train"])["groups"]}
-    assert groups["noise: none"]["mean_weight"] == 1.5
+    assert groups["noise: none"]["mean_weight"] == 1.5 and groups["noise: none"]["run_means"] == [1.5]
     assert {groups[name]["mean_weight"] for name in ("noise: box", "noise: class") if name in groups} == {0.5}
     assert groups["all"]["instances"] == len(annotations["annotations"])
     # The evaluation images' weights are another file, which this run does not have.
