@@ -102,6 +102,7 @@ def verdict(paired: list[dict]) -> dict:
             "standard_error": row["standard_error"],
             "seeds": len(row["seeds"]),
             "beyond_two_standard_errors": row["mean"] > 2 * row["standard_error"] and len(row["seeds"]) > 1,
+            "behind_by_two_standard_errors": row["mean"] < -2 * row["standard_error"] and len(row["seeds"]) > 1,
         }
 
     oracles = {label: lead(label) for label in by_label if label.startswith("oracle-")}
@@ -175,7 +176,13 @@ def main(argv: list[str] | None = None) -> dict:
     summary = result["verdict"]
     print(f"\nAgainst uniform instance weights ({result['headline_metric']}, paired by seed):")
     for label, row in summary["oracles"].items():
-        flag = "ahead by > 2 SE" if row["beyond_two_standard_errors"] else "not beyond 2 SE"
+        flag = (
+            "ahead by > 2 SE"
+            if row["beyond_two_standard_errors"]
+            else "behind by > 2 SE"
+            if row["behind_by_two_standard_errors"]
+            else "within 2 SE"
+        )
         print(f"  {label}: {row['mean']:+.4f} (SE {row['standard_error']:.4f}, {row['seeds']} seeds): {flag}")
     print("  headroom: " + ("yes, " + ", ".join(summary["oracles_ahead"]) if summary["headroom"] else "none found"))
     if "liaf" in summary:

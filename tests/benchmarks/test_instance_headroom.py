@@ -41,6 +41,12 @@ def test_an_oracle_beyond_two_standard_errors_is_headroom_and_liaf_is_held_to_it
 
     level = headroom.verdict([paired_row("oracle-teacher", [0.03, -0.03, 0.02, -0.02])])
     assert not level["headroom"] and level["oracles_ahead"] == []
+    assert not level["oracles"]["oracle-teacher"]["behind_by_two_standard_errors"]
+
+    # A steady loss is no headroom either, and is told apart from a level row.
+    behind = headroom.verdict([paired_row("oracle-teacher-wrong", [-0.015, -0.012, -0.018, -0.016])])
+    row = behind["oracles"]["oracle-teacher-wrong"]
+    assert not behind["headroom"] and row["behind_by_two_standard_errors"] and not row["beyond_two_standard_errors"]
 
 
 def test_ap_per_class_is_paired_by_seed_and_skips_seeds_uniform_did_not_run(headroom):
