@@ -36,7 +36,7 @@ import importlib.util
 import json
 import logging
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -373,37 +373,50 @@ class TrainingWeightsCallback(TrainerCallback):
 
     The images come as the evaluation transform makes them (resized, not augmented) and with their training
     annotations, wrong ones included: what the selectors do with the instances they weighed in training.
-    `benchmarks/selector_facts.py --split train` matches them with a generated set's facts.
+    `benchmarks/selector_facts.py --split train` matches them with a generated set's facts. They are read only
+    when training ends, so the callback holds no images through training.
 
     Args:
-        batches: the images, collated as the trainer collates them; every image needs at least one instance.
+        dataset: processed examples (as the trainer's eval dataset yields them) of the training split.
+        data_collator: the trainer's collator.
+        num_images: weigh the first this many images of `dataset` (in its order) that have an instance.
+        batch_size: images per forward pass.
     """
 
-    def __init__(self, *, batches: Sequence[Mapping[str, Any]]) -> None:
-        if not batches:
-            raise ValueError("TrainingWeightsCallback: no images to weigh.")
-        for batch in batches:
-            if any(len(label["class_labels"]) == 0 for label in batch["labels"]):
-                raise ValueError("TrainingWeightsCallback: every image of the batches needs an instance to weigh.")
-        self.batches = list(batches)
-        self.weights: list[InstanceWeights] = []
-
-    @classmethod
-    def from_dataset(
-        cls,
+    def __init__(
+        self,
+        *,
         dataset: Any,
         data_collator: Callable[[list], Mapping[str, Any]],
-        *,
         num_images: int,
         batch_size: int = 16,
-    ) -> TrainingWeightsCallback:
-        """The callback for the first `num_images` images of the processed `dataset` that have an instance,
-        weighed `batch_size` at a time."""
+    ) -> None:
+        if num_images < 1:
+            raise ValueError(f"num_images must be at least 1, got {num_images}.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-        examples = _examples_with_instances(dataset, num_images, who="TrainingWeightsCallback")
-        starts = range(0, len(examples), batch_size)
-        return cls(batches=[data_collator(examples[start : start + batch_size]) for start in starts])
+        self.dataset = dataset
+        self.data_collator = data_collator
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.weights: list[InstanceWeights] = []
+
+    def batches(self) -> Iterator[Mapping[str, Any]]:
+        """The images, collated `batch_size` at a time, read as they are needed."""
+        pending, found = [], 0
+        for index in range(len(self.dataset)):
+            example = self.dataset[index]
+            if len(example["labels"]["class_labels"]) == 0:
+                continue
+            pending.append(example)
+            found += 1
+            if len(pending) == self.batch_size or found == self.num_images:
+                yield self.data_collator(pending)
+                pending = []
+            if found == self.num_images:
+                return
+        if pending:
+            yield self.data_collator(pending)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
         model = getattr(model, "module", model)
@@ -411,11 +424,15 @@ class TrainingWeightsCallback(TrainerCallback):
             return
         step = int(state.global_step)
         weights = []
-        for batch in self.batches:
+        for batch in self.batches():
             batch_weights = selector_weights(model, batch, progress=step / max(1, state.max_steps))
             if batch_weights is None:
                 return
             weights.extend(batch_weights)
+        if not weights:
+            # The run itself is done and saved: a missing record is not a reason to fail it.
+            logger.warning("The selector weights on training images are not recorded: no image has an instance.")
+            return
         self.weights = weights
         directory = Path(args.output_dir) / PICTURES_DIR
         directory.mkdir(parents=True, exist_ok=True)
@@ -434,10 +451,10 @@ def add_training_weights_record(
         return None
     if trainer.processing_class is None:
         raise ValueError("add_training_weights_record: the trainer has no image processor to prepare the images.")
-    # Lazy: only the images read until `num_images` with instances are found are decoded.
+    # Lazy: an image is decoded only when the callback reads it, at the end of training.
     processed = DetectionTransform(trainer.processing_class, train=False).apply_to(train_dataset)
-    callback = TrainingWeightsCallback.from_dataset(
-        processed, trainer.data_collator, num_images=num_images, batch_size=batch_size
+    callback = TrainingWeightsCallback(
+        dataset=processed, data_collator=trainer.data_collator, num_images=num_images, batch_size=batch_size
     )
     trainer.add_callback(callback)
     return callback
