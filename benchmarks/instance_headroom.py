@@ -11,6 +11,9 @@ loss at the same strength, seed by seed, every row compared with uniform weights
 Rows (`--rows`; labels as in the results JSON):
     none                  the student alone
     uniform               the instance loss with every instance weighted 1 (`aid` with decay 0)
+    uniform-again         the same at weight 10.001 instead of 10: a change too small to matter, which shows how
+                          far chance alone moves a row (two runs that differ in the last digits of one number
+                          part ways over a few hundred steps)
     aid                   AID as published: each instance by exp(-0.1 x the teacher's loss on it)
     aid-batch             AID with one factor per batch (the teacher's loss on the batch)
     oracle-noise          weight 0 on the annotations the generator corrupted (knowledge no method has)
@@ -38,7 +41,11 @@ Rows with selectors also record their weights on the first 500 training images w
 `benchmarks/selector_facts.py --split train` sets against the generator's facts, wrong annotations included.
 
 Prints distill_gain's tables, then the verdict: which rows lead uniform by more than two paired standard
-errors, and the issue's targets for LIAF-KD. Writes benchmarks/results/instance_headroom_<preset>.json.
+errors, and the issue's targets for LIAF-KD. Every row shares the uniform runs, so when they fall low (or high)
+by chance every row seems ahead (or behind) together; with `uniform-again` among the rows, the verdict and the
+per-class table compare each row with the per-seed mean of `uniform` and `uniform-again` instead, and report
+how far `uniform-again` is from `uniform`: the lead a change that does nothing gets. Writes
+benchmarks/results/instance_headroom_<preset>.json.
 """
 
 from __future__ import annotations
@@ -58,6 +65,9 @@ from _provenance import write_result  # noqa: E402
 
 DIFFICULTY = "varied"
 REFERENCE = "uniform"
+# Uniform weights again, at a weight no reader would tell from 10: chance's own row, and half the pooled reference.
+CHANCE = "uniform-again"
+POOLED = "uniform-pooled"
 # Rows with selectors record their weights on this many training images at the end (wrong annotations included).
 SELECTOR_TRAIN_IMAGES = 500
 
@@ -67,6 +77,7 @@ def row_specs(facts_file: Path) -> dict[str, str]:
     return {
         "none": "none",
         "uniform": 'uniform=aid:{"decay": 0.0}',
+        "uniform-again": 'uniform-again=aid:{"decay": 0.0, "weight": 10.001}',
         "aid": "aid",
         "aid-batch": 'aid-batch=aid:{"weighting": "batch"}',
         "oracle-noise": "oracle-noise=oracle:" + json.dumps({"source": "noise", "facts_file": str(facts_file)}),
@@ -106,9 +117,16 @@ def verdict(paired: list[dict]) -> dict:
         }
 
     oracles = {label: lead(label) for label in by_label if label.startswith("oracle-")}
+    result_rows = {label: lead(label) for label in by_label}
     leading = [label for label, row in oracles.items() if row["beyond_two_standard_errors"]]
     best = max(oracles, key=lambda label: oracles[label]["mean"], default=None)
-    result = {"oracles": oracles, "oracles_ahead": leading, "best_oracle": best, "headroom": bool(leading)}
+    result = {
+        "rows": result_rows,
+        "oracles": oracles,
+        "oracles_ahead": leading,
+        "best_oracle": best,
+        "headroom": bool(leading),
+    }
     liaf = lead("liaf")
     if liaf is not None:
         result["liaf"] = liaf
@@ -120,6 +138,24 @@ def verdict(paired: list[dict]) -> dict:
             aid_differences = dict(zip(by_label["aid"]["seeds"], by_label["aid"]["differences"]))
             result["liaf_minus_aid"] = sum(differences[s] - aid_differences[s] for s in common) / max(len(common), 1)
     return result
+
+
+def pooled_reference(runs: list[dict]) -> list[dict]:
+    """One run labelled `POOLED` per seed that both `uniform` and `uniform-again` ran, each score (`eval_*`) the
+    mean of the two: a reference whose own chance error is about 1/sqrt(2) of one run's."""
+    by_label_seed = {(run["label"], run["seed"]): run for run in runs}
+    pooled = []
+    for (label, seed), first in by_label_seed.items():
+        second = by_label_seed.get((CHANCE, seed))
+        if label != REFERENCE or second is None:
+            continue
+        scores = {
+            key: (value + second[key]) / 2
+            for key, value in first.items()
+            if key.startswith("eval_") and isinstance(value, (int, float)) and isinstance(second.get(key), (int, float))
+        }
+        pooled.append({"label": POOLED, "seed": seed, **scores})
+    return pooled
 
 
 def per_class(runs: list[dict], *, reference: str = REFERENCE) -> dict[str, dict[str, dict]]:
@@ -139,6 +175,60 @@ def per_class(runs: list[dict], *, reference: str = REFERENCE) -> dict[str, dict
             spread = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.nan
             result[label][name] = {"mean": statistics.fmean(differences), "standard_error": spread}
     return result
+
+
+def read_runs(result: dict) -> None:
+    """Add to distill_gain's `result` the verdict and the AP per class, against the pooled reference (the per-seed
+    mean of `uniform` and `uniform-again`, `paired_against_pooled`) when both ran, else against `uniform`."""
+    pooled = pooled_reference(result["runs"])
+    paired = result["paired"]
+    if pooled:
+        paired = distill_gain.paired_differences(
+            result["runs"] + pooled, reference=POOLED, metric=result["headline_metric"]
+        )
+        result["paired_against_pooled"] = paired
+    result["verdict"] = verdict(paired)
+    result["verdict"]["reference"] = POOLED if pooled else REFERENCE
+    chance = next((row for row in result["paired"] if row["label"] == CHANCE), None)
+    if chance is not None:
+        result["verdict"]["chance"] = {key: chance[key] for key in ("mean", "standard_error", "seeds", "ahead_on")}
+    result["per_class_AP"] = per_class(result["runs"] + pooled, reference=result["verdict"]["reference"])
+
+
+def _flag(row: dict) -> str:
+    if row["beyond_two_standard_errors"]:
+        return "ahead by > 2 SE"
+    return "behind by > 2 SE" if row["behind_by_two_standard_errors"] else "within 2 SE"
+
+
+def print_verdict(result: dict) -> None:
+    summary = result["verdict"]
+    pooled = summary["reference"] == POOLED
+    against = "the per-seed mean of uniform and uniform-again" if pooled else "uniform instance weights"
+    print(f"\nAgainst {against} ({result['headline_metric']}, paired by seed):")
+    if "chance" in summary:
+        chance = summary["chance"]
+        print(
+            f"  chance alone, uniform-again minus uniform: {chance['mean']:+.4f} (SE {chance['standard_error']:.4f}, "
+            f"ahead on {chance['ahead_on']} of {len(chance['seeds'])}): a change that does nothing, so a lead over "
+            "uniform alone of this size is chance"
+        )
+    for label, row in summary["rows"].items():
+        if pooled and label in (REFERENCE, CHANCE):
+            continue  # each is half the chance line above from the pooled reference
+        print(f"  {label}: {row['mean']:+.4f} (SE {row['standard_error']:.4f}, {row['seeds']} seeds): {_flag(row)}")
+    print("  headroom: " + ("yes, " + ", ".join(summary["oracles_ahead"]) if summary["headroom"] else "none found"))
+    if "liaf" in summary:
+        print(
+            f"  liaf: at least half the best oracle's lead: {summary['liaf_at_least_half_the_best_oracle']}"
+            + (f"; minus aid: {summary['liaf_minus_aid']:+.4f}" if "liaf_minus_aid" in summary else "")
+        )
+    if result["per_class_AP"]:
+        classes = list(next(iter(result["per_class_AP"].values())))
+        print(f"\nAP per class against {against}, paired by seed (mean difference):")
+        print("| row | " + " | ".join(classes) + " |\n|---|" + "---|" * len(classes))
+        for label, row in result["per_class_AP"].items():
+            print(f"| {label} | " + " | ".join(f"{row[name]['mean']:+.3f}" for name in classes) + " |")
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -170,35 +260,9 @@ def main(argv: list[str] | None = None) -> dict:
         ]
         + passed_on
     )  # fmt: skip
-    result["verdict"] = verdict(result["paired"])
-    result["per_class_AP"] = per_class(result["runs"])
+    read_runs(result)
     result["command"] = "python benchmarks/instance_headroom.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    summary = result["verdict"]
-    print(f"\nAgainst uniform instance weights ({result['headline_metric']}, paired by seed):")
-    for label, row in summary["oracles"].items():
-        flag = (
-            "ahead by > 2 SE"
-            if row["beyond_two_standard_errors"]
-            else "behind by > 2 SE"
-            if row["behind_by_two_standard_errors"]
-            else "within 2 SE"
-        )
-        print(f"  {label}: {row['mean']:+.4f} (SE {row['standard_error']:.4f}, {row['seeds']} seeds): {flag}")
-    print("  headroom: " + ("yes, " + ", ".join(summary["oracles_ahead"]) if summary["headroom"] else "none found"))
-    if "liaf" in summary:
-        liaf = summary["liaf"]
-        print(
-            f"  liaf: {liaf['mean']:+.4f} (SE {liaf['standard_error']:.4f}); beyond 2 SE: "
-            f"{liaf['beyond_two_standard_errors']}; at least half the best oracle's lead: "
-            f"{summary['liaf_at_least_half_the_best_oracle']}"
-            + (f"; minus aid: {summary['liaf_minus_aid']:+.4f}" if "liaf_minus_aid" in summary else "")
-        )
-    if result["per_class_AP"]:
-        classes = list(next(iter(result["per_class_AP"].values())))
-        print("\nAP per class against uniform, paired by seed (mean difference):")
-        print("| row | " + " | ".join(classes) + " |\n|---|" + "---|" * len(classes))
-        for label, row in result["per_class_AP"].items():
-            print(f"| {label} | " + " | ".join(f"{row[name]['mean']:+.3f}" for name in classes) + " |")
+    print_verdict(result)
     write_result(output, result)
     return result
 

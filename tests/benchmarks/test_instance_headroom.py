@@ -63,3 +63,46 @@ def test_ap_per_class_is_paired_by_seed_and_skips_seeds_uniform_did_not_run(head
     assert table["oracle-teacher"]["ring"]["mean"] == pytest.approx(-0.09)
     assert table["oracle-teacher"]["circle"]["mean"] == pytest.approx(0.015)
     assert table["oracle-teacher"]["ring"]["standard_error"] == pytest.approx(0.01)
+
+
+def test_with_uniform_again_every_row_is_read_against_the_mean_of_both_uniform_runs(headroom):
+    def run(label, seed, ap, ring):
+        return {"label": label, "seed": seed, "eval_AP": ap, "eval_AP_ring": ring, "eval_runtime": 5.0}
+
+    # The uniform runs fell low by chance: uniform-again, which changes nothing, leads them on every seed, and so
+    # does aid by the same margin. Against uniform alone aid is ahead by far more than 2 SE; against the pooled
+    # reference it is level.
+    runs = [
+        run("uniform", 0, 0.20, 0.10), run("uniform", 1, 0.30, 0.20), run("uniform", 2, 0.25, 0.15),
+        run("uniform-again", 0, 0.22, 0.12), run("uniform-again", 1, 0.33, 0.22), run("uniform-again", 2, 0.26, 0.17),
+        run("aid", 0, 0.21, 0.11), run("aid", 1, 0.32, 0.21), run("aid", 2, 0.255, 0.13),
+        run("aid", 3, 0.9, 0.9),  # no uniform runs on seed 3: left out
+    ]  # fmt: skip
+    against_uniform = headroom.distill_gain.paired_differences(runs, reference="uniform", metric="AP")
+    assert headroom.verdict(against_uniform)["rows"]["aid"]["beyond_two_standard_errors"]
+
+    pooled = headroom.pooled_reference(runs)
+    assert [(r["seed"], r["eval_AP"]) for r in pooled] == [
+        (0, pytest.approx(0.21)),
+        (1, pytest.approx(0.315)),
+        (2, 0.255),
+    ]
+    result = {"runs": runs, "paired": against_uniform, "headline_metric": "AP"}
+    headroom.read_runs(result)
+    verdict = result["verdict"]
+    assert verdict["reference"] == "uniform-pooled"
+    assert verdict["chance"]["mean"] == pytest.approx(0.02) and verdict["chance"]["ahead_on"] == 3
+    aid = verdict["rows"]["aid"]
+    assert aid["mean"] == pytest.approx(0.0017, abs=1e-4) and aid["seeds"] == 3
+    assert not aid["beyond_two_standard_errors"] and not aid["behind_by_two_standard_errors"]
+    assert result["per_class_AP"]["aid"]["ring"]["mean"] == pytest.approx(-0.01)  # 0, 0 and -0.03
+
+    # Without uniform-again the reference stays uniform.
+    alone = [r for r in runs if r["label"] != "uniform-again"]
+    result = {
+        "runs": alone,
+        "paired": headroom.distill_gain.paired_differences(alone, reference="uniform", metric="AP"),
+        "headline_metric": "AP",
+    }
+    headroom.read_runs(result)
+    assert result["verdict"]["reference"] == "uniform" and "chance" not in result["verdict"]
