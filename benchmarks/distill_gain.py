@@ -13,6 +13,10 @@ each method's seed-by-seed difference from one of them (`--paired_against`, `aid
 difference within about two standard errors of 0 is no evidence either way, however the means fall.
 What LIAF-KD's selectors add is measured against the same instance loss with uniform weights at the same
 strength, AID without its teacher factor: add `'uniform=aid:{"decay": 0.0}'` and `--paired_against uniform`.
+Every method is then compared with the same uniform runs, and when those fall low by chance every method looks
+ahead; uniform weights run twice, `'uniform-again=aid:{"decay": 0.0, "weight": 10.001}'` beside them and
+`--paired_against uniform uniform-again`, pool the reference (each seed's mean of the two) and show in
+uniform-again's row how far chance alone moves a run.
 Every run is a `liaf_hf.experiments` spec that calls what examples/distill.py calls, so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
@@ -115,10 +119,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--paired_against",
-        default="aid",
+        nargs="+",
+        default=["aid"],
         help="Compare every method seed by seed with this one (a label of --methods; skipped when absent): each "
         "seed fixes the initial weights and data order of every method, so per-seed differences cancel the "
-        "spread that seeds share.",
+        "spread that seeds share. Several labels (e.g. uniform weights run twice, at weights 10 and 10.001): the "
+        "reference is their per-seed mean on the seeds all of them ran, which halves the part of its error that "
+        "is each run's own luck.",
     )
     add_experiment_arguments(parser, teacher_cache_dir=ROOT / "runs" / "teachers")
     # The preset supplies defaults; a flag given on the command line wins over it.
@@ -212,6 +219,27 @@ def summarise(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def pooled_reference(runs: list[dict], labels: list[str]) -> tuple[str, list[dict]]:
+    """The label of the reference `labels` make and its runs: for one label, that label and no new runs; for
+    several, "a+b" and one run per seed that all of them ran, each numeric score (`eval_*`) their mean."""
+    if len(labels) == 1:
+        return labels[0], []
+    label = "+".join(labels)
+    by_label_seed = {(run["label"], run["seed"]): run for run in runs}
+    pooled = []
+    for seed in dict.fromkeys(run["seed"] for run in runs):
+        members = [by_label_seed.get((member, seed)) for member in labels]
+        if any(member is None for member in members):
+            continue
+        keys = [
+            key for key, value in members[0].items()
+            if key.startswith("eval_") and all(isinstance(member.get(key), (int, float)) for member in members)
+            and isinstance(value, (int, float))
+        ]  # fmt: skip
+        pooled.append({"label": label, "seed": seed, **{k: statistics.fmean(m[k] for m in members) for k in keys}})
+    return label, pooled
+
+
 def paired_differences(runs: list[dict], *, reference: str, metric: str) -> list[dict]:
     """Every other method's score minus `reference`'s on the seeds both ran (the plain student `none` left out).
 
@@ -303,11 +331,13 @@ def main(argv: list[str] | None = None) -> dict:
         seconds = f"{row['run_seconds']:.0f}" if row["run_seconds"] == row["run_seconds"] else "-"  # NaN: not timed
         print(f"| {row['label']} | {row['seeds']} | " + " | ".join(cells) + f" | {gain} | {recovered} | {seconds} |")
 
+    reference, pooled = pooled_reference(runs, args.paired_against)
     paired = []
-    if any(run["label"] == args.paired_against for run in runs):
-        paired = paired_differences(runs, reference=args.paired_against, metric=headline)
+    if any(run["label"] == reference for run in runs + pooled):
+        paired = paired_differences(runs + pooled, reference=reference, metric=headline)
     if paired:
-        print(f"\nSeed by seed against {args.paired_against} ({headline}, on the seeds both ran):")
+        against = reference if not pooled else f"the per-seed mean of {', '.join(args.paired_against)}"
+        print(f"\nSeed by seed against {against} ({headline}, on the seeds both ran):")
         print("| method | seeds | mean difference | std | standard error | ahead on |")
         print("|---|---|---|---|---|---|")
         for row in paired:
@@ -335,7 +365,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "headline_metric": headline,
         "rows": rows,
-        "paired_against": args.paired_against if paired else None,
+        "paired_against": reference if paired else None,
+        "paired_against_labels": args.paired_against if paired else None,
         "paired": paired,
         "runs": runs,
         "total_minutes": round((time.perf_counter() - started) / 60, 1),

@@ -67,7 +67,6 @@ DIFFICULTY = "varied"
 REFERENCE = "uniform"
 # Uniform weights again, at a weight no reader would tell from 10: chance's own row, and half the pooled reference.
 CHANCE = "uniform-again"
-POOLED = "uniform-pooled"
 # Rows with selectors record their weights on this many training images at the end (wrong annotations included).
 SELECTOR_TRAIN_IMAGES = 500
 
@@ -140,24 +139,6 @@ def verdict(paired: list[dict]) -> dict:
     return result
 
 
-def pooled_reference(runs: list[dict]) -> list[dict]:
-    """One run labelled `POOLED` per seed that both `uniform` and `uniform-again` ran, each score (`eval_*`) the
-    mean of the two: a reference whose own chance error is about 1/sqrt(2) of one run's."""
-    by_label_seed = {(run["label"], run["seed"]): run for run in runs}
-    pooled = []
-    for (label, seed), first in by_label_seed.items():
-        second = by_label_seed.get((CHANCE, seed))
-        if label != REFERENCE or second is None:
-            continue
-        scores = {
-            key: (value + second[key]) / 2
-            for key, value in first.items()
-            if key.startswith("eval_") and isinstance(value, (int, float)) and isinstance(second.get(key), (int, float))
-        }
-        pooled.append({"label": POOLED, "seed": seed, **scores})
-    return pooled
-
-
 def per_class(runs: list[dict], *, reference: str = REFERENCE) -> dict[str, dict[str, dict]]:
     """Each row's AP per class against `reference`, paired by seed: {label: {class: mean, standard_error}}.
     Which classes a weighting helps or costs (the rare ones, those the teacher never learned) is hidden in the
@@ -178,21 +159,19 @@ def per_class(runs: list[dict], *, reference: str = REFERENCE) -> dict[str, dict
 
 
 def read_runs(result: dict) -> None:
-    """Add to distill_gain's `result` the verdict and the AP per class, against the pooled reference (the per-seed
-    mean of `uniform` and `uniform-again`, `paired_against_pooled`) when both ran, else against `uniform`."""
-    pooled = pooled_reference(result["runs"])
-    paired = result["paired"]
-    if pooled:
-        paired = distill_gain.paired_differences(
-            result["runs"] + pooled, reference=POOLED, metric=result["headline_metric"]
-        )
-        result["paired_against_pooled"] = paired
-    result["verdict"] = verdict(paired)
-    result["verdict"]["reference"] = POOLED if pooled else REFERENCE
-    chance = next((row for row in result["paired"] if row["label"] == CHANCE), None)
-    if chance is not None:
+    """Add to distill_gain's `result` the verdict, chance's own lead (`uniform-again` against `uniform`) when it
+    ran, and the AP per class, all against the reference distill_gain paired with (`result["paired_against"]`:
+    `uniform`, or the per-seed mean of `uniform` and `uniform-again`)."""
+    runs, reference = result["runs"], result["paired_against"] or REFERENCE
+    members = result.get("paired_against_labels") or [reference]
+    _, pooled = distill_gain.pooled_reference(runs, members)
+    result["verdict"] = verdict(result["paired"])
+    result["verdict"]["reference"] = reference
+    if CHANCE in members:
+        against_one = distill_gain.paired_differences(runs, reference=REFERENCE, metric=result["headline_metric"])
+        chance = next(row for row in against_one if row["label"] == CHANCE)
         result["verdict"]["chance"] = {key: chance[key] for key in ("mean", "standard_error", "seeds", "ahead_on")}
-    result["per_class_AP"] = per_class(result["runs"] + pooled, reference=result["verdict"]["reference"])
+    result["per_class_AP"] = per_class(runs + pooled, reference=reference)
 
 
 def _flag(row: dict) -> str:
@@ -203,7 +182,7 @@ def _flag(row: dict) -> str:
 
 def print_verdict(result: dict) -> None:
     summary = result["verdict"]
-    pooled = summary["reference"] == POOLED
+    pooled = "chance" in summary
     against = "the per-seed mean of uniform and uniform-again" if pooled else "uniform instance weights"
     print(f"\nAgainst {against} ({result['headline_metric']}, paired by seed):")
     if "chance" in summary:
@@ -250,11 +229,12 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = sorted(set(rows) - set(specs))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(specs)}")
+    references = [REFERENCE, CHANCE] if CHANCE in rows else [REFERENCE]
     output = args.output or str(ROOT / "benchmarks" / "results" / f"instance_headroom_{args.preset}.json")
     result = distill_gain.main(
         [
             "--preset", args.preset, "--difficulty", args.difficulty, "--data_dir", str(data_dir), "--reuse",
-            "--paired_against", REFERENCE, "--output", output, "--seeds", *map(str, args.seeds),
+            "--paired_against", *references, "--output", output, "--seeds", *map(str, args.seeds),
             "--selector_train_images", str(SELECTOR_TRAIN_IMAGES),
             "--methods", *(specs[row] for row in rows),
         ]

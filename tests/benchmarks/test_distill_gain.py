@@ -100,6 +100,23 @@ def test_methods_are_compared_seed_by_seed_on_the_seeds_they_share():
     assert distill_gain().paired_differences(runs, reference="pkd", metric="AP") == []
 
 
+def test_several_references_are_pooled_seed_by_seed_on_the_seeds_all_of_them_ran():
+    """--paired_against a b: the reference is a and b's per-seed mean, so a run of a that fell low by chance
+    counts half; each of a and b is then compared with it like any method."""
+    runs = [
+        {"label": label, "seed": seed, "eval_AP": score, "eval_runtime": 5.0, "eval_note": "text"}
+        for label, scores in {"a": [0.50, 0.40], "b": [0.54, 0.48], "liaf": [0.53, 0.45]}.items()
+        for seed, score in enumerate(scores)
+    ] + [{"label": "a", "seed": 2, "eval_AP": 0.9}]  # b did not run seed 2: no pooled run there
+    reference, pooled = distill_gain().pooled_reference(runs, ["a", "b"])
+    assert reference == "a+b" and [run["seed"] for run in pooled] == [0, 1]
+    assert [run["eval_AP"] for run in pooled] == pytest.approx([0.52, 0.44])
+    assert "eval_note" not in pooled[0]  # only scores are averaged
+    rows = {row["label"]: row for row in distill_gain().paired_differences(runs + pooled, reference="a+b", metric="AP")}
+    assert rows["liaf"]["differences"] == pytest.approx([0.01, 0.01])
+    assert rows["a"]["differences"] == pytest.approx([-0.02, -0.04])
+
+
 def test_resume_from_restores_matching_runs_and_refuses_another_teacher_or_settings(tmp_path):
     module = distill_gain()
     args = module.parse_args(["--methods", "none", 'uniform=aid:{"decay": 0.0}', "--seeds", "0", "1"])

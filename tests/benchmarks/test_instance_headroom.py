@@ -78,31 +78,36 @@ def test_with_uniform_again_every_row_is_read_against_the_mean_of_both_uniform_r
         run("aid", 0, 0.21, 0.11), run("aid", 1, 0.32, 0.21), run("aid", 2, 0.255, 0.13),
         run("aid", 3, 0.9, 0.9),  # no uniform runs on seed 3: left out
     ]  # fmt: skip
-    against_uniform = headroom.distill_gain.paired_differences(runs, reference="uniform", metric="AP")
+    gain = headroom.distill_gain
+    against_uniform = gain.paired_differences(runs, reference="uniform", metric="AP")
     assert headroom.verdict(against_uniform)["rows"]["aid"]["beyond_two_standard_errors"]
 
-    pooled = headroom.pooled_reference(runs)
+    reference, pooled = gain.pooled_reference(runs, ["uniform", "uniform-again"])
+    assert reference == "uniform+uniform-again"
     assert [(r["seed"], r["eval_AP"]) for r in pooled] == [
         (0, pytest.approx(0.21)),
         (1, pytest.approx(0.315)),
         (2, 0.255),
     ]
-    result = {"runs": runs, "paired": against_uniform, "headline_metric": "AP"}
+    # What distill_gain.py --paired_against uniform uniform-again hands instance_headroom.py.
+    result = {
+        "runs": runs,
+        "paired": gain.paired_differences(runs + pooled, reference=reference, metric="AP"),
+        "paired_against": reference,
+        "paired_against_labels": ["uniform", "uniform-again"],
+        "headline_metric": "AP",
+    }
     headroom.read_runs(result)
     verdict = result["verdict"]
-    assert verdict["reference"] == "uniform-pooled"
+    assert verdict["reference"] == "uniform+uniform-again"
     assert verdict["chance"]["mean"] == pytest.approx(0.02) and verdict["chance"]["ahead_on"] == 3
     aid = verdict["rows"]["aid"]
     assert aid["mean"] == pytest.approx(0.0017, abs=1e-4) and aid["seeds"] == 3
     assert not aid["beyond_two_standard_errors"] and not aid["behind_by_two_standard_errors"]
     assert result["per_class_AP"]["aid"]["ring"]["mean"] == pytest.approx(-0.01)  # 0, 0 and -0.03
 
-    # Without uniform-again the reference stays uniform.
-    alone = [r for r in runs if r["label"] != "uniform-again"]
-    result = {
-        "runs": alone,
-        "paired": headroom.distill_gain.paired_differences(alone, reference="uniform", metric="AP"),
-        "headline_metric": "AP",
-    }
+    # With one reference run nothing is pooled and there is no chance row.
+    assert gain.pooled_reference(runs, ["uniform"]) == ("uniform", [])
+    result = {"runs": runs, "paired": against_uniform, "paired_against": "uniform", "headline_metric": "AP"}
     headroom.read_runs(result)
     assert result["verdict"]["reference"] == "uniform" and "chance" not in result["verdict"]
