@@ -232,9 +232,8 @@ def pooled_reference(runs: list[dict], labels: list[str]) -> tuple[str, list[dic
         if any(member is None for member in members):
             continue
         keys = [
-            key for key, value in members[0].items()
+            key for key in members[0]
             if key.startswith("eval_") and all(isinstance(member.get(key), (int, float)) for member in members)
-            and isinstance(value, (int, float))
         ]  # fmt: skip
         pooled.append({"label": label, "seed": seed, **{k: statistics.fmean(m[k] for m in members) for k in keys}})
     return label, pooled

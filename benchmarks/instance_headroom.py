@@ -103,10 +103,7 @@ def verdict(paired: list[dict]) -> dict:
     """The headroom and the targets, read from distill_gain's paired rows against uniform weights."""
     by_label = {row["label"]: row for row in paired}
 
-    def lead(label: str) -> dict | None:
-        row = by_label.get(label)
-        if row is None:
-            return None
+    def lead(row: dict) -> dict:
         return {
             "mean": row["mean"],
             "standard_error": row["standard_error"],
@@ -115,8 +112,8 @@ def verdict(paired: list[dict]) -> dict:
             "behind_by_two_standard_errors": row["mean"] < -2 * row["standard_error"] and len(row["seeds"]) > 1,
         }
 
-    oracles = {label: lead(label) for label in by_label if label.startswith("oracle-")}
-    result_rows = {label: lead(label) for label in by_label}
+    result_rows = {label: lead(row) for label, row in by_label.items()}
+    oracles = {label: row for label, row in result_rows.items() if label.startswith("oracle-")}
     leading = [label for label, row in oracles.items() if row["beyond_two_standard_errors"]]
     best = max(oracles, key=lambda label: oracles[label]["mean"], default=None)
     result = {
@@ -126,7 +123,7 @@ def verdict(paired: list[dict]) -> dict:
         "best_oracle": best,
         "headroom": bool(leading),
     }
-    liaf = lead("liaf")
+    liaf = result_rows.get("liaf")
     if liaf is not None:
         result["liaf"] = liaf
         best_lead = oracles[best]["mean"] if best else 0.0
@@ -185,7 +182,7 @@ def print_verdict(result: dict) -> None:
     pooled = "chance" in summary
     against = "the per-seed mean of uniform and uniform-again" if pooled else "uniform instance weights"
     print(f"\nAgainst {against} ({result['headline_metric']}, paired by seed):")
-    if "chance" in summary:
+    if pooled:
         chance = summary["chance"]
         print(
             f"  chance alone, uniform-again minus uniform: {chance['mean']:+.4f} (SE {chance['standard_error']:.4f}, "
