@@ -140,3 +140,14 @@ def test_a_teacher_of_another_label_set_trains_on_the_same_scenes_beside_the_dat
         tiny_experiment(tmp_path, teacher_difficulty="varied-coarse")
     with pytest.raises(ValueError, match="teacher_difficulty trains the teacher here"):
         tiny_experiment(tmp_path, teacher_difficulty="varied-coarse", teacher_model_name_or_path="t")
+
+
+def test_a_students_weights_do_not_depend_on_what_the_process_trained_before(tmp_path):
+    # The benchmarks train every method of a seed one after another in one process, and compare them seed by
+    # seed: state left behind by one run (a random generator, a cache) would bias the next run's score.
+    experiment = tiny_experiment(tmp_path, student_steps=3)
+    teacher = experiment.teacher()
+    first = experiment.student(teacher, "aid", {"decay": 0.0}, name="uniform-first", seed=1)
+    experiment.student(teacher, "liaf", {}, name="liaf-between", seed=0)
+    again = experiment.student(teacher, "aid", {"decay": 0.0}, name="uniform-after-liaf", seed=1)
+    assert (first / "model.safetensors").read_bytes() == (again / "model.safetensors").read_bytes()
