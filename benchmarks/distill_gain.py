@@ -16,7 +16,8 @@ strength, AID without its teacher factor: add `'uniform=aid:{"decay": 0.0}'` and
 Every method is then compared with the same uniform runs, and when those fall low by chance every method looks
 ahead; uniform weights run twice, `'uniform-again=aid:{"decay": 0.0, "weight": 10.001}'` beside them and
 `--paired_against uniform uniform-again`, pool the reference (each seed's mean of the two) and show in
-uniform-again's row how far chance alone moves a run.
+uniform-again's row how far chance alone moves a run. `--paired_metrics APs AR100 ...` (or `all`) repeats the
+paired comparison on other scores, to see which part of the score a difference comes from.
 Every run is a `liaf_hf.experiments` spec that calls what examples/distill.py calls, so it measures what users run.
 
 By default the data are the generated shapes set (`--difficulty`). Your own data and teacher (needs them on
@@ -126,6 +127,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "spread that seeds share. Several labels (e.g. uniform weights run twice, at weights 10 and 10.001): the "
         "reference is their per-seed mean on the seeds all of them ran, which halves the part of its error that "
         "is each run's own luck.",
+    )
+    parser.add_argument(
+        "--paired_metrics",
+        nargs="*",
+        default=[],
+        help="Also compare seed by seed on these metrics (e.g. APs AR100 KITTI_mAP40_moderate; `all`: every metric "
+        "the runs have), to see which part of the score a difference comes from.",
     )
     add_experiment_arguments(parser, teacher_cache_dir=ROOT / "runs" / "teachers")
     # The preset supplies defaults; a flag given on the command line wins over it.
@@ -302,6 +310,22 @@ def main(argv: list[str] | None = None) -> dict:
     headline = args.metric or ("VOC_mAP50" if "VOC_mAP50" in metrics else "AP")
     if headline not in metrics:
         raise ValueError(f"--metric {headline}: the runs were scored with {', '.join(metrics)}")
+    # Any score every run has (AR100, VOC_AP50_Car, ...); `all`: the table's, less those pycocotools left at -1.
+    scored = [
+        key[len("eval_") :] for key in runs[0]
+        if key.startswith("eval_") and not key.endswith(("runtime", "_per_second"))
+        and all(isinstance(run.get(key), (int, float)) for run in runs)
+    ]  # fmt: skip
+    if args.paired_metrics == ["all"]:
+        extra_metrics = [metric for metric in metrics if any(run[f"eval_{metric}"] >= 0 for run in runs)]
+    else:
+        extra_metrics = list(dict.fromkeys(args.paired_metrics))
+        unknown = [metric for metric in extra_metrics if metric not in scored]
+        if unknown:
+            raise ValueError(
+                f"--paired_metrics {' '.join(unknown)}: not a score of every run (they have {', '.join(scored)}); "
+                "the trained students are kept, so the same command with --reuse and other names trains nothing"
+            )
     baseline = [run[f"eval_{headline}"] for run in runs if run["label"] == "none"]
     baseline_score = statistics.fmean(baseline) if baseline else None
     rows = []
@@ -345,6 +369,19 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{row['standard_error']:.4f} | {row['ahead_on']} of {len(row['seeds'])} |"
             )
 
+    paired_by_metric = {}
+    if paired:
+        for metric in (metric for metric in extra_metrics if metric != headline):
+            paired_by_metric[metric] = paired_differences(runs + pooled, reference=reference, metric=metric)
+    if paired_by_metric:
+        labels = [row["label"] for row in paired]
+        print(f"\nMean difference (standard error) against {against}, metric by metric:")
+        print(f"| metric | {' | '.join(labels)} |")
+        print("|---|" + "---|" * len(labels))
+        for metric, rows_of_metric in {headline: paired, **paired_by_metric}.items():
+            cells = [f"{row['mean']:+.4f} ({row['standard_error']:.4f})" for row in rows_of_metric]
+            print(f"| {metric} | " + " | ".join(cells) + " |")
+
     command = "python benchmarks/distill_gain.py " + " ".join(
         f"'{arg}'" if any(c in arg for c in ' {}"') else arg for arg in (sys.argv[1:] if argv is None else argv)
     )
@@ -367,6 +404,7 @@ def main(argv: list[str] | None = None) -> dict:
         "paired_against": reference if paired else None,
         "paired_against_labels": args.paired_against if paired else None,
         "paired": paired,
+        "paired_by_metric": paired_by_metric,
         "runs": runs,
         "total_minutes": round((time.perf_counter() - started) / 60, 1),
     }

@@ -144,3 +144,25 @@ def test_resume_from_restores_matching_runs_and_refuses_another_teacher_or_setti
     (tmp_path / "earlier.json").write_text(json.dumps({**earlier, "settings": {**settings, "student_steps": 1}}))
     with pytest.raises(SystemExit, match="trained with other settings .*student_steps"):
         module.restore_runs(args, teacher)
+
+
+def test_paired_metrics_show_which_part_of_the_score_a_difference_comes_from(tmp_path):
+    flags = ["--data_dir", str(tmp_path / "data"), "--num_train", "8", "--num_val", "4", "--image_size", "64"]
+    flags += ["--teacher_backbone", "resnet18", "--teacher_steps", "2", "--teacher_batch_size", "4"]
+    flags += ["--student_steps", "2", "--batch_size", "4", "--channels", "32", "--seeds", "0", "1"]
+    flags += ["--output_dir", str(tmp_path / "students"), "--teacher_cache_dir", str(tmp_path / "teachers")]
+    flags += ["--methods", 'uniform=aid:{"decay": 0.0}', "liaf", "--paired_against", "uniform"]
+    flags += ["--output", str(tmp_path / "gain.json")]
+    result = distill_gain().main([*flags, "--paired_metrics", "AP50", "AR100", "AP"])
+    assert set(result["paired_by_metric"]) == {"AP50", "AR100"}  # the headline AP is the main table already
+    (liaf,) = result["paired_by_metric"]["AR100"]
+    score = {(run["label"], run["seed"]): run["eval_AR100"] for run in result["runs"]}
+    assert liaf["differences"] == pytest.approx([score["liaf", s] - score["uniform", s] for s in (0, 1)])
+    # `all`: the table's metrics, less APl, which pycocotools leaves at -1 where no object is large.
+    everything = distill_gain().main([*flags, "--reuse", "--paired_metrics", "all"])
+    assert "AP50" in everything["paired_by_metric"] and "APl" not in everything["paired_by_metric"]
+
+    trained = (tmp_path / "students" / "student-resnet18-liaf-seed1" / "summary.json").stat().st_mtime_ns
+    with pytest.raises(ValueError, match="--paired_metrics AR1000: not a score of every run .*AR100"):
+        distill_gain().main([*flags, "--reuse", "--paired_metrics", "AR1000"])
+    assert (tmp_path / "students" / "student-resnet18-liaf-seed1" / "summary.json").stat().st_mtime_ns == trained
