@@ -12,7 +12,10 @@ each run counted once however many files repeat it, splits each setting's seeds 
 by `--methods`, against the same reference runs:
 
     python benchmarks/chance_controls.py                                   # every file in benchmarks/results
-    python benchmarks/chance_controls.py --results a.json b.json --methods liaf 'aid' --block 6
+    python benchmarks/chance_controls.py --results a.json b.json --methods liaf 'flat=liaf:{"entropy_weight": 1000.0}'
+
+Runs are matched by method and options, not by label, so a control that one file calls `uniform-weight10.001`
+and another `uniform-again` is the same run.
 
 A method's lead counts for something only when it is clearly larger than the leads the controls reach.
 The summary gives how many control blocks fell beyond two and three standard errors, next to how many a
@@ -35,23 +38,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from _provenance import provenance, write_result  # noqa: E402
+from liaf_hf.distillation import parse_method_spec  # noqa: E402
 
-_DEFAULT_REFERENCE = 'aid:{"decay": 0.0}'
-_DEFAULT_TWIN = 'aid:{"decay": 0.0, "weight": 10.001}'
-
-
-def parse_spec(spec: str) -> tuple[str, dict]:
-    """`method` or `method:{json options}` (distill_gain's `--methods` syntax without the label)."""
-    method, _, options = spec.partition(":")
-    if not method:
-        raise ValueError(f"{spec!r}: give a method name, optionally followed by :{{json options}}")
-    try:
-        parsed = json.loads(options) if options else {}
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{spec!r}: the options after ':' are not JSON ({error.msg})") from None
-    if not isinstance(parsed, dict):
-        raise ValueError(f"{spec!r}: the options after ':' must be a JSON object")
-    return method, parsed
+_DEFAULT_REFERENCE = 'uniform=aid:{"decay": 0.0}'
+_DEFAULT_TWIN = 'uniform-again=aid:{"decay": 0.0, "weight": 10.001}'
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -60,11 +50,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--results", nargs="+", type=Path,
         help="result files of distill_gain.py or instance_headroom.py (default: every one in benchmarks/results)",
     )  # fmt: skip
-    parser.add_argument("--reference", default=_DEFAULT_REFERENCE, help="the reference runs, as method:{options}")
+    parser.add_argument(
+        "--reference", default=_DEFAULT_REFERENCE, help="the reference runs, as distill_gain's --methods names them"
+    )
     parser.add_argument("--twin", default=_DEFAULT_TWIN, help="the no-op control: the reference changed in nothing")
     parser.add_argument(
         "--methods", nargs="*", default=["aid", "liaf"],
-        help="methods whose blocks are set beside the control's, as method or method:{options}",
+        help="methods whose blocks are set beside the control's, as distill_gain's --methods names them",
     )  # fmt: skip
     parser.add_argument("--block", type=int, default=6, help="seeds per block, taken in seed order")
     parser.add_argument("--output", default=str(ROOT / "benchmarks" / "results" / "chance_controls.json"))
@@ -163,11 +155,13 @@ def _relative(path: Path) -> str:
         return str(path)
 
 
-def compare(settings: dict, *, reference: tuple, twin: tuple, methods: list[tuple], block: int) -> list[dict]:
-    """One row per setting and block of `block` seeds where the reference and the twin both ran every seed."""
+def compare(settings: dict, *, reference: str, twin: str, methods: list[str], block: int) -> list[dict]:
+    """One row per setting and block of `block` seeds where the reference and the twin both ran every seed;
+    each of `methods` (method specs, as `parse_method_spec` reads them) under its label."""
 
-    def key(spec: tuple) -> tuple[str, str]:
-        return spec[0], json.dumps(spec[1], sort_keys=True)
+    def key(spec: str) -> tuple[str, str]:
+        _, method, options = parse_method_spec(spec)
+        return method, json.dumps(options, sort_keys=True)
 
     rows = []
     for (setting, metric), scores in settings.items():
@@ -194,17 +188,12 @@ def compare(settings: dict, *, reference: tuple, twin: tuple, methods: list[tupl
                     continue
                 against_reference = [runs[s] - reference_runs[s] for s in chosen]
                 against_both = [runs[s] - (reference_runs[s] + twin_runs[s]) / 2 for s in chosen]
-                row["methods"][format_spec(spec)] = {
+                row["methods"][parse_method_spec(spec)[0]] = {
                     "against_reference": {"differences": against_reference, **paired_block(against_reference)},
                     "against_both": {"differences": against_both, **paired_block(against_both)},
                 }
             rows.append(row)
     return rows
-
-
-def format_spec(spec: tuple) -> str:
-    method, options = spec
-    return f"{method}:{json.dumps(options, sort_keys=True)}" if options else method
 
 
 def summarise(rows: list[dict], block: int) -> dict:
@@ -230,10 +219,10 @@ def main(argv: list[str] | None = None) -> dict:
     missing = [str(path) for path in files if not path.is_file()]
     if missing:
         raise FileNotFoundError(f"no such result file: {', '.join(missing)}")
-    reference, twin = parse_spec(args.reference), parse_spec(args.twin)
-    methods = [parse_spec(spec) for spec in args.methods]
+    for spec in (args.reference, args.twin, *args.methods):
+        parse_method_spec(spec)  # an unknown method or option is named before any file is read
     settings, used = collect_runs(files)
-    rows = compare(settings, reference=reference, twin=twin, methods=methods, block=args.block)
+    rows = compare(settings, reference=args.reference, twin=args.twin, methods=args.methods, block=args.block)
     if not rows:
         raise ValueError(
             f"no setting in {len(files)} result file(s) ran both {args.reference} and {args.twin} "
@@ -241,7 +230,7 @@ def main(argv: list[str] | None = None) -> dict:
         )
     summary = summarise(rows, args.block)
 
-    labels = [format_spec(spec) for spec in methods]
+    labels = [parse_method_spec(spec)[0] for spec in args.methods]
     print(f"Paired t against {args.reference}, {args.block} seeds a block (the control: {args.twin})")
     print(f"| setting | seeds | control: mean (SE), t, ahead on | {' | '.join(f'{label}: t' for label in labels)} |")
     print("|---|---|---|" + "---|" * len(labels))

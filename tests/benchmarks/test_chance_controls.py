@@ -92,6 +92,8 @@ def test_files_without_the_pair_or_missing_files_are_named(script, tmp_path):
         script.main(["--results", str(tmp_path / "broken.json"), "--output", str(tmp_path / "out.json")])
     with pytest.raises(SystemExit):
         script.main(["--results", str(lonely), "--block", "1"])
+    with pytest.raises(ValueError, match="'lia'"):  # read as distill_gain reads --methods, so a typo is named
+        script.main(["--results", str(lonely), "--methods", "lia", "--output", str(tmp_path / "out.json")])
 
 
 def test_it_reads_what_distill_gain_writes(script, tmp_path):
