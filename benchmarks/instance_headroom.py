@@ -21,6 +21,8 @@ Rows (`--rows`; labels as in the results JSON):
     oracle-teacher-wrong  the opposite: weights from how wrong the teacher is on each instance (1 - score x IoU)
     oracle-student        weights from the student's own loss on each instance
     oracle-teacher-student  the teacher's correctness x the student's loss
+    oracle-unseen         weight 0 on the instances of the classes the teacher's training labels lack or merge into
+                          others (with --teacher_difficulty varied-partial or varied-coarse), 1 on the others
     liaf                  LIAF-KD at its defaults
     liaf-informed         LIAF-KD's `task` objective with every per-instance input (the teacher's quality and
                           loss, the student's loss, scale, class), weights normalised over the batch, and
@@ -33,8 +35,9 @@ Rows (`--rows`; labels as in the results JSON):
 The oracles' weights are normalised to the strength of uniform weights over the batch
 (`liaf_hf.distillation.aid.normalise_over_batch`). Runs go through benchmarks/distill_gain.py (and so
 through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000`, `--preset gpu`,
-`--teacher_num_train 500` (a teacher that saw a quarter of the images) or `--teacher_difficulty varied-coarse`
-(a teacher trained on the same images with each rare class labelled as its common look-alike).
+`--teacher_num_train 500` (a teacher that saw a quarter of the images), `--teacher_difficulty varied-coarse`
+(a teacher trained on the same images with each rare class labelled as its common look-alike) or
+`--teacher_difficulty varied-partial` (with the rare classes left unannotated: taught that they are background).
 
 Rows with selectors also record their weights on the first 500 training images when training ends
 (`--selector_train_images`; `<student>/selector_weights/train_weights.json`), which
@@ -62,6 +65,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import distill_gain  # noqa: E402
 from _provenance import write_result  # noqa: E402
+from liaf_hf.data.synthetic import DIFFICULTIES, SyntheticSpec  # noqa: E402
 
 DIFFICULTY = "varied"
 REFERENCE = "uniform"
@@ -71,8 +75,18 @@ CHANCE = "uniform-again"
 SELECTOR_TRAIN_IMAGES = 500
 
 
-def row_specs(facts_file: Path) -> dict[str, str]:
-    """Every row's `label=method:{options}` spec for distill_gain.py."""
+def unseen_classes(teacher_difficulty: str | None) -> tuple[str, ...]:
+    """The classes a teacher trained on `teacher_difficulty`'s labels was never taught: those its training split
+    leaves unannotated or writes as another class."""
+    if teacher_difficulty is None:
+        return ()
+    spec = SyntheticSpec.preset(teacher_difficulty)
+    return (*spec.unlabelled_classes, *(fine for fine, _ in spec.merged_classes))
+
+
+def row_specs(facts_file: Path, unseen: tuple[str, ...] = ()) -> dict[str, str]:
+    """Every row's `label=method:{options}` spec for distill_gain.py; `unseen` names the classes the teacher was
+    never taught (`oracle-unseen`)."""
     return {
         "none": "none",
         "uniform": 'uniform=aid:{"decay": 0.0}',
@@ -84,6 +98,7 @@ def row_specs(facts_file: Path) -> dict[str, str]:
         "oracle-teacher-wrong": 'oracle-teacher-wrong=oracle:{"source": "teacher_error"}',
         "oracle-student": 'oracle-student=oracle:{"source": "student_loss"}',
         "oracle-teacher-student": 'oracle-teacher-student=oracle:{"source": "teacher_right_student_wrong"}',
+        "oracle-unseen": "oracle-unseen=oracle:" + json.dumps({"source": "classes", "classes": list(unseen)}),
         "liaf": "liaf",
         "liaf-informed": "liaf-informed=liaf:"
         + json.dumps(
@@ -218,14 +233,28 @@ def main(argv: list[str] | None = None) -> dict:
         help="The generated set: varied, or a preset whose instances differ more (varied-harsh).",
     )
     parser.add_argument("--data_dir", default=None, help="Where the set is generated.")
+    parser.add_argument(
+        "--teacher_difficulty",
+        default=None,
+        choices=DIFFICULTIES,
+        help="Train the teacher on another preset of the same scenes (distill_gain.py's flag), e.g. varied-partial.",
+    )
     parser.add_argument("--output", default=None, help="JSON file (default: results/instance_headroom_<preset>.json).")
     args, passed_on = parser.parse_known_args(argv)
     data_dir = Path(args.data_dir or ROOT / "data" / f"shapes-{args.difficulty}")
-    specs = row_specs(data_dir.resolve() / "instance_facts_train.json")
-    rows = args.rows or list(specs)
+    unseen = unseen_classes(args.teacher_difficulty)
+    specs = row_specs(data_dir.resolve() / "instance_facts_train.json", unseen)
+    rows = args.rows or [row for row in specs if unseen or row != "oracle-unseen"]
     unknown = sorted(set(rows) - set(specs))
     if unknown:
         parser.error(f"unknown rows {unknown}; choose from {list(specs)}")
+    if "oracle-unseen" in rows and not unseen:
+        parser.error(
+            "row oracle-unseen weighs 0 the classes the teacher was never taught: it needs a --teacher_difficulty "
+            "whose training labels leave classes out or merge them (varied-partial, varied-coarse)"
+        )
+    if args.teacher_difficulty is not None:
+        passed_on = ["--teacher_difficulty", args.teacher_difficulty, *passed_on]
     references = [REFERENCE, CHANCE] if CHANCE in rows else [REFERENCE]
     output = args.output or str(ROOT / "benchmarks" / "results" / f"instance_headroom_{args.preset}.json")
     result = distill_gain.main(

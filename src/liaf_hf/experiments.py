@@ -256,7 +256,7 @@ class DistillationRun:
 
 
 # The knobs of a generated set that change its annotations and not its images (`SyntheticSpec`).
-_ANNOTATION_KNOBS = frozenset({"annotation_noise", "noise_box_shift", "merged_classes"})
+_ANNOTATION_KNOBS = frozenset({"annotation_noise", "noise_box_shift", "merged_classes", "unlabelled_classes"})
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,7 @@
 """benchmarks/instance_headroom.py's reading of the runs: the verdict on headroom and LIAF-KD's targets, and the
 AP per class against uniform weights, paired by seed."""
 
+import json
 import math
 
 import pytest
@@ -111,3 +112,16 @@ def test_with_uniform_again_every_row_is_read_against_the_mean_of_both_uniform_r
     result = {"runs": runs, "paired": against_uniform, "paired_against": "uniform", "headline_metric": "AP"}
     headroom.read_runs(result)
     assert result["verdict"]["reference"] == "uniform" and "chance" not in result["verdict"]
+
+
+def test_oracle_unseen_weighs_zero_the_classes_the_teachers_labels_lack_and_needs_such_a_teacher(headroom, capsys):
+    assert headroom.unseen_classes(None) == ()
+    assert headroom.unseen_classes("varied-partial") == ("ring", "square_hole", "triangle_down")
+    assert headroom.unseen_classes("varied-coarse") == ("ring", "square_hole", "triangle_down")
+    spec = headroom.row_specs(ROOT / "facts.json", headroom.unseen_classes("varied-partial"))["oracle-unseen"]
+    label, options = spec.split("=oracle:")
+    assert label == "oracle-unseen"
+    assert json.loads(options) == {"source": "classes", "classes": ["ring", "square_hole", "triangle_down"]}
+    with pytest.raises(SystemExit):
+        headroom.main(["--rows", "uniform", "oracle-unseen", "--seeds", "0"])
+    assert "row oracle-unseen weighs 0 the classes the teacher was never taught" in capsys.readouterr().err

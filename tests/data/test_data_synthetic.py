@@ -149,7 +149,7 @@ def test_presets(difficulty: str, size: int, num_classes: int) -> None:
 
 def test_default_spec_is_easy_and_presets_are_listed() -> None:
     assert SyntheticSpec() == SyntheticSpec.preset("easy")
-    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh", "varied-coarse")
+    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh", "varied-coarse", "varied-partial")
     with pytest.raises(ValueError, match="unknown difficulty"):
         SyntheticSpec.preset("extreme")
 
@@ -292,6 +292,43 @@ def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_pat
     merged = [record["merged"] for record in facts]
     assert merged == [names[a["category_id"] - 1] in ("ring", "square_hole", "triangle_down")
                       for a in _annotations(fine, "train")]  # fmt: skip
+
+
+def test_the_partial_variant_leaves_the_rare_classes_unannotated_in_the_same_scenes(tmp_path: Path) -> None:
+    fine = generate_coco_dataset(tmp_path / "fine", difficulty="varied", num_train=30, num_val=5)
+    partial = generate_coco_dataset(tmp_path / "partial", difficulty="varied-partial", num_train=30, num_val=5)
+    assert {k: v for k, v in _files(fine).items() if k.endswith(".png")} == {
+        k: v for k, v in _files(partial).items() if k.endswith(".png")
+    }
+    assert _annotations(fine, "val") == _annotations(partial, "val")  # scored on every class
+    names = SyntheticSpec.preset("varied").class_names
+    rare = {names.index(name) + 1 for name in ("ring", "square_hole", "triangle_down")}
+    fine_records = [record for records in read_instance_facts(fine, "train").values() for record in records]
+    # varied's annotations of the common classes, noise and all, kept as they were; none of a rare object or
+    # labelled with a rare class.
+    expected = [
+        {key: value for key, value in annotation.items() if key != "id"}
+        for annotation, record in zip(_annotations(fine, "train"), fine_records, strict=True)
+        if annotation["category_id"] not in rare and record["clean_category_id"] not in rare
+    ]
+    written = [{key: value for key, value in a.items() if key != "id"} for a in _annotations(partial, "train")]
+    assert written == expected
+    assert 0 < len(written) < len(fine_records)
+    assert {a["category_id"] for a in written} == set(range(1, len(names) + 1)) - rare
+    partial_records = [record for records in read_instance_facts(partial, "train").values() for record in records]
+    assert len(partial_records) == len(written)
+
+
+def test_unlabelled_classes_must_be_known_distinct_leave_a_class_and_not_be_merged() -> None:
+    varied = SyntheticSpec.preset("varied")
+    with pytest.raises(ValueError, match=r"unlabelled_classes: \['cat'\] not among class_names"):
+        dataclasses.replace(varied, unlabelled_classes=("cat",))
+    with pytest.raises(ValueError, match="unlabelled_classes has duplicates"):
+        dataclasses.replace(varied, unlabelled_classes=("ring", "ring"))
+    with pytest.raises(ValueError, match="would leave no class annotated"):
+        dataclasses.replace(varied, unlabelled_classes=varied.class_names)
+    with pytest.raises(ValueError, match=r"\['ring'\] is both in merged_classes and in unlabelled_classes"):
+        dataclasses.replace(varied, merged_classes=(("ring", "circle"),), unlabelled_classes=("ring",))
 
 
 def test_the_loaders_do_not_read_the_instance_facts(varied_set: Path) -> None:

@@ -507,6 +507,33 @@ def test_teacher_oracles_weigh_by_the_teachers_correctness_at_uniform_strength(s
         distiller(student=student, teacher=output(features), batch=make_batch(TWO_IMAGES))
 
 
+def test_classes_oracle_gives_the_named_classes_no_weight_at_uniform_strength():
+    distiller = build_distiller(
+        "oracle", student_config=config(), teacher_config=config(), source="classes", classes=["b"],
+        feature_scale="none", weight=1.0,
+    )  # fmt: skip
+    assert not (distiller.needs_teacher_instance_losses or distiller.needs_student_instance_losses)
+    batch = make_batch(TWO_IMAGES)
+    batch.class_labels = [torch.tensor([0, 1]), torch.tensor([0])]  # the second box of the first image is a "b"
+    result = _oracle_loss_and_weights(distiller, batch)
+    # Raw weights (1, 0 | 1), as for the noise oracle: (4/3, 0 | 4/3), the loss that of uniform weights.
+    assert float(result.stats["oracle/weight_min"]) == 0.0
+    assert float(result.stats["oracle/weight_max"]) == pytest.approx(4 / 3, rel=1e-5)
+    assert float(result.losses["loss_oracle"]) == pytest.approx(0.25, rel=1e-5)
+    batch.class_labels = [torch.tensor([0, 0]), torch.tensor([0])]  # no "b": every weight 1
+    result = _oracle_loss_and_weights(distiller, batch)
+    assert float(result.stats["oracle/weight_min"]) == float(result.stats["oracle/weight_max"]) == 1.0
+
+
+def test_classes_oracle_refuses_a_class_the_student_does_not_have_and_classes_without_their_source():
+    with pytest.raises(ValueError, match=r"oracle source 'classes': \['ring'\] not among the student's classes"):
+        build_distiller("oracle", student_config=config(), teacher_config=config(), source="classes", classes=["ring"])
+    with pytest.raises(ValueError, match="option 'classes' names the classes weighted 0 by source 'classes'"):
+        build_distiller("oracle", student_config=config(), teacher_config=config(), source="classes")
+    with pytest.raises(ValueError, match="option 'classes' names the classes weighted 0 by source 'classes'"):
+        build_distiller("oracle", student_config=config(), teacher_config=config(), classes=["a"])
+
+
 # ------------------------------------------------------------------------------------ LD refusals
 
 

@@ -26,6 +26,10 @@ for difficulty:
   each rare class annotated as its common look-alike (ring as circle, square_hole as square,
   triangle_down as triangle_up). It is for training a teacher that never learned the rare classes apart,
   to distil into a student trained on ``varied`` (``--teacher_difficulty``).
+* ``varied-partial``: ``varied``'s images and validation split, with the rare classes left unannotated in the
+  training split (ring, square_hole and triangle_down stay in the images, unlabelled), as in a set annotated
+  for fewer classes than the student needs. A teacher trained on it was taught that those objects are
+  background, to distil into a student trained on ``varied`` (``--teacher_difficulty``).
 
 Scene generation (:func:`generate_scene`) knows nothing about file formats, so that other layouts
 can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one and
@@ -269,6 +273,11 @@ class SyntheticSpec:
     as in a set labelled with a coarser taxonomy (after any annotation noise; recorded as ``merged`` in the
     instance facts). The scenes are drawn as without it and the validation split keeps every class, so a
     detector trained on such a set is scored on the classes it was never told apart."""
+    unlabelled_classes: tuple[str, ...] = ()
+    """Class names left unannotated in the training split: their objects are drawn as without it but get no
+    annotation, and no annotation is written with one of these classes (a wrong class drawn by the annotation
+    noise is left out too), as in a set annotated for fewer classes. The validation split keeps every class,
+    so a detector trained on such a set is scored on the classes it was taught are background."""
 
     def __post_init__(self) -> None:
         if self.image_width < 16 or self.image_height < 16:
@@ -320,6 +329,24 @@ class SyntheticSpec:
                 raise ValueError(
                     f"merged_classes: {unknown_classes} not among class_names {self.class_names} (in {pair})"
                 )
+        unknown_unlabelled = [name for name in self.unlabelled_classes if name not in self.class_names]
+        if unknown_unlabelled:
+            raise ValueError(f"unlabelled_classes: {unknown_unlabelled} not among class_names {self.class_names}")
+        if len(set(self.unlabelled_classes)) != len(self.unlabelled_classes):
+            raise ValueError(f"unlabelled_classes has duplicates: {self.unlabelled_classes}")
+        if len(self.unlabelled_classes) >= len(self.class_names):
+            raise ValueError(
+                f"unlabelled_classes {self.unlabelled_classes} would leave no class annotated: keep at least one "
+                f"of {self.class_names}"
+            )
+        merged_and_unlabelled = sorted(
+            {name for pair in self.merged_classes for name in pair} & set(self.unlabelled_classes)
+        )
+        if merged_and_unlabelled:
+            raise ValueError(
+                f"{merged_and_unlabelled} is both in merged_classes and in unlabelled_classes: a class is either "
+                "written as another or left out"
+            )
         if not self.palette or any(
             len(colour) != 3 or not all(0 <= channel <= 255 for channel in colour) for colour in self.palette
         ):
@@ -327,8 +354,8 @@ class SyntheticSpec:
 
     @classmethod
     def preset(cls, difficulty: str) -> SyntheticSpec:
-        """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"``, ``"varied-harsh"`` or
-        ``"varied-coarse"`` (see the module docstring)."""
+        """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"``, ``"varied-harsh"``,
+        ``"varied-coarse"`` or ``"varied-partial"`` (see the module docstring)."""
         if difficulty not in _PRESETS:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
         return _PRESETS[difficulty]
@@ -401,6 +428,9 @@ _PRESETS: dict[str, SyntheticSpec] = {
     "varied-coarse": dataclasses.replace(
         _VARIED, merged_classes=(("ring", "circle"), ("square_hole", "square"), ("triangle_down", "triangle_up"))
     ),
+    # varied's scenes and validation split, the rare classes unannotated in training: a teacher trained on it was
+    # taught that they are background (benchmarks/instance_headroom.py).
+    "varied-partial": dataclasses.replace(_VARIED, unlabelled_classes=("ring", "square_hole", "triangle_down")),
 }
 DIFFICULTIES: tuple[str, ...] = tuple(_PRESETS)
 
@@ -698,6 +728,8 @@ def _manifest(spec: SyntheticSpec, *, num_train: int, num_val: int, seed: int) -
         "num_val": num_val,
         "spec": dataclasses.asdict(spec),
     }
+    if not spec.unlabelled_classes:  # as manifests were before the knob, so that their sets are reused
+        del manifest["spec"]["unlabelled_classes"]
     # Round-trip through JSON so tuples compare equal to the lists read back from disk.
     return json.loads(json.dumps(manifest))
 
@@ -739,6 +771,7 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
     facts: list[dict[str, Any]] = []
     label_of = {name: label for label, name in enumerate(spec.class_names)}
     coarse_of = {label_of[fine]: label_of[coarse] for fine, coarse in spec.merged_classes}
+    unlabelled = {label_of[name] for name in spec.unlabelled_classes} if split == "train" else set()
     for index in range(num_images):
         # One stream per image: any image can be regenerated alone, whatever the count or the order.
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(_SPLIT_KEYS[split], index)))
@@ -764,6 +797,8 @@ def _write_split(root: Path, split: str, *, spec: SyntheticSpec, num_images: int
             bbox, category, noise = [x1, y1, x2 - x1, y2 - y1], scene_object.category, "none"
             if noisy and noise_rng.random() < spec.annotation_noise:
                 bbox, category, noise = _corrupted_annotation(noise_rng, bbox, category, spec)
+            if scene_object.category in unlabelled or category in unlabelled:
+                continue  # drawn, not annotated; the noise was still drawn, so the other annotations stay the same
             merged = split == "train" and category in coarse_of
             category = coarse_of.get(category, category) if split == "train" else category
             annotation_id = len(annotations) + 1
@@ -839,7 +874,8 @@ def read_instance_facts(root: str | Path, split: str) -> dict[int, list[dict[str
     the image's annotations: ``noise`` (``"none"``, ``"box"`` or ``"class"``), ``merged`` (whether
     ``SyntheticSpec.merged_classes`` rewrote its class), ``clean_bbox`` (xywh pixels) and ``clean_category_id``,
     ``size`` (pixels, the square root of the box area), ``contrast``, ``visible_fraction`` and ``truncation``.
-    The loaders never read this file: it is knowledge no method has, for oracle experiments and analysis."""
+    Objects left unannotated (``SyntheticSpec.unlabelled_classes``) have no annotation and so no record. The
+    loaders never read this file: it is knowledge no method has, for oracle experiments and analysis."""
     path = Path(root) / _FACTS_NAME.format(split=split)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no instance facts (written by liaf_hf.data.synthetic.generate_coco_dataset)")

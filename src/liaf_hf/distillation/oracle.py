@@ -14,8 +14,10 @@ of each instance, including what no method can know, at the strength of uniform 
 * `"student_loss"`: the student's own current loss on the instance (`instance_losses`): imitate where the
   student is wrong.
 * `"teacher_right_student_wrong"`: the product of the two, teacher quality x the student's loss.
+* `"classes"`: 0 on the instances of the classes named in `classes`, 1 on the others: e.g. the classes the
+  teacher was never taught (a teacher trained on a set that leaves them unannotated).
 
-`power` sharpens (> 1) or flattens (< 1) every source but `"noise"`.
+`power` sharpens (> 1) or flattens (< 1) every source but `"noise"` and `"classes"`.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from .base import DistillationBatch, DistillationResult, positive, register_dist
 
 __all__ = ["OracleConfig", "OracleDistiller"]
 
-Source = Literal["noise", "teacher_quality", "teacher_error", "student_loss", "teacher_right_student_wrong"]
+Source = Literal["noise", "teacher_quality", "teacher_error", "student_loss", "teacher_right_student_wrong", "classes"]
 SOURCES = typing.get_args(Source)
 _TEACHER_SOURCES = ("teacher_quality", "teacher_error", "teacher_right_student_wrong")
 _STUDENT_SOURCES = ("student_loss", "teacher_right_student_wrong")
@@ -57,15 +59,28 @@ def _clean_flags(facts_file: str) -> dict[int, list[bool]]:
     return flags
 
 
+def _class_labels(names: tuple[str, ...], config: GFLConfig) -> torch.Tensor:
+    """The class indices of `names` in the student's `id2label`, refusing a name it does not have."""
+    label_of = {name: int(label) for label, name in config.id2label.items()}
+    unknown = [name for name in names if name not in label_of]
+    if unknown:
+        raise ValueError(
+            f"oracle source 'classes': {unknown} not among the student's classes {sorted(label_of)} (its id2label)"
+        )
+    return torch.tensor([label_of[name] for name in names], dtype=torch.long)
+
+
 @dataclass(frozen=True)
 class OracleConfig(InstanceImitationConfig):
     """The options of `oracle` (`OracleDistiller`), the keys of `--method_options` for `--method oracle`."""
 
     source: Source = "teacher_quality"
     """Where each instance's weight comes from: `"noise"`, `"teacher_quality"`, `"teacher_error"`,
-    `"student_loss"` or `"teacher_right_student_wrong"` (module docstring)."""
+    `"student_loss"`, `"teacher_right_student_wrong"` or `"classes"` (module docstring)."""
     facts_file: str | None = None
     """For `"noise"`: the generated training split's `instance_facts_train.json`."""
+    classes: tuple[str, ...] = ()
+    """For `"classes"`: the names (the student's `id2label`) of the classes whose instances get weight 0."""
     power: float = 1.0
     """Each weight is the source's value to this power before the normalisation."""
 
@@ -74,6 +89,11 @@ class OracleConfig(InstanceImitationConfig):
         positive(self, "power")
         if self.source == "noise" and self.facts_file is None:
             raise ValueError("oracle source 'noise' needs facts_file: the generated set's instance_facts_train.json.")
+        if (self.source == "classes") != bool(self.classes):
+            raise ValueError(
+                "oracle option 'classes' names the classes weighted 0 by source 'classes', and only by it: got "
+                f"source {self.source!r} with classes {list(self.classes)}"
+            )
 
 
 @register_distiller("oracle")
@@ -97,6 +117,7 @@ class OracleDistiller(InstanceImitation):
         source, facts_file = self.config.source, self.config.facts_file
         self._clean = _clean_flags(facts_file) if source == "noise" else None
         self.needs_image_ids = source == "noise"
+        self._zeroed_labels = _class_labels(self.config.classes, student_config) if source == "classes" else None
         self.needs_teacher_instance_losses = source in _TEACHER_SOURCES
         self.needs_student_instance_losses = source in _STUDENT_SOURCES
 
@@ -111,6 +132,9 @@ class OracleDistiller(InstanceImitation):
     ) -> torch.Tensor:
         if self.config.source == "noise":
             raw = self._noise_weights(batch, layout)
+        elif self.config.source == "classes":
+            labels = torch.cat([labels.reshape(-1) for labels in batch.class_labels]).to(layout.counts.device)
+            raw = (~torch.isin(labels, self._zeroed_labels.to(labels.device))).float()
         else:
             raw = torch.ones(layout.num_instances, device=layout.counts.device)
             if self.needs_teacher_instance_losses:
