@@ -274,13 +274,20 @@ def test_annotation_noise_changes_labels_only(tmp_path: Path) -> None:
     assert [record["clean_bbox"] for record in facts] == clean_boxes
 
 
-def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_path: Path) -> None:
+def _varied_beside(tmp_path: Path, difficulty: str) -> tuple[Path, Path]:
+    """`varied` and another preset of its scenes, generated side by side; asserts that the two hold the same
+    images and the same validation split (scored on every class)."""
     fine = generate_coco_dataset(tmp_path / "fine", difficulty="varied", num_train=30, num_val=5)
-    coarse = generate_coco_dataset(tmp_path / "coarse", difficulty="varied-coarse", num_train=30, num_val=5)
+    other = generate_coco_dataset(tmp_path / difficulty, difficulty=difficulty, num_train=30, num_val=5)
     assert {k: v for k, v in _files(fine).items() if k.endswith(".png")} == {
-        k: v for k, v in _files(coarse).items() if k.endswith(".png")
+        k: v for k, v in _files(other).items() if k.endswith(".png")
     }
-    assert _annotations(fine, "val") == _annotations(coarse, "val")  # scored on every class
+    assert _annotations(fine, "val") == _annotations(other, "val")
+    return fine, other
+
+
+def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_path: Path) -> None:
+    fine, coarse = _varied_beside(tmp_path, "varied-coarse")
     names = SyntheticSpec.preset("varied").class_names
     written = {
         (names[a["category_id"] - 1], names[b["category_id"] - 1])
@@ -295,12 +302,7 @@ def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_pat
 
 
 def test_the_partial_variant_leaves_the_rare_classes_unannotated_in_the_same_scenes(tmp_path: Path) -> None:
-    fine = generate_coco_dataset(tmp_path / "fine", difficulty="varied", num_train=30, num_val=5)
-    partial = generate_coco_dataset(tmp_path / "partial", difficulty="varied-partial", num_train=30, num_val=5)
-    assert {k: v for k, v in _files(fine).items() if k.endswith(".png")} == {
-        k: v for k, v in _files(partial).items() if k.endswith(".png")
-    }
-    assert _annotations(fine, "val") == _annotations(partial, "val")  # scored on every class
+    fine, partial = _varied_beside(tmp_path, "varied-partial")
     names = SyntheticSpec.preset("varied").class_names
     rare = {names.index(name) + 1 for name in ("ring", "square_hole", "triangle_down")}
     fine_records = [record for records in read_instance_facts(fine, "train").values() for record in records]
