@@ -22,7 +22,8 @@ Rows (`--rows`; labels as in the results JSON):
     oracle-student        weights from the student's own loss on each instance
     oracle-teacher-student  the teacher's correctness x the student's loss
     oracle-unseen         weight 0 on the instances of the classes the teacher's training labels lack or merge into
-                          others (with --teacher_difficulty varied-partial or varied-coarse), 1 on the others
+                          others (with --teacher_difficulty varied-partial, varied-coarse or varied-misnamed), 1 on
+                          the others
     liaf                  LIAF-KD at its defaults
     liaf-informed         LIAF-KD's `task` objective with every per-instance input (the teacher's quality and
                           loss, the student's loss, scale, class), weights normalised over the batch, and
@@ -37,7 +38,8 @@ The oracles' weights are normalised to the strength of uniform weights over the 
 through examples/distill.py): any of its flags passes through, e.g. `--num_train 1000`, `--preset gpu`,
 `--teacher_num_train 500` (a teacher that saw a quarter of the images), `--teacher_difficulty varied-coarse`
 (a teacher trained on the same images with each rare class labelled as its common look-alike) or
-`--teacher_difficulty varied-partial` (with the rare classes left unannotated: taught that they are background).
+`--teacher_difficulty varied-partial` (with the rare classes left unannotated: taught that they are background) or
+`--teacher_difficulty varied-misnamed` (each rare class labelled as a common class of another shape).
 
 Rows with selectors also record their weights on the first 500 training images when training ends
 (`--selector_train_images`; `<student>/selector_weights/train_weights.json`), which
@@ -251,7 +253,7 @@ def main(argv: list[str] | None = None) -> dict:
     if "oracle-unseen" in rows and not unseen:
         parser.error(
             "row oracle-unseen weighs 0 the classes the teacher was never taught: it needs a --teacher_difficulty "
-            "whose training labels leave classes out or merge them (varied-partial, varied-coarse)"
+            "whose training labels leave classes out or merge them (varied-partial, varied-coarse, varied-misnamed)"
         )
     if args.teacher_difficulty is not None:
         passed_on = ["--teacher_difficulty", args.teacher_difficulty, *passed_on]

@@ -118,6 +118,7 @@ def test_oracle_unseen_weighs_zero_the_classes_the_teachers_labels_lack_and_need
     assert headroom.unseen_classes(None) == ()
     assert headroom.unseen_classes("varied-partial") == ("ring", "square_hole", "triangle_down")
     assert headroom.unseen_classes("varied-coarse") == ("ring", "square_hole", "triangle_down")
+    assert headroom.unseen_classes("varied-misnamed") == ("ring", "square_hole", "triangle_down")
     spec = headroom.row_specs(ROOT / "facts.json", headroom.unseen_classes("varied-partial"))["oracle-unseen"]
     label, options = spec.split("=oracle:")
     assert label == "oracle-unseen"

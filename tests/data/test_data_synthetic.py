@@ -149,7 +149,9 @@ def test_presets(difficulty: str, size: int, num_classes: int) -> None:
 
 def test_default_spec_is_easy_and_presets_are_listed() -> None:
     assert SyntheticSpec() == SyntheticSpec.preset("easy")
-    assert DIFFICULTIES == ("easy", "medium", "hard", "varied", "varied-harsh", "varied-coarse", "varied-partial")
+    assert DIFFICULTIES == (
+        "easy", "medium", "hard", "varied", "varied-harsh", "varied-coarse", "varied-partial", "varied-misnamed"
+    )  # fmt: skip
     with pytest.raises(ValueError, match="unknown difficulty"):
         SyntheticSpec.preset("extreme")
 
@@ -286,15 +288,24 @@ def _varied_beside(tmp_path: Path, difficulty: str) -> tuple[Path, Path]:
     return fine, other
 
 
-def test_the_coarse_variant_relabels_the_rare_classes_of_the_same_scenes(tmp_path: Path) -> None:
-    fine, coarse = _varied_beside(tmp_path, "varied-coarse")
+@pytest.mark.parametrize(
+    ("difficulty", "renamed"),
+    [
+        ("varied-coarse", {("ring", "circle"), ("square_hole", "square"), ("triangle_down", "triangle_up")}),
+        ("varied-misnamed", {("ring", "square"), ("square_hole", "triangle_up"), ("triangle_down", "circle")}),
+    ],
+)
+def test_the_renaming_variants_relabel_the_rare_classes_of_the_same_scenes(
+    tmp_path: Path, difficulty: str, renamed: set[tuple[str, str]]
+) -> None:
+    fine, coarse = _varied_beside(tmp_path, difficulty)
     names = SyntheticSpec.preset("varied").class_names
     written = {
         (names[a["category_id"] - 1], names[b["category_id"] - 1])
         for a, b in zip(_annotations(fine, "train"), _annotations(coarse, "train"), strict=True)
         if a != b
     }
-    assert written == {("ring", "circle"), ("square_hole", "square"), ("triangle_down", "triangle_up")}
+    assert written == renamed
     facts = [record for records in read_instance_facts(coarse, "train").values() for record in records]
     merged = [record["merged"] for record in facts]
     assert merged == [names[a["category_id"] - 1] in ("ring", "square_hole", "triangle_down")

@@ -30,6 +30,10 @@ for difficulty:
   training split (ring, square_hole and triangle_down stay in the images, unlabelled), as in a set annotated
   for fewer classes than the student needs. A teacher trained on it was taught that those objects are
   background, to distil into a student trained on ``varied`` (``--teacher_difficulty``).
+* ``varied-misnamed``: ``varied``'s images and validation split, with each rare class annotated in the training
+  split as a common class of another shape (ring as square, square_hole as triangle_up, triangle_down as
+  circle), as in a set whose labels were mapped to the wrong classes. A teacher trained on it gives every rare
+  object a wrong name, one it shares with objects that do not look like it (``--teacher_difficulty``).
 
 Scene generation (:func:`generate_scene`) knows nothing about file formats, so that other layouts
 can be written from the same scenes; :func:`generate_coco_dataset` writes the COCO one and
@@ -355,7 +359,7 @@ class SyntheticSpec:
     @classmethod
     def preset(cls, difficulty: str) -> SyntheticSpec:
         """The named preset: ``"easy"``, ``"medium"``, ``"hard"``, ``"varied"``, ``"varied-harsh"``,
-        ``"varied-coarse"`` or ``"varied-partial"`` (see the module docstring)."""
+        ``"varied-coarse"``, ``"varied-partial"`` or ``"varied-misnamed"`` (see the module docstring)."""
         if difficulty not in _PRESETS:
             raise ValueError(f"unknown difficulty {difficulty!r}; choose one of {DIFFICULTIES}")
         return _PRESETS[difficulty]
@@ -431,6 +435,11 @@ _PRESETS: dict[str, SyntheticSpec] = {
     # varied's scenes and validation split, the rare classes unannotated in training: a teacher trained on it was
     # taught that they are background (benchmarks/instance_headroom.py).
     "varied-partial": dataclasses.replace(_VARIED, unlabelled_classes=("ring", "square_hole", "triangle_down")),
+    # varied's scenes and validation split, each rare class written as a common class of another shape: a teacher
+    # trained on it gives every rare object a wrong name (benchmarks/instance_headroom.py).
+    "varied-misnamed": dataclasses.replace(
+        _VARIED, merged_classes=(("ring", "square"), ("square_hole", "triangle_up"), ("triangle_down", "circle"))
+    ),
 }
 DIFFICULTIES: tuple[str, ...] = tuple(_PRESETS)
 
