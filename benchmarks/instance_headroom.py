@@ -253,7 +253,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "oracle-unseen" in rows and not unseen:
         parser.error(
             "row oracle-unseen weighs 0 the classes the teacher was never taught: it needs a --teacher_difficulty "
-            "whose training labels leave classes out or merge them (varied-partial, varied-coarse, varied-misnamed)"
+            "whose training labels leave classes out or merge them ("
+            + ", ".join(difficulty for difficulty in DIFFICULTIES if unseen_classes(difficulty))
+            + ")"
         )
     if args.teacher_difficulty is not None:
         passed_on = ["--teacher_difficulty", args.teacher_difficulty, *passed_on]

@@ -298,15 +298,15 @@ def _varied_beside(tmp_path: Path, difficulty: str) -> tuple[Path, Path]:
 def test_the_renaming_variants_relabel_the_rare_classes_of_the_same_scenes(
     tmp_path: Path, difficulty: str, renamed: set[tuple[str, str]]
 ) -> None:
-    fine, coarse = _varied_beside(tmp_path, difficulty)
+    fine, relabelled = _varied_beside(tmp_path, difficulty)
     names = SyntheticSpec.preset("varied").class_names
     written = {
         (names[a["category_id"] - 1], names[b["category_id"] - 1])
-        for a, b in zip(_annotations(fine, "train"), _annotations(coarse, "train"), strict=True)
+        for a, b in zip(_annotations(fine, "train"), _annotations(relabelled, "train"), strict=True)
         if a != b
     }
     assert written == renamed
-    facts = [record for records in read_instance_facts(coarse, "train").values() for record in records]
+    facts = [record for records in read_instance_facts(relabelled, "train").values() for record in records]
     merged = [record["merged"] for record in facts]
     assert merged == [names[a["category_id"] - 1] in ("ring", "square_hole", "triangle_down")
                       for a in _annotations(fine, "train")]  # fmt: skip
